@@ -1,0 +1,120 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause) */
+/*
+ * The one header shared by the eBPF programs and user space.
+ *
+ * It is the source of truth for the event layout: fixed-width fields,
+ * explicit padding, no bool. The Rust twins in spy-ebpf/src/lib.rs check
+ * their size and every field offset at compile time; change both together.
+ */
+#ifndef TLSSPY_H
+#define TLSSPY_H
+
+/* Plaintext bytes carried by one data event. A TLS call that moved more is
+ * split over several events (call_offset tells where each one starts). */
+#define TLSSPY_MAX_DATA 16384
+/* Events one TLS call may produce: 256 x 16 KiB = 4 MiB per call. Past that
+ * the rest of the call is counted in STAT_LOST_BYTES, never silently cut. */
+#define TLSSPY_MAX_CHUNKS_PER_CALL 256
+#define TLSSPY_COMM_LEN 16
+/* Processes the spy may follow at once (targets and their children). */
+#define TLSSPY_MAX_TARGETS 65536
+/* TLS calls in flight at once (one per thread inside SSL_read/SSL_write). */
+#define TLSSPY_MAX_ACTIVE_CALLS 65536
+/* Remembered SSL* -> socket fd pairs (reads served from OpenSSL's buffer
+ * make no syscall, so the fd must be remembered from an earlier call). */
+#define TLSSPY_MAX_CONN_FDS 65536
+
+/* Every ring buffer record starts with a __u32 kind. */
+enum tlsspy_event_kind {
+	TLSSPY_EVENT_DATA = 1, /* struct tlsspy_data_event */
+	TLSSPY_EVENT_FORK = 2, /* struct tlsspy_proc_event: a target forked */
+	TLSSPY_EVENT_EXEC = 3, /* struct tlsspy_proc_event: a target exec'd */
+	TLSSPY_EVENT_EXIT = 4, /* struct tlsspy_proc_event: a target exited */
+};
+
+enum tlsspy_direction {
+	TLSSPY_DIR_SEND = 0, /* the target wrote this plaintext */
+	TLSSPY_DIR_RECV = 1, /* the target read this plaintext */
+};
+
+enum tlsspy_source {
+	TLSSPY_SOURCE_OPENSSL = 1, /* SSL_read/SSL_write(_ex): OpenSSL, BoringSSL */
+	TLSSPY_SOURCE_GO = 2,      /* crypto/tls.(*Conn).Read/Write */
+};
+
+/* Per-CPU counters, index into the `stats` map. */
+enum tlsspy_stat {
+	TLSSPY_STAT_CALLS = 0,       /* TLS calls that returned data */
+	TLSSPY_STAT_EVENTS = 1,      /* data events submitted */
+	TLSSPY_STAT_LOST_EVENTS = 2, /* data events the ring buffer had no room for */
+	TLSSPY_STAT_LOST_BYTES = 3,  /* plaintext bytes not delivered (lost or over the per-call cap) */
+	TLSSPY_STAT_NO_FD = 4,       /* calls whose socket fd could not be found */
+	TLSSPY_STAT_PROC_LOST = 5,   /* fork/exec/exit events lost */
+	TLSSPY_STAT_MAX = 8,
+};
+
+/* Values of the target_tgids map. */
+#define TLSSPY_TARGET_FOLLOW_CHILDREN 1
+
+struct tlsspy_conn_tuple {
+	__u16 family;      /* AF_INET, AF_INET6, or 0 when unknown */
+	__u16 local_port;  /* host byte order */
+	__u16 remote_port; /* host byte order */
+	__u16 _pad;
+	__u8 local_addr[16];  /* IPv4 in the first 4 bytes */
+	__u8 remote_addr[16];
+};
+
+struct tlsspy_data_header {
+	__u32 kind; /* TLSSPY_EVENT_DATA */
+	__u32 tgid; /* host pid */
+	__u32 tid;
+	__s32 fd; /* socket fd, -1 when unknown */
+	__u64 ts_ns; /* CLOCK_MONOTONIC at the call's return */
+	__u64 conn_ptr; /* SSL* or Go *tls.Conn: the connection within tgid */
+	__u64 call_len; /* bytes the TLS call moved, in all */
+	__u64 call_offset; /* where this event's bytes start within the call */
+	__u32 data_len; /* bytes of data[] that are filled */
+	__u8 direction; /* enum tlsspy_direction */
+	__u8 source; /* enum tlsspy_source */
+	__u16 _pad;
+	struct tlsspy_conn_tuple tuple;
+	char comm[TLSSPY_COMM_LEN];
+};
+
+struct tlsspy_data_event {
+	struct tlsspy_data_header hdr;
+	__u8 data[TLSSPY_MAX_DATA];
+};
+
+struct tlsspy_proc_event {
+	__u32 kind; /* TLSSPY_EVENT_FORK, _EXEC or _EXIT */
+	__u32 tgid; /* the process the event is about (the child for FORK) */
+	__u32 parent_tgid; /* for FORK: the target that forked */
+	__u32 _pad;
+	__u64 ts_ns;
+	char comm[TLSSPY_COMM_LEN];
+};
+
+/* The Rust twins (spy-ebpf/src/lib.rs) assert the same sizes and offsets. */
+#define TLSSPY_ASSERT_OFFSET(type, field, off) \
+	_Static_assert(__builtin_offsetof(struct type, field) == (off), #type "." #field)
+_Static_assert(sizeof(struct tlsspy_conn_tuple) == 40, "tlsspy_conn_tuple size");
+TLSSPY_ASSERT_OFFSET(tlsspy_conn_tuple, local_addr, 8);
+TLSSPY_ASSERT_OFFSET(tlsspy_conn_tuple, remote_addr, 24);
+_Static_assert(sizeof(struct tlsspy_data_header) == 112, "tlsspy_data_header size");
+TLSSPY_ASSERT_OFFSET(tlsspy_data_header, ts_ns, 16);
+TLSSPY_ASSERT_OFFSET(tlsspy_data_header, conn_ptr, 24);
+TLSSPY_ASSERT_OFFSET(tlsspy_data_header, call_len, 32);
+TLSSPY_ASSERT_OFFSET(tlsspy_data_header, call_offset, 40);
+TLSSPY_ASSERT_OFFSET(tlsspy_data_header, data_len, 48);
+TLSSPY_ASSERT_OFFSET(tlsspy_data_header, direction, 52);
+TLSSPY_ASSERT_OFFSET(tlsspy_data_header, source, 53);
+TLSSPY_ASSERT_OFFSET(tlsspy_data_header, tuple, 56);
+TLSSPY_ASSERT_OFFSET(tlsspy_data_header, comm, 96);
+TLSSPY_ASSERT_OFFSET(tlsspy_data_event, data, 112);
+_Static_assert(sizeof(struct tlsspy_proc_event) == 40, "tlsspy_proc_event size");
+TLSSPY_ASSERT_OFFSET(tlsspy_proc_event, ts_ns, 16);
+TLSSPY_ASSERT_OFFSET(tlsspy_proc_event, comm, 24);
+
+#endif /* TLSSPY_H */

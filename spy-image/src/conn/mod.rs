@@ -1,0 +1,277 @@
+//! Connections: decoded TLS data events in, ordered per-direction byte
+//! streams out to each connection's protocol parser, records out of that.
+//!
+//! Pure: the spy decodes kernel events into [`DataEvent`] and tells the
+//! tracker what it knows about each process; the tracker knows nothing of
+//! eBPF.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use crate::proto::{ConnectionParser, ParseOptions, Parsed};
+use crate::record::{Chunk, Connection, Direction, Payload, PodRef, Record, Role, TlsLibrary};
+
+/// One piece of plaintext a TLS call moved (a call larger than one kernel
+/// event arrives as several, `call_offset` apart).
+#[derive(Clone, Debug)]
+pub struct DataEvent<'a> {
+    pub tgid: u32,
+    pub tid: u32,
+    /// Wall-clock time, Unix nanoseconds.
+    pub ts_ns: u64,
+    /// The library's connection object (SSL*, *tls.Conn): unique per live
+    /// connection within a process.
+    pub conn_ptr: u64,
+    pub direction: Direction,
+    pub library: TlsLibrary,
+    pub call_len: u64,
+    pub call_offset: u64,
+    pub local: Option<SocketAddr>,
+    pub remote: Option<SocketAddr>,
+    /// The thread's name, used until the process is described.
+    pub comm: &'a str,
+    pub data: &'a [u8],
+}
+
+/// What the spy knows about a target process.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessMeta {
+    pub name: String,
+    pub ns_pid: Option<u32>,
+    pub pod: Option<PodRef>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct ConnKey {
+    tgid: u32,
+    conn_ptr: u64,
+}
+
+#[derive(Debug)]
+struct ConnState {
+    record: Connection,
+    parser: ConnectionParser,
+    /// Next expected `call_offset` within the current call, per direction;
+    /// a mismatch means the kernel lost an event in the middle of a call.
+    expected_call_offset: [u64; 2],
+    seen_data: bool,
+}
+
+/// Counters the tracker keeps for the `stats` record.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TrackerStats {
+    pub connections: u64,
+    pub exchanges: u64,
+    pub chunks: u64,
+    pub parse_errors: u64,
+    pub bytes: u64,
+    pub gap_bytes: u64,
+}
+
+/// All connections of all targets.
+#[derive(Debug)]
+pub struct Tracker {
+    options: ParseOptions,
+    conns: HashMap<ConnKey, ConnState>,
+    processes: HashMap<u32, ProcessMeta>,
+    next_id: u64,
+    pub stats: TrackerStats,
+}
+
+impl Tracker {
+    pub fn new(options: ParseOptions) -> Self {
+        Tracker {
+            options,
+            conns: HashMap::new(),
+            processes: HashMap::new(),
+            next_id: 1,
+            stats: TrackerStats::default(),
+        }
+    }
+
+    /// Describes a process; applies to connections opened from now on.
+    pub fn describe_process(&mut self, tgid: u32, meta: ProcessMeta) {
+        self.processes.insert(tgid, meta);
+    }
+
+    /// Feeds one event; finished records are appended to `out`.
+    pub fn on_data(&mut self, ev: &DataEvent<'_>, out: &mut Vec<Record>) {
+        let key = ConnKey { tgid: ev.tgid, conn_ptr: ev.conn_ptr };
+
+        // The library reuses a freed connection object for a new connection:
+        // a different socket under the same pointer ends the old one.
+        if let Some(state) = self.conns.get(&key) {
+            let known = (state.record.local, state.record.remote);
+            if ev.remote.is_some() && known.1.is_some() && (ev.local, ev.remote) != known {
+                self.close(key, "connection object reused", out);
+            }
+        }
+
+        let state = match self.conns.get_mut(&key) {
+            Some(state) => state,
+            None => {
+                let record = self.new_connection(ev);
+                self.stats.connections += 1;
+                self.conns.entry(key).or_insert(ConnState {
+                    record,
+                    parser: ConnectionParser::new(self.options.clone()),
+                    expected_call_offset: [0, 0],
+                    seen_data: false,
+                })
+            }
+        };
+        if state.record.remote.is_none() && ev.remote.is_some() {
+            state.record.local = ev.local;
+            state.record.remote = ev.remote;
+        }
+        if !state.seen_data {
+            // Who speaks first is, for HTTP and nearly every TLS protocol,
+            // the client; parsers that know better will say so.
+            state.record.role = match ev.direction {
+                Direction::Send => Role::Client,
+                Direction::Recv => Role::Server,
+            };
+            state.seen_data = true;
+        }
+
+        let dir = ev.direction as usize;
+        let mut parsed = Vec::new();
+        if ev.call_offset != state.expected_call_offset[dir] && ev.call_offset != 0 {
+            // Part of this call was lost: bytes between what we expected
+            // and where this event starts never arrived.
+            let lost = ev.call_offset.saturating_sub(state.expected_call_offset[dir]);
+            self.stats.gap_bytes += lost;
+            state.parser.gap(ev.direction, lost, &mut parsed);
+        }
+        let end = ev.call_offset + ev.data.len() as u64;
+        state.expected_call_offset[dir] = if end >= ev.call_len { 0 } else { end };
+
+        self.stats.bytes += ev.data.len() as u64;
+        state.parser.feed(ev.direction, ev.ts_ns, ev.data, &mut parsed);
+        let conn = state.record.clone();
+        self.emit(&conn, parsed, out);
+    }
+
+    /// A process exited: its connections end.
+    pub fn process_exited(&mut self, tgid: u32, out: &mut Vec<Record>) {
+        let keys: Vec<ConnKey> = self.conns.keys().filter(|k| k.tgid == tgid).copied().collect();
+        for key in keys {
+            self.close(key, "process exited", out);
+        }
+        self.processes.remove(&tgid);
+    }
+
+    /// The session ends: flush every connection.
+    pub fn finish(&mut self, out: &mut Vec<Record>) {
+        let keys: Vec<ConnKey> = self.conns.keys().copied().collect();
+        for key in keys {
+            self.close(key, "session ended", out);
+        }
+    }
+
+    fn close(&mut self, key: ConnKey, reason: &str, out: &mut Vec<Record>) {
+        if let Some(mut state) = self.conns.remove(&key) {
+            let mut parsed = Vec::new();
+            state.parser.finish(reason, &mut parsed);
+            self.emit(&state.record, parsed, out);
+        }
+    }
+
+    fn new_connection(&mut self, ev: &DataEvent<'_>) -> Connection {
+        let id = format!("c{}", self.next_id);
+        self.next_id += 1;
+        let meta = self.processes.get(&ev.tgid);
+        Connection {
+            id,
+            pid: ev.tgid,
+            ns_pid: meta.and_then(|m| m.ns_pid),
+            process: meta.map_or_else(|| ev.comm.to_string(), |m| m.name.clone()),
+            pod: meta.and_then(|m| m.pod.clone()),
+            local: ev.local,
+            remote: ev.remote,
+            remote_name: None,
+            role: Role::Unknown,
+            tls_library: Some(ev.library),
+        }
+    }
+
+    fn emit(&mut self, conn: &Connection, parsed: Vec<Parsed>, out: &mut Vec<Record>) {
+        for item in parsed {
+            match item {
+                Parsed::Exchange(mut exchange) => {
+                    exchange.conn = conn.clone();
+                    self.stats.exchanges += 1;
+                    out.push(Record::Exchange(exchange));
+                }
+                Parsed::Unclaimed { direction, ts_ns, offset, data } => {
+                    self.stats.chunks += 1;
+                    out.push(Record::Chunk(Chunk {
+                        conn: conn.clone(),
+                        direction,
+                        ts_ns,
+                        offset,
+                        len: data.len() as u64,
+                        data: Payload::from_bytes(&data),
+                        truncated: false,
+                    }));
+                }
+                Parsed::Error { .. } => self.stats.parse_errors += 1,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event<'a>(conn_ptr: u64, direction: Direction, data: &'a [u8]) -> DataEvent<'a> {
+        DataEvent {
+            tgid: 10,
+            tid: 10,
+            ts_ns: 1,
+            conn_ptr,
+            direction,
+            library: TlsLibrary::Openssl,
+            call_len: data.len() as u64,
+            call_offset: 0,
+            local: Some("127.0.0.1:40000".parse().expect("addr")),
+            remote: Some("127.0.0.1:443".parse().expect("addr")),
+            comm: "curl",
+            data,
+        }
+    }
+
+    #[test]
+    fn first_writer_is_the_client_and_bytes_keep_their_offsets() {
+        let mut tracker = Tracker::new(ParseOptions::default());
+        let mut out = Vec::new();
+        tracker.on_data(&event(1, Direction::Send, b"hello"), &mut out);
+        tracker.on_data(&event(1, Direction::Send, b" world"), &mut out);
+        tracker.on_data(&event(1, Direction::Recv, b"ok"), &mut out);
+        let chunks: Vec<&Chunk> = out
+            .iter()
+            .map(|r| match r {
+                Record::Chunk(c) => c,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(chunks[0].conn.role, Role::Client);
+        assert_eq!(chunks[1].offset, 5);
+        assert_eq!(chunks[2].offset, 0);
+        assert_eq!(chunks[0].conn.id, chunks[2].conn.id);
+        assert_eq!(tracker.stats.connections, 1);
+    }
+
+    #[test]
+    fn a_reused_connection_object_starts_a_new_connection() {
+        let mut tracker = Tracker::new(ParseOptions::default());
+        let mut out = Vec::new();
+        tracker.on_data(&event(1, Direction::Send, b"a"), &mut out);
+        let mut other = event(1, Direction::Send, b"b");
+        other.local = Some("127.0.0.1:40001".parse().expect("addr"));
+        tracker.on_data(&other, &mut out);
+        assert_eq!(tracker.stats.connections, 2);
+    }
+}

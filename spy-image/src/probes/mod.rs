@@ -1,0 +1,1 @@
+//! eBPF: load, attach, read events.

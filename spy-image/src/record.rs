@@ -1,0 +1,426 @@
+//! The records the spy emits: one JSON object per line, the only thing on the
+//! agent's stdout, and the `-o json` output of the plugin.
+//!
+//! Pure data, no I/O. Changes are additive: a new field is optional, and a
+//! reader ignores kinds and fields it does not know. Every line carries
+//! [`FORMAT_VERSION`] as `v`.
+
+use std::net::SocketAddr;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+/// Bumped only for incompatible changes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// One line of the record stream.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Line {
+    pub v: u32,
+    #[serde(flatten)]
+    pub record: Record,
+}
+
+impl From<Record> for Line {
+    fn from(record: Record) -> Self {
+        Line { v: FORMAT_VERSION, record }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Record {
+    Hello(Hello),
+    Target(Target),
+    Handshake(Handshake),
+    Exchange(Box<Exchange>),
+    Chunk(Chunk),
+    Stats(Stats),
+    Warning(Warning),
+    Bye(Bye),
+}
+
+/// First record of a session: who is spying, and where.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Hello {
+    pub spy_version: String,
+    pub kernel: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    pub btf: bool,
+    /// Wall-clock time the session started, Unix nanoseconds.
+    pub ts_ns: u64,
+}
+
+/// Where a process runs in Kubernetes, when it does.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+}
+
+/// A process the spy looked at: which TLS stacks it found and whether it
+/// could probe them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Target {
+    /// Host pid.
+    pub pid: u32,
+    /// Pid inside the process's own pid namespace, when it differs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ns_pid: Option<u32>,
+    pub process: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
+    /// TLS stacks found in the process (may be empty).
+    pub tls: Vec<TlsStack>,
+    /// Plaintext of this process can be captured (at least one stack probed).
+    pub probed: bool,
+    /// Why not, when `probed` is false; or a note when only some stacks are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsLibrary {
+    Openssl,
+    Boringssl,
+    GoCryptoTls,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Linkage {
+    /// A shared library mapped by the process (libssl.so.3).
+    Shared,
+    /// Linked into the executable (node, envoy, Go).
+    Static,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TlsStack {
+    pub library: TlsLibrary,
+    pub linkage: Linkage,
+    /// The file probed, as the process sees it.
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    pub probed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Client,
+    Server,
+    Unknown,
+}
+
+/// Which way bytes went, seen from the target process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// The target wrote these bytes (it sent them to the peer).
+    Send,
+    /// The target read these bytes (the peer sent them).
+    Recv,
+}
+
+impl Direction {
+    pub fn flip(self) -> Direction {
+        match self {
+            Direction::Send => Direction::Recv,
+            Direction::Recv => Direction::Send,
+        }
+    }
+}
+
+/// A TLS connection of a target process.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Connection {
+    /// Unique within a session; the same id ties chunks, exchanges and the
+    /// handshake of one connection together.
+    pub id: String,
+    pub pid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ns_pid: Option<u32>,
+    pub process: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodRef>,
+    /// The target's own address, when the socket was found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local: Option<SocketAddr>,
+    /// The peer's address, when the socket was found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<SocketAddr>,
+    /// Kubernetes name of the peer (namespace/pod or namespace/service),
+    /// filled in by the plugin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_name: Option<String>,
+    #[serde(default = "unknown_role")]
+    pub role: Role,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_library: Option<TlsLibrary>,
+}
+
+fn unknown_role() -> Role {
+    Role::Unknown
+}
+
+impl Default for Role {
+    fn default() -> Self {
+        Role::Unknown
+    }
+}
+
+/// Bytes for display: valid UTF-8 goes out as text, anything else as base64.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Payload {
+    Text(String),
+    Base64(String),
+}
+
+impl Payload {
+    pub fn from_bytes(bytes: &[u8]) -> Payload {
+        match std::str::from_utf8(bytes) {
+            Ok(text) => Payload::Text(text.to_owned()),
+            Err(_) => Payload::Base64(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        }
+    }
+
+    /// The original bytes (invalid base64 decodes to nothing).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        match self {
+            Payload::Text(text) => text.as_bytes().to_vec(),
+            Payload::Base64(b64) => {
+                base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default()
+            }
+        }
+    }
+}
+
+impl Default for Payload {
+    fn default() -> Self {
+        Payload::Text(String::new())
+    }
+}
+
+/// Plaintext that no protocol parser claimed, in the order it moved.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Chunk {
+    pub conn: Connection,
+    pub direction: Direction,
+    /// Wall-clock time of the TLS call, Unix nanoseconds.
+    pub ts_ns: u64,
+    /// Offset of these bytes in the connection's stream in this direction.
+    pub offset: u64,
+    /// Bytes the call moved (`data` may hold fewer when `truncated`).
+    pub len: u64,
+    pub data: Payload,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub truncated: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Http1,
+    Http2,
+    Grpc,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub name: String,
+    pub value: String,
+    /// The value was replaced by `<redacted>` (a secret; see --show-secrets).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub redacted: bool,
+    /// HTTP/2: the header named a dynamic-table entry we never saw (a
+    /// connection joined mid-way); name and value are unknown.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub unknown: bool,
+}
+
+/// A message body: what was kept, and the truth about what was not.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Body {
+    /// Bytes on the wire (after transfer coding, before content coding).
+    pub size: u64,
+    /// The kept bytes, content-decoded (gzip, deflate) when `decoded` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Payload>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub truncated: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_encoding: Option<String>,
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub decoded: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub method: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authority: Option<String>,
+    pub path: String,
+    /// "HTTP/1.1", "HTTP/2".
+    pub version: String,
+    pub headers: Vec<Header>,
+    pub body: Body,
+    /// Wall-clock time of the first byte, Unix nanoseconds.
+    pub ts_ns: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    pub status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub version: String,
+    pub headers: Vec<Header>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trailers: Vec<Header>,
+    pub body: Body,
+    /// Wall-clock time of the first byte, Unix nanoseconds.
+    pub ts_ns: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Grpc {
+    pub service: String,
+    pub method: String,
+    pub request_messages: u32,
+    pub response_messages: u32,
+    /// Sizes of the length-prefixed messages, in order (capped list).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_sizes: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_sizes: Vec<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// A request matched with its response.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Exchange {
+    pub conn: Connection,
+    pub protocol: Protocol,
+    /// HTTP/2 stream id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_id: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<Request>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<Response>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<Grpc>,
+    /// From the request's first byte to the response's last, microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<u64>,
+    /// Why the exchange is incomplete (connection closed, stream reset,
+    /// session ended), when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incomplete: Option<String>,
+}
+
+/// What the TLS handshake of a connection showed (issue: every connection).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Handshake {
+    pub conn: Connection,
+    pub ts_ns: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alpn_offered: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub versions_offered: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ciphers_offered: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ja4: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cipher: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alpn: Option<String>,
+    /// Plaintext of this connection is captured too.
+    pub decrypted: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Counters, sent periodically and at the end.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// TLS calls that moved data.
+    pub calls: u64,
+    /// Data events received from the kernel.
+    pub events: u64,
+    /// Data events the kernel could not deliver (ring buffer full).
+    pub lost_events: u64,
+    /// Plaintext bytes not delivered (lost events, unreadable memory, calls
+    /// over the per-call cap).
+    pub lost_bytes: u64,
+    /// Plaintext bytes delivered.
+    pub bytes: u64,
+    /// TLS calls whose socket could not be identified.
+    pub calls_without_socket: u64,
+    pub connections: u64,
+    pub exchanges: u64,
+    pub chunks: u64,
+    /// Streams or connections a parser gave up on (bad framing).
+    pub parse_errors: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Warning {
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Bye {
+    pub reason: String,
+    pub stats: Stats,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_round_trip_with_kind_and_version() {
+        let line = Line::from(Record::Warning(Warning { message: "x".into(), pid: Some(7) }));
+        let json = serde_json::to_string(&line).expect("serialize");
+        assert_eq!(json, r#"{"v":1,"kind":"warning","message":"x","pid":7}"#);
+        let back: Line = serde_json::from_str(&json).expect("deserialize");
+        assert_eq!(back, line);
+    }
+
+    #[test]
+    fn payload_keeps_text_as_text_and_binary_as_base64() {
+        assert_eq!(Payload::from_bytes(b"GET /"), Payload::Text("GET /".into()));
+        let binary = [0xff, 0x00, 0x10];
+        let payload = Payload::from_bytes(&binary);
+        assert!(matches!(payload, Payload::Base64(_)));
+        assert_eq!(payload.to_bytes(), binary);
+    }
+}

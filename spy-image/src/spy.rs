@@ -1,0 +1,1 @@
+//! The spy's main loop.

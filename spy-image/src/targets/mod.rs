@@ -1,0 +1,6 @@
+//! Target discovery: which processes to spy on, and which TLS stacks they use.
+
+pub mod go;
+#[cfg(target_os = "linux")]
+pub mod process;
+pub mod tls_stack;

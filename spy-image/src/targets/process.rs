@@ -1,0 +1,1 @@
+//! /proc: process names, namespaces, mapped files.

@@ -1,0 +1,1 @@
+//! TLS stack detection in ELF files.
