@@ -1,1 +1,64 @@
-fn main() {}
+//! kubectl-tlsspy: show the TLS traffic of Kubernetes pods in clear text.
+
+mod cli;
+#[cfg(target_os = "linux")]
+mod local;
+mod render;
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::{CommandFactory, Parser};
+
+use cli::{Cli, Command};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log_level = match &cli.command {
+        Some(Command::Local(args)) => args.output.log_level.clone(),
+        _ => "warn".to_string(),
+    };
+    env_logger::Builder::new().parse_filters(&log_level).format_timestamp(None).init();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            // A closed pipe (| head) is a normal end.
+            if err.chain().any(|e| {
+                e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            let mut message = format!("error: {err}");
+            for cause in err.chain().skip(1) {
+                message.push_str(&format!("\n  caused by: {cause}"));
+            }
+            let _ = writeln!(std::io::stderr(), "{message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Some(Command::Local(args)) => run_local(args),
+        Some(Command::Completion { shell }) => {
+            clap_complete::generate(shell, &mut Cli::command(), "kubectl-tlsspy", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        None => {
+            Cli::command().print_help()?;
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn run_local(args: cli::LocalArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(local::run(args))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn run_local(_args: cli::LocalArgs) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("`kubectl tlsspy local` needs Linux (eBPF); on this system spy on pods in a cluster instead")
+}

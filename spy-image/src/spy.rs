@@ -1,1 +1,440 @@
-//! The spy's main loop.
+//! The spy: watches target processes, probes their TLS stacks, and turns
+//! kernel events into records for a sink.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::sync::mpsc;
+
+use crate::conn::{DataEvent, ProcessMeta, Tracker};
+use crate::probes::event::{self, KernelEvent};
+use crate::probes::{KernelStats, LoadOptions, ProbeError, Probes};
+use crate::proto::ParseOptions;
+use crate::record::{Bye, Direction, Hello, PodRef, Record, Stats, Target, TlsLibrary, TlsStack, Warning};
+use crate::sink::Sink;
+use crate::targets::process::{self, FileId};
+use crate::targets::tls_stack::{self, OpensslProbes};
+
+#[derive(Clone, Debug)]
+pub struct SpyOptions {
+    /// Trace what targets fork (and what those exec), too.
+    pub follow_children: bool,
+    pub parse: ParseOptions,
+    pub load: LoadOptions,
+    /// How often targets' mapped files are checked for newly loaded TLS
+    /// libraries (dlopen), besides at every exec.
+    pub rescan_interval: Duration,
+    /// How often a `stats` record is sent (None: only at the end).
+    pub stats_interval: Option<Duration>,
+    /// End the session when every target has exited.
+    pub exit_when_targets_gone: bool,
+    /// The node name for the `hello` record.
+    pub node: Option<String>,
+}
+
+impl Default for SpyOptions {
+    fn default() -> Self {
+        SpyOptions {
+            follow_children: true,
+            parse: ParseOptions::default(),
+            load: LoadOptions::default(),
+            rescan_interval: Duration::from_secs(1),
+            stats_interval: None,
+            exit_when_targets_gone: false,
+            node: None,
+        }
+    }
+}
+
+/// Messages to a running spy.
+#[derive(Debug)]
+pub enum Control {
+    /// Spy on one more process.
+    AddProcess { pid: u32, pod: Option<PodRef> },
+    /// End the session, saying why.
+    Stop(String),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpyError {
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    #[error("no process with pid {0}")]
+    NoSuchProcess(u32),
+    #[error("cannot read the ring buffer: {0}")]
+    Ring(std::io::Error),
+    #[error("cannot write records: {0}")]
+    Output(std::io::Error),
+}
+
+struct TargetState {
+    pod: Option<PodRef>,
+    /// Files already examined for this process.
+    examined: HashSet<FileId>,
+    stacks: Vec<TlsStack>,
+}
+
+pub struct Spy {
+    probes: Probes,
+    tracker: Tracker,
+    options: SpyOptions,
+    targets: HashMap<u32, TargetState>,
+    /// What each file holds, examined once per (device, inode).
+    libraries: HashMap<FileId, Option<OpensslProbes>>,
+    /// CLOCK_REALTIME - CLOCK_MONOTONIC: kernel timestamps are monotonic.
+    wall_offset_ns: i128,
+    out: Vec<Record>,
+    decode_errors: u64,
+}
+
+impl Spy {
+    /// Loads the probes. Nothing is traced until processes are added.
+    pub fn start(options: SpyOptions) -> Result<Spy, SpyError> {
+        let probes = Probes::load(&options.load)?;
+        Ok(Spy {
+            probes,
+            tracker: Tracker::new(options.parse.clone()),
+            options,
+            targets: HashMap::new(),
+            libraries: HashMap::new(),
+            wall_offset_ns: wall_offset_ns(),
+            out: Vec::new(),
+            decode_errors: 0,
+        })
+    }
+
+    pub fn hello(&self) -> Record {
+        Record::Hello(Hello {
+            spy_version: crate::VERSION.to_string(),
+            kernel: kernel_release(),
+            node: self.options.node.clone(),
+            btf: true,
+            ts_ns: self.wall_ns(monotonic_ns()),
+        })
+    }
+
+    /// Probes a library file before any process maps it, so a command we
+    /// are about to start is traced from its first TLS call.
+    pub fn attach_library(&mut self, path: &Path) -> Result<bool, SpyError> {
+        let Ok(file) = FileId::of(path) else { return Ok(false) };
+        let Some(Some(library)) = self.examine(file, path, false).cloned() else { return Ok(false) };
+        self.probes.attach_openssl(file, path, &library)?;
+        Ok(true)
+    }
+
+    /// Starts tracing `pid`: the kernel filter first (so nothing between
+    /// now and the attach is missed), then its TLS libraries.
+    pub fn add_process(&mut self, pid: u32, pod: Option<PodRef>) -> Result<(), SpyError> {
+        if !process::exists(pid) {
+            return Err(SpyError::NoSuchProcess(pid));
+        }
+        self.probes.add_target(pid, self.options.follow_children)?;
+        self.targets.insert(pid, TargetState { pod, examined: HashSet::new(), stacks: Vec::new() });
+        self.scan(pid, true);
+        Ok(())
+    }
+
+    /// Examines the process's mapped files for TLS stacks it has not
+    /// examined yet, attaches to them, and reports the target when
+    /// something changed (or always, with `report`).
+    fn scan(&mut self, pid: u32, mut report: bool) {
+        let files = match process::mapped_files(pid) {
+            Ok(files) => files,
+            Err(_) => return, // gone; its exit event cleans up
+        };
+        let exe = process::exe(pid);
+        let mut found = Vec::new();
+        {
+            let Some(state) = self.targets.get_mut(&pid) else { return };
+            for file in files {
+                if state.examined.insert(file.file_id) {
+                    found.push(file);
+                }
+            }
+        }
+        for file in found {
+            let is_exe = exe.as_deref() == Some(file.path.as_str());
+            let Some(Some(library)) = self.examine(file.file_id, &file.host_path, is_exe).cloned() else {
+                continue;
+            };
+            let (probed, reason) = match self.probes.attach_openssl(file.file_id, &file.host_path, &library) {
+                Ok(()) => (true, None),
+                Err(err) => (false, Some(err.to_string())),
+            };
+            let stack = TlsStack {
+                library: library.library,
+                linkage: library.linkage,
+                path: file.path.clone(),
+                version: library.version.clone(),
+                probed,
+                reason,
+            };
+            if let Some(state) = self.targets.get_mut(&pid) {
+                state.stacks.push(stack);
+                report = true;
+            }
+        }
+        if report {
+            let record = self.target_record(pid);
+            self.out.push(record);
+        }
+    }
+
+    fn examine(&mut self, file: FileId, path: &Path, is_exe: bool) -> Option<&Option<OpensslProbes>> {
+        if !self.libraries.contains_key(&file) {
+            let found = match tls_stack::detect_openssl(path, is_exe) {
+                Ok(found) => found,
+                Err(err) => {
+                    log::debug!("{err}");
+                    None
+                }
+            };
+            self.libraries.insert(file, found);
+        }
+        self.libraries.get(&file)
+    }
+
+    fn target_record(&self, pid: u32) -> Record {
+        let state = self.targets.get(&pid);
+        let tls = state.map(|s| s.stacks.clone()).unwrap_or_default();
+        let probed = tls.iter().any(|s| s.probed);
+        let reason = if probed {
+            None
+        } else if let Some(failed) = tls.iter().find_map(|s| s.reason.clone()) {
+            Some(failed)
+        } else {
+            Some(
+                "no TLS library found: the process maps no libssl and its executable exports no \
+                 SSL_read/SSL_write"
+                    .to_string(),
+            )
+        };
+        let meta = self.process_meta(pid);
+        Record::Target(Target {
+            pid,
+            ns_pid: meta.ns_pid,
+            process: meta.name,
+            exe: process::exe(pid),
+            container_id: None,
+            pod: meta.pod,
+            tls,
+            probed,
+            reason,
+        })
+    }
+
+    fn process_meta(&self, pid: u32) -> ProcessMeta {
+        ProcessMeta {
+            name: process::name(pid).unwrap_or_else(|_| "?".to_string()),
+            ns_pid: process::ns_pid(pid),
+            pod: self.targets.get(&pid).and_then(|s| s.pod.clone()),
+        }
+    }
+
+    /// Runs until told to stop (or, with `exit_when_targets_gone`, until
+    /// every target exited). Returns the final counters.
+    pub async fn run(
+        mut self,
+        sink: &mut dyn Sink,
+        mut control: mpsc::Receiver<Control>,
+    ) -> Result<Stats, SpyError> {
+        let ring = self.probes.take_ring().ok_or_else(|| {
+            SpyError::Ring(std::io::Error::other("the ring buffer was already taken"))
+        })?;
+        // SAFETY: the RingBuf owns its map fd, which stays open and the same
+        // for as long as the RingBuf lives, and the AsyncFd owns the RingBuf.
+        let mut ring = unsafe { AsyncFd::register(ring) }.map_err(|e| SpyError::Ring(e.into()))?;
+        for pid in self.targets.keys().copied().collect::<Vec<_>>() {
+            let meta = self.process_meta(pid);
+            self.tracker.describe_process(pid, meta);
+        }
+        self.flush(sink)?;
+
+        let mut rescan = tokio::time::interval(self.options.rescan_interval);
+        rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let stats_every = self.options.stats_interval.unwrap_or(Duration::from_secs(3600));
+        let mut stats_tick = tokio::time::interval(stats_every);
+        stats_tick.tick().await;
+
+        let reason = loop {
+            tokio::select! {
+                guard = ring.readable_mut() => {
+                    let mut guard = guard.map_err(SpyError::Ring)?;
+                    let ring = guard.get_inner_mut();
+                    while let Some(item) = ring.next() {
+                        self.handle(&item);
+                    }
+                    guard.clear_ready();
+                }
+                message = control.recv() => match message {
+                    Some(Control::AddProcess { pid, pod }) => {
+                        if let Err(err) = self.add_process(pid, pod) {
+                            self.out.push(Record::Warning(Warning { message: err.to_string(), pid: Some(pid) }));
+                        } else {
+                            let meta = self.process_meta(pid);
+                            self.tracker.describe_process(pid, meta);
+                        }
+                    }
+                    Some(Control::Stop(reason)) => break reason,
+                    None => break "control channel closed".to_string(),
+                },
+                _ = rescan.tick() => {
+                    for pid in self.targets.keys().copied().collect::<Vec<_>>() {
+                        self.scan(pid, false);
+                    }
+                }
+                _ = stats_tick.tick(), if self.options.stats_interval.is_some() => {
+                    let stats = self.stats();
+                    self.out.push(Record::Stats(stats));
+                }
+            }
+            self.flush(sink)?;
+            if self.options.exit_when_targets_gone && self.targets.is_empty() {
+                break "every target exited".to_string();
+            }
+        };
+
+        // Events already in the ring belong to this session.
+        {
+            let ring = ring.get_mut();
+            while let Some(item) = ring.next() {
+                self.handle(&item);
+            }
+        }
+        let mut tail = Vec::new();
+        self.tracker.finish(&mut tail);
+        self.out.extend(tail);
+        let stats = self.stats();
+        self.out.push(Record::Stats(stats.clone()));
+        self.out.push(Record::Bye(Bye { reason, stats: stats.clone() }));
+        self.flush(sink)?;
+        Ok(stats)
+    }
+
+    fn handle(&mut self, bytes: &[u8]) {
+        let event = match event::decode(bytes) {
+            Ok(event) => event,
+            Err(err) => {
+                self.decode_errors += 1;
+                log::warn!("{err}");
+                return;
+            }
+        };
+        match event {
+            KernelEvent::Data { header, data } => {
+                let (local, remote) = event::addresses(&header.tuple);
+                let library = match header.source {
+                    spy_ebpf::source::GO => TlsLibrary::GoCryptoTls,
+                    _ => TlsLibrary::Openssl,
+                };
+                let direction = match header.direction {
+                    spy_ebpf::direction::SEND => Direction::Send,
+                    _ => Direction::Recv,
+                };
+                let ev = DataEvent {
+                    tgid: header.tgid,
+                    tid: header.tid,
+                    ts_ns: self.wall_ns(header.ts_ns),
+                    conn_ptr: header.conn_ptr,
+                    direction,
+                    library,
+                    call_len: header.call_len,
+                    call_offset: header.call_offset,
+                    local,
+                    remote,
+                    comm: event::comm(&header.comm),
+                    data,
+                };
+                self.tracker.on_data(&ev, &mut self.out);
+            }
+            KernelEvent::Fork(proc_event) => {
+                let pid = proc_event.tgid;
+                let pod = self.targets.get(&proc_event.parent_tgid).and_then(|s| s.pod.clone());
+                // Threads also fork; only processes get a /proc/PID entry of their own
+                // with Tgid == pid.
+                if is_process(pid) {
+                    self.targets.insert(pid, TargetState { pod, examined: HashSet::new(), stacks: Vec::new() });
+                    let meta = self.process_meta(pid);
+                    self.tracker.describe_process(pid, meta);
+                }
+            }
+            KernelEvent::Exec(proc_event) => {
+                let pid = proc_event.tgid;
+                if let Some(state) = self.targets.get_mut(&pid) {
+                    // A new program: new mappings, new name.
+                    state.examined.clear();
+                    state.stacks.clear();
+                    let meta = self.process_meta(pid);
+                    self.tracker.describe_process(pid, meta);
+                    self.scan(pid, true);
+                }
+            }
+            KernelEvent::Exit(proc_event) => {
+                let pid = proc_event.tgid;
+                if self.targets.remove(&pid).is_some() {
+                    self.tracker.process_exited(pid, &mut self.out);
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self, sink: &mut dyn Sink) -> Result<(), SpyError> {
+        for record in self.out.drain(..) {
+            sink.record(record).map_err(SpyError::Output)?;
+        }
+        sink.flush().map_err(SpyError::Output)
+    }
+
+    pub fn kernel_stats(&self) -> KernelStats {
+        self.probes.kernel_stats()
+    }
+
+    fn stats(&self) -> Stats {
+        let kernel = self.probes.kernel_stats();
+        let t = &self.tracker.stats;
+        Stats {
+            calls: kernel.calls,
+            events: kernel.events,
+            lost_events: kernel.lost_events,
+            lost_bytes: kernel.lost_bytes,
+            bytes: t.bytes,
+            calls_without_socket: kernel.no_fd,
+            connections: t.connections,
+            exchanges: t.exchanges,
+            chunks: t.chunks,
+            parse_errors: t.parse_errors,
+        }
+    }
+
+    fn wall_ns(&self, monotonic: u64) -> u64 {
+        u64::try_from(i128::from(monotonic) + self.wall_offset_ns).unwrap_or(0)
+    }
+}
+
+fn is_process(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Tgid:")).map(|l| l[5..].trim() == pid.to_string()))
+        .unwrap_or(false)
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec we own.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+fn monotonic_ns() -> u64 {
+    u64::try_from(clock_ns(libc::CLOCK_MONOTONIC)).unwrap_or(0)
+}
+
+fn wall_offset_ns() -> i128 {
+    clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default()
+}

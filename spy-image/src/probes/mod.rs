@@ -1,1 +1,277 @@
-//! eBPF: load, attach, read events.
+//! The kernel-facing part of the spy: loads the eBPF object, attaches
+//! tracepoints and uprobes, keeps the in-kernel target filter, and hands out
+//! the ring buffer. Everything here needs root and a kernel with BTF.
+
+pub mod event;
+
+use std::collections::HashMap as StdHashMap;
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
+use aya::programs::{ProgramError, TracePoint, UProbe};
+use aya::{Ebpf, EbpfLoader};
+use spy_ebpf::{globals, maps, programs, stat};
+
+use crate::targets::process::FileId;
+use crate::targets::tls_stack::{OpensslFunction, OpensslProbes};
+
+const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Syscalls whose first argument is the fd an SSL call reads or writes.
+const FD_IO_SYSCALLS: [&str; 8] = [
+    "sys_enter_write",
+    "sys_enter_read",
+    "sys_enter_writev",
+    "sys_enter_readv",
+    "sys_enter_sendto",
+    "sys_enter_recvfrom",
+    "sys_enter_sendmsg",
+    "sys_enter_recvmsg",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error(
+        "tlsspy needs root to load eBPF programs (CAP_BPF, CAP_PERFMON and CAP_SYS_ADMIN); \
+         run it with sudo, or in the privileged spy pod"
+    )]
+    NotRoot,
+    #[error(
+        "this kernel has no BTF ({BTF_PATH} is missing): tlsspy needs a kernel built with \
+         CONFIG_DEBUG_INFO_BTF=y (most distributions since 2020 ship one)"
+    )]
+    NoBtf,
+    #[error("cannot mount tracefs on {TRACEFS}: {0}; mount it by hand (`mount -t tracefs nodev {TRACEFS}`)")]
+    Tracefs(std::io::Error),
+    #[error("the eBPF programs were not built for this architecture")]
+    NoObject,
+    #[error("the kernel refused to load tlsspy's eBPF programs: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("eBPF program {name} is missing from the object")]
+    MissingProgram { name: &'static str },
+    #[error("eBPF map {name} is missing from the object")]
+    MissingMap { name: &'static str },
+    #[error("eBPF map {name}: {source}")]
+    Map { name: &'static str, source: aya::maps::MapError },
+    #[error("cannot load or attach eBPF program {name}: {source}")]
+    Program { name: &'static str, source: ProgramError },
+    #[error("cannot attach a uprobe to {function} in {path}: {source}")]
+    Uprobe { function: &'static str, path: PathBuf, source: ProgramError },
+}
+
+/// Kernel-side counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    pub calls: u64,
+    pub events: u64,
+    pub lost_events: u64,
+    pub lost_bytes: u64,
+    pub no_fd: u64,
+    pub proc_lost: u64,
+}
+
+pub struct Probes {
+    ebpf: Ebpf,
+    targets: HashMap<MapData, u32, u32>,
+    stats: PerCpuArray<MapData, u64>,
+    ring: Option<RingBuf<MapData>>,
+    /// Libraries already probed: uprobes live on inodes, so one attach
+    /// serves every process that maps the file.
+    attached: StdHashMap<FileId, PathBuf>,
+}
+
+/// Options for loading.
+#[derive(Clone, Debug)]
+pub struct LoadOptions {
+    /// Ring buffer size in bytes (a power of two, at least one page).
+    pub ring_buffer_bytes: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { ring_buffer_bytes: 16 * 1024 * 1024 }
+    }
+}
+
+/// Checks what loading needs, in the order a person can fix it.
+pub fn preflight() -> Result<(), ProbeError> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(ProbeError::NotRoot);
+    }
+    if !Path::new(BTF_PATH).exists() {
+        return Err(ProbeError::NoBtf);
+    }
+    Ok(())
+}
+
+impl Probes {
+    /// Loads the programs and attaches the tracepoints. No uprobe yet: those
+    /// come per library with [`Probes::attach_openssl`].
+    pub fn load(options: &LoadOptions) -> Result<Probes, ProbeError> {
+        preflight()?;
+        if spy_ebpf::OBJECT.is_empty() {
+            return Err(ProbeError::NoObject);
+        }
+        ensure_tracefs()?;
+        raise_memlock_limit();
+
+        let self_tgid = std::process::id();
+        let mut ebpf = EbpfLoader::new()
+            .override_global(globals::SELF_TGID, &self_tgid, true)
+            .map_max_entries(maps::EVENTS, options.ring_buffer_bytes)
+            .load(spy_ebpf::OBJECT)
+            .map_err(ProbeError::Load)?;
+
+        let targets = HashMap::try_from(take_map(&mut ebpf, maps::TARGET_TGIDS)?)
+            .map_err(|source| ProbeError::Map { name: maps::TARGET_TGIDS, source })?;
+        let stats = PerCpuArray::try_from(take_map(&mut ebpf, maps::STATS)?)
+            .map_err(|source| ProbeError::Map { name: maps::STATS, source })?;
+        let ring = RingBuf::try_from(take_map(&mut ebpf, maps::EVENTS)?)
+            .map_err(|source| ProbeError::Map { name: maps::EVENTS, source })?;
+
+        for name in [
+            programs::SSL_WRITE_ENTER,
+            programs::SSL_READ_ENTER,
+            programs::SSL_WRITE_EX_ENTER,
+            programs::SSL_READ_EX_ENTER,
+            programs::SSL_RETURN,
+        ] {
+            uprobe(&mut ebpf, name)?.load().map_err(|source| ProbeError::Program { name, source })?;
+        }
+
+        let fd_io = tracepoint(&mut ebpf, programs::SYS_ENTER_FD_IO)?;
+        fd_io.load().map_err(|source| ProbeError::Program { name: programs::SYS_ENTER_FD_IO, source })?;
+        for syscall in FD_IO_SYSCALLS {
+            fd_io
+                .attach("syscalls", syscall)
+                .map_err(|source| ProbeError::Program { name: programs::SYS_ENTER_FD_IO, source })?;
+        }
+        for (name, event) in [
+            (programs::SCHED_PROCESS_FORK, "sched_process_fork"),
+            (programs::SCHED_PROCESS_EXEC, "sched_process_exec"),
+            (programs::SCHED_PROCESS_EXIT, "sched_process_exit"),
+        ] {
+            let program = tracepoint(&mut ebpf, name)?;
+            program.load().map_err(|source| ProbeError::Program { name, source })?;
+            program.attach("sched", event).map_err(|source| ProbeError::Program { name, source })?;
+        }
+
+        Ok(Probes { ebpf, targets, stats, ring: Some(ring), attached: StdHashMap::new() })
+    }
+
+    /// Starts tracing `tgid` (and, with `follow_children`, what it forks).
+    pub fn add_target(&mut self, tgid: u32, follow_children: bool) -> Result<(), ProbeError> {
+        let flags = if follow_children { spy_ebpf::TARGET_FOLLOW_CHILDREN } else { 0 };
+        self.targets
+            .insert(tgid, flags, 0)
+            .map_err(|source| ProbeError::Map { name: maps::TARGET_TGIDS, source })
+    }
+
+    pub fn remove_target(&mut self, tgid: u32) {
+        // Already gone when the process exited: the kernel side removed it.
+        let _ = self.targets.remove(&tgid);
+    }
+
+    /// Whether the library file was probed already (by any process).
+    pub fn is_attached(&self, file: FileId) -> bool {
+        self.attached.contains_key(&file)
+    }
+
+    /// Puts entry and return probes on every SSL_read/SSL_write(_ex) the
+    /// library exports. Probes on a file serve every process mapping it.
+    pub fn attach_openssl(
+        &mut self,
+        file: FileId,
+        host_path: &Path,
+        library: &OpensslProbes,
+    ) -> Result<(), ProbeError> {
+        if self.attached.contains_key(&file) {
+            return Ok(());
+        }
+        for &(function, offset) in &library.offsets {
+            let entry = match function {
+                OpensslFunction::Write => programs::SSL_WRITE_ENTER,
+                OpensslFunction::Read => programs::SSL_READ_ENTER,
+                OpensslFunction::WriteEx => programs::SSL_WRITE_EX_ENTER,
+                OpensslFunction::ReadEx => programs::SSL_READ_EX_ENTER,
+            };
+            for name in [entry, programs::SSL_RETURN] {
+                uprobe(&mut self.ebpf, name)?
+                    .attach(UProbeAttachLocation::AbsoluteOffset(offset), host_path, UProbeScope::AllProcesses)
+                    .map_err(|source| ProbeError::Uprobe {
+                        function: function.symbol(),
+                        path: host_path.to_path_buf(),
+                        source,
+                    })?;
+            }
+        }
+        self.attached.insert(file, host_path.to_path_buf());
+        Ok(())
+    }
+
+    /// The ring buffer, to be read by the event loop (taken once).
+    pub fn take_ring(&mut self) -> Option<RingBuf<MapData>> {
+        self.ring.take()
+    }
+
+    pub fn kernel_stats(&self) -> KernelStats {
+        let sum = |index: u32| -> u64 {
+            self.stats.get(&index, 0).map(|values| values.iter().sum()).unwrap_or(0)
+        };
+        KernelStats {
+            calls: sum(stat::CALLS),
+            events: sum(stat::EVENTS),
+            lost_events: sum(stat::LOST_EVENTS),
+            lost_bytes: sum(stat::LOST_BYTES),
+            no_fd: sum(stat::NO_FD),
+            proc_lost: sum(stat::PROC_LOST),
+        }
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
+    ebpf.take_map(name).ok_or(ProbeError::MissingMap { name })
+}
+
+fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, ProbeError> {
+    let program = ebpf.program_mut(name).ok_or(ProbeError::MissingProgram { name })?;
+    program.try_into().map_err(|source| ProbeError::Program { name, source })
+}
+
+fn tracepoint<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut TracePoint, ProbeError> {
+    let program = ebpf.program_mut(name).ok_or(ProbeError::MissingProgram { name })?;
+    program.try_into().map_err(|source| ProbeError::Program { name, source })
+}
+
+/// aya finds tracepoints through tracefs; a spy pod or a minimal host may
+/// not have it mounted.
+fn ensure_tracefs() -> Result<(), ProbeError> {
+    if Path::new(TRACEFS).join("events").exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
+        return Ok(());
+    }
+    let target = std::ffi::CString::new(TRACEFS).map_err(|e| ProbeError::Tracefs(e.into()))?;
+    let fstype = c"tracefs";
+    let source = c"nodev";
+    // SAFETY: all pointers are valid NUL-terminated strings for the call.
+    let rc = unsafe { libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
+    if rc != 0 {
+        return Err(ProbeError::Tracefs(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Kernels before 5.11 charge eBPF maps to RLIMIT_MEMLOCK; newer ones use
+/// memcg accounting, where raising the limit may fail and does not matter.
+fn raise_memlock_limit() {
+    let limit = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: setrlimit reads one valid rlimit struct.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
+        log::warn!(
+            "could not raise RLIMIT_MEMLOCK ({}); kernels with memcg accounting do not need it",
+            std::io::Error::last_os_error()
+        );
+    }
+}

@@ -1,0 +1,220 @@
+//! `kubectl tlsspy local`: the spy on this machine, no cluster.
+
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use spy_image::probes::LoadOptions;
+use spy_image::proto::ParseOptions;
+use spy_image::sink::Sink;
+use spy_image::spy::{Control, Spy, SpyOptions};
+use tokio::sync::mpsc;
+
+use crate::cli::LocalArgs;
+use crate::render::{stats_line, Renderer};
+
+pub async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
+    if args.pids.is_empty() && args.command.is_empty() {
+        bail!("nothing to spy on: give --pid PID, or a command after `--` (kubectl tlsspy local -- curl https://…)");
+    }
+    if !args.pids.is_empty() && !args.command.is_empty() {
+        bail!("give either --pid or a command after `--`, not both");
+    }
+    for &pid in &args.pids {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            bail!("no process with pid {pid} on this machine");
+        }
+    }
+    let ring_bytes = args
+        .output
+        .ring_buffer_mib
+        .checked_mul(1024 * 1024)
+        .filter(|b| b.is_power_of_two())
+        .context("--ring-buffer-mib must be a power of two, at most 2048")?;
+
+    let options = SpyOptions {
+        follow_children: !args.no_follow_children,
+        parse: ParseOptions { max_body: args.output.max_body, show_secrets: args.output.show_secrets },
+        load: LoadOptions { ring_buffer_bytes: ring_bytes },
+        exit_when_targets_gone: true,
+        ..SpyOptions::default()
+    };
+    let mut renderer = Renderer::stdout(&args.output)?;
+    let mut spy = Spy::start(options)?;
+    renderer.record(spy.hello())?;
+
+    let (control_tx, control_rx) = mpsc::channel(16);
+    let mut child = None;
+    if args.command.is_empty() {
+        for &pid in &args.pids {
+            spy.add_process(pid, None)?;
+        }
+    } else {
+        // Probe every OpenSSL the command could load before it starts, so
+        // its first TLS call is seen: the libssl copies the dynamic linker
+        // knows, and the executable itself (a static OpenSSL).
+        let program = resolve_program(&args.command[0])?;
+        for library in libssl_candidates() {
+            spy.attach_library(&library)?;
+        }
+        spy.attach_library(&program)?;
+        let started = start_gated(&program, &args.command)?;
+        spy.add_process(started.pid, None)?;
+        started.release()?;
+        child = Some(started.child);
+    }
+
+    // Stop on Ctrl-C, SIGTERM, --duration, or when the command exits.
+    let stopper = control_tx.clone();
+    tokio::spawn(async move {
+        let reason = wait_for_stop_signal().await;
+        let _ = stopper.send(Control::Stop(reason)).await;
+    });
+    if let Some(duration) = args.duration {
+        let stopper = control_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            let _ = stopper.send(Control::Stop("--duration elapsed".into())).await;
+        });
+    }
+    let mut exit_code = ExitCode::SUCCESS;
+    let child_status = child.map(|mut child| {
+        let stopper = control_tx.clone();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            // Let the last events reach the ring before stopping.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            let _ = stopper.send(Control::Stop("command exited".into())).await;
+            status
+        })
+    });
+    drop(control_tx);
+
+    let stats = spy.run(&mut renderer, control_rx).await?;
+    if let Some(waiter) = child_status {
+        if let Ok(Ok(status)) = waiter.await {
+            exit_code = ExitCode::from(status.code().map_or(1, |c| u8::try_from(c).unwrap_or(1)));
+        }
+    }
+    if !args.output.no_summary && args.output.format == crate::cli::OutputFormat::Live {
+        if let Some(table) = renderer.summary_table() {
+            println!("{table}");
+        }
+    }
+    eprintln!("{}", stats_line(&stats));
+    Ok(exit_code)
+}
+
+async fn wait_for_stop_signal() -> String {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return "interrupted".into();
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "interrupted".into(),
+        _ = term.recv() => "terminated".into(),
+    }
+}
+
+/// The program a command names, through PATH as the shell would.
+fn resolve_program(name: &str) -> anyhow::Result<PathBuf> {
+    if name.contains('/') {
+        let path = PathBuf::from(name);
+        if path.is_file() {
+            return Ok(path);
+        }
+        bail!("cannot run `{name}`: no such file");
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .with_context(|| format!("cannot run `{name}`: not found in PATH"))
+}
+
+/// libssl files the dynamic linker knows about (`ldconfig -p`).
+fn libssl_candidates() -> Vec<PathBuf> {
+    let output = std::process::Command::new("ldconfig").arg("-p").output();
+    let Ok(output) = output else { return Vec::new() };
+    parse_ldconfig(&String::from_utf8_lossy(&output.stdout))
+}
+
+fn parse_ldconfig(text: &str) -> Vec<PathBuf> {
+    text.lines()
+        .filter(|line| line.trim_start().starts_with("libssl.so"))
+        .filter_map(|line| line.split_once("=> ").map(|(_, path)| PathBuf::from(path.trim())))
+        .collect()
+}
+
+/// A child process forked but held before exec until released, so the
+/// kernel filter and probes are in place before its first instruction.
+struct Gated {
+    pid: u32,
+    child: tokio::process::Child,
+    release: std::os::fd::OwnedFd,
+}
+
+impl Gated {
+    fn release(self) -> anyhow::Result<()> {
+        let mut file = std::fs::File::from(self.release);
+        std::io::Write::write_all(&mut file, b"g").context("cannot start the command")?;
+        Ok(())
+    }
+}
+
+fn start_gated(program: &Path, command: &[String]) -> anyhow::Result<Gated> {
+    let (read_end, write_end) = std::io::pipe().context("cannot create a pipe")?;
+    let gate = std::os::fd::OwnedFd::from(read_end);
+    let gate_fd = std::os::fd::AsRawFd::as_raw_fd(&gate);
+    let mut cmd = std::process::Command::new(program);
+    cmd.arg0(&command[0]).args(&command[1..]);
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls read(2), which is async-signal-safe; it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            let mut byte = 0u8;
+            let n = libc::read(gate_fd, (&raw mut byte).cast(), 1);
+            if n == 1 {
+                libc::close(gate_fd);
+                Ok(())
+            } else {
+                Err(std::io::Error::other("tlsspy did not release the command"))
+            }
+        });
+    }
+    let child = tokio::process::Command::from(cmd)
+        .kill_on_drop(false)
+        .spawn()
+        .with_context(|| format!("cannot start `{}`", command[0]))?;
+    drop(gate);
+    let pid = child.id().context("the command exited before it started")?;
+    Ok(Gated { pid, child, release: write_end.into() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ldconfig_lines() {
+        let text = "\t1234 libs found in cache `/etc/ld.so.cache'
+\tlibssl.so.3 (libc6,x86-64) => /lib/x86_64-linux-gnu/libssl.so.3
+\tlibssl3.so (libc6,x86-64) => /lib/x86_64-linux-gnu/libssl3.so
+\tlibc.so.6 (libc6,x86-64) => /lib/x86_64-linux-gnu/libc.so.6
+";
+        assert_eq!(
+            parse_ldconfig(text),
+            [PathBuf::from("/lib/x86_64-linux-gnu/libssl.so.3"), PathBuf::from("/lib/x86_64-linux-gnu/libssl3.so")]
+        );
+    }
+
+    #[test]
+    fn programs_resolve_through_path() {
+        assert!(resolve_program("sh").expect("sh").ends_with("sh"));
+        assert!(resolve_program("no-such-program-tlsspy").unwrap_err().to_string().contains("not found in PATH"));
+    }
+}

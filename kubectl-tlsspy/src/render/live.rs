@@ -1,0 +1,290 @@
+//! Live lines: one line per exchange or chunk, the payload below it.
+
+use std::io::{self, Write};
+
+use spy_image::record::{Chunk, Connection, Direction, Exchange, Handshake, Record, Target};
+
+/// Folded payloads show at most this many lines...
+const FOLD_LINES: usize = 24;
+/// ...and at most this many bytes.
+const FOLD_BYTES: usize = 2048;
+const HEX_WIDTH: usize = 16;
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LiveOptions {
+    pub color: bool,
+    pub full: bool,
+}
+
+struct Style(bool);
+
+impl Style {
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.0 {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+    fn dim(&self, t: &str) -> String {
+        self.paint("2", t)
+    }
+    fn bold(&self, t: &str) -> String {
+        self.paint("1", t)
+    }
+    fn green(&self, t: &str) -> String {
+        self.paint("32", t)
+    }
+    fn yellow(&self, t: &str) -> String {
+        self.paint("33", t)
+    }
+    fn red(&self, t: &str) -> String {
+        self.paint("31", t)
+    }
+    fn cyan(&self, t: &str) -> String {
+        self.paint("36", t)
+    }
+}
+
+pub fn write_record(out: &mut impl Write, record: &Record, options: &LiveOptions) -> io::Result<()> {
+    let style = Style(options.color);
+    match record {
+        Record::Chunk(chunk) => write_chunk(out, chunk, options, &style),
+        Record::Exchange(exchange) => write_exchange(out, exchange, options, &style),
+        Record::Target(target) => write_target(out, target, &style),
+        Record::Handshake(handshake) => write_handshake(out, handshake, &style),
+        Record::Warning(warning) => {
+            writeln!(out, "{} {}", style.yellow("warning:"), warning.message)
+        }
+        Record::Hello(_) | Record::Stats(_) | Record::Bye(_) => Ok(()),
+    }
+}
+
+/// "HH:MM:SS.mmm" in UTC.
+pub fn clock(ts_ns: u64) -> String {
+    let secs = ts_ns / 1_000_000_000;
+    let millis = (ts_ns / 1_000_000) % 1000;
+    format!("{:02}:{:02}:{:02}.{:03}", (secs / 3600) % 24, (secs / 60) % 60, secs % 60, millis)
+}
+
+fn who(conn: &Connection) -> String {
+    match &conn.pod {
+        Some(pod) => format!("{}/{}", pod.namespace, pod.name),
+        None => format!("{}[{}]", conn.process, conn.pid),
+    }
+}
+
+fn peer(conn: &Connection) -> String {
+    match (&conn.remote_name, &conn.remote) {
+        (Some(name), Some(addr)) => format!("{name} ({addr})"),
+        (Some(name), None) => name.clone(),
+        (None, Some(addr)) => addr.to_string(),
+        (None, None) => "?".to_string(),
+    }
+}
+
+fn write_target(out: &mut impl Write, target: &Target, style: &Style) -> io::Result<()> {
+    let what = if target.tls.is_empty() {
+        "no TLS library".to_string()
+    } else {
+        target
+            .tls
+            .iter()
+            .map(|s| {
+                let version = s.version.as_deref().map(|v| format!(" {v}")).unwrap_or_default();
+                let state = if s.probed { "probed" } else { "not probed" };
+                format!("{:?}{version} ({}, {state})", s.library, s.path)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+            .to_lowercase()
+    };
+    let line = format!("target {}[{}]: {what}", target.process, target.pid);
+    if target.probed {
+        writeln!(out, "{}", style.dim(&line))
+    } else {
+        let reason = target.reason.as_deref().unwrap_or("not probed");
+        writeln!(out, "{} {}", style.yellow(&line), style.yellow(&format!("— {reason}")))
+    }
+}
+
+fn write_handshake(out: &mut impl Write, h: &Handshake, style: &Style) -> io::Result<()> {
+    let lock = if h.decrypted { "🔓" } else { "🔒" };
+    let mut line = format!(
+        "{lock} {} {} {} TLS handshake sni={} alpn={} version={} cipher={}",
+        style.dim(&clock(h.ts_ns)),
+        who(&h.conn),
+        peer(&h.conn),
+        h.sni.as_deref().unwrap_or("-"),
+        h.alpn.as_deref().unwrap_or("-"),
+        h.version.as_deref().unwrap_or("-"),
+        h.cipher.as_deref().unwrap_or("-"),
+    );
+    if let Some(reason) = &h.reason {
+        line.push_str(&format!(" ({reason})"));
+    }
+    writeln!(out, "{line}")
+}
+
+fn write_chunk(out: &mut impl Write, chunk: &Chunk, options: &LiveOptions, style: &Style) -> io::Result<()> {
+    let conn = &chunk.conn;
+    let (arrow, from, to) = match chunk.direction {
+        Direction::Send => ("→", conn.local, conn.remote),
+        Direction::Recv => ("←", conn.local, conn.remote),
+    };
+    let addr = |a: Option<std::net::SocketAddr>| a.map_or("?".to_string(), |a| a.to_string());
+    writeln!(
+        out,
+        "🔓 {} {} {} {arrow} {} {} {}",
+        style.dim(&clock(chunk.ts_ns)),
+        style.bold(&who(conn)),
+        addr(from),
+        addr(to),
+        style.cyan(&format!("{} {} B", if chunk.direction == Direction::Send { "sent" } else { "received" }, chunk.len)),
+        style.dim(&conn.id),
+    )?;
+    write_payload(out, &chunk.data.to_bytes(), options, style)
+}
+
+fn write_exchange(out: &mut impl Write, x: &Exchange, options: &LiveOptions, style: &Style) -> io::Result<()> {
+    let request = x.request.as_ref();
+    let method = request.map_or("?", |r| r.method.as_str());
+    let target = request.map_or(String::new(), |r| format!("{}{}", r.authority.as_deref().unwrap_or(""), r.path));
+    let status = match &x.response {
+        Some(response) => {
+            let code = response.status.to_string();
+            match response.status {
+                200..=399 => style.green(&code),
+                400..=499 => style.yellow(&code),
+                _ => style.red(&code),
+            }
+        }
+        None => style.red(x.incomplete.as_deref().unwrap_or("no response")),
+    };
+    let grpc = x.grpc.as_ref().map_or(String::new(), |g| {
+        format!(" grpc-status={}", g.status.map_or("?".to_string(), |s| s.to_string()))
+    });
+    let latency = x.latency_us.map_or(String::new(), |us| format!(" {}", human_latency(us)));
+    let sizes = format!(
+        " ↑{} ↓{}",
+        human_bytes(request.map_or(0, |r| r.body.size)),
+        human_bytes(x.response.as_ref().map_or(0, |r| r.body.size))
+    );
+    let ts = request.map(|r| r.ts_ns).or(x.response.as_ref().map(|r| r.ts_ns)).unwrap_or(0);
+    writeln!(
+        out,
+        "🔓 {} {} → {} {:?} {} {} {status}{grpc}{}{} {}",
+        style.dim(&clock(ts)),
+        style.bold(&who(&x.conn)),
+        peer(&x.conn),
+        x.protocol,
+        style.bold(method),
+        target,
+        latency,
+        style.dim(&sizes),
+        style.dim(&x.conn.id),
+    )?;
+    if options.full {
+        if let Some(data) = request.and_then(|r| r.body.data.as_ref()) {
+            write_payload(out, &data.to_bytes(), options, style)?;
+        }
+        if let Some(data) = x.response.as_ref().and_then(|r| r.body.data.as_ref()) {
+            write_payload(out, &data.to_bytes(), options, style)?;
+        }
+    }
+    Ok(())
+}
+
+fn human_bytes(n: u64) -> String {
+    match n {
+        0..=1023 => format!("{n}B"),
+        1024..=1_048_575 => format!("{:.1}KiB", n as f64 / 1024.0),
+        _ => format!("{:.1}MiB", n as f64 / 1_048_576.0),
+    }
+}
+
+fn human_latency(us: u64) -> String {
+    match us {
+        0..=999 => format!("{us}µs"),
+        1000..=999_999 => format!("{:.1}ms", us as f64 / 1000.0),
+        _ => format!("{:.2}s", us as f64 / 1_000_000.0),
+    }
+}
+
+/// Text as text (indented), anything else as a hex dump; folded unless full.
+fn write_payload(out: &mut impl Write, bytes: &[u8], options: &LiveOptions, style: &Style) -> io::Result<()> {
+    let shown = if options.full { bytes } else { &bytes[..bytes.len().min(FOLD_BYTES)] };
+    let mut lines = if looks_like_text(shown) { text_lines(shown) } else { hex_lines(shown) };
+    let mut folded = shown.len() < bytes.len();
+    if !options.full && lines.len() > FOLD_LINES {
+        lines.truncate(FOLD_LINES);
+        folded = true;
+    }
+    for line in lines {
+        writeln!(out, "    {line}")?;
+    }
+    if folded {
+        writeln!(out, "    {}", style.dim(&format!("… {} bytes in all (--full shows everything)", bytes.len())))?;
+    }
+    Ok(())
+}
+
+fn looks_like_text(bytes: &[u8]) -> bool {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => text.chars().all(|c| !c.is_control() || matches!(c, '\n' | '\r' | '\t')),
+        // A multi-byte character cut at the fold is still text.
+        Err(e) => e.error_len().is_none() && looks_like_text(&bytes[..e.valid_up_to()]),
+    }
+}
+
+fn text_lines(bytes: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(bytes).lines().map(|l| l.trim_end_matches('\r').to_string()).collect()
+}
+
+fn hex_lines(bytes: &[u8]) -> Vec<String> {
+    bytes
+        .chunks(HEX_WIDTH)
+        .enumerate()
+        .map(|(i, row)| {
+            let hex: Vec<String> = row.iter().map(|b| format!("{b:02x}")).collect();
+            let ascii: String =
+                row.iter().map(|&b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '.' }).collect();
+            format!("{:08x}  {:<47}  {ascii}", i * HEX_WIDTH, hex.join(" "))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_and_binary_payloads() {
+        let mut out = Vec::new();
+        let options = LiveOptions::default();
+        write_payload(&mut out, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &options, &Style(false)).expect("write");
+        assert_eq!(String::from_utf8_lossy(&out), "    GET / HTTP/1.1\n    Host: x\n");
+        out.clear();
+        write_payload(&mut out, &[0, 1, 2, 0x41], &options, &Style(false)).expect("write");
+        assert_eq!(String::from_utf8_lossy(&out), format!("    00000000  {:<47}  ...A\n", "00 01 02 41"));
+    }
+
+    #[test]
+    fn long_payloads_fold_unless_full() {
+        let text = "line\n".repeat(100);
+        let mut out = Vec::new();
+        write_payload(&mut out, text.as_bytes(), &LiveOptions::default(), &Style(false)).expect("write");
+        let shown = String::from_utf8_lossy(&out);
+        assert_eq!(shown.lines().count(), FOLD_LINES + 1);
+        assert!(shown.contains("500 bytes in all"));
+        out.clear();
+        write_payload(&mut out, text.as_bytes(), &LiveOptions { full: true, color: false }, &Style(false))
+            .expect("write");
+        assert_eq!(String::from_utf8_lossy(&out).lines().count(), 100);
+    }
+
+    #[test]
+    fn clock_formats_utc() {
+        assert_eq!(clock(3_723_004_000_000), "01:02:03.004");
+    }
+}

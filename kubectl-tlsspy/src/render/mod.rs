@@ -1,0 +1,103 @@
+//! Renderers: sinks over records. Live lines for people, JSON lines for
+//! machines, and a summary table at the end.
+
+mod filter;
+mod live;
+mod summary;
+
+use std::io::{self, IsTerminal, Write};
+
+use spy_image::record::{Line, Record, Stats};
+use spy_image::sink::Sink;
+
+pub use filter::Filter;
+pub use live::LiveOptions;
+
+use crate::cli::{OutputArgs, OutputFormat};
+
+/// The plugin's one sink: filters, then prints in the chosen format, and
+/// keeps what the summary needs.
+pub struct Renderer<W: Write> {
+    out: W,
+    format: OutputFormat,
+    live: LiveOptions,
+    filter: Filter,
+    summary: summary::Summary,
+    last_stats: Option<Stats>,
+}
+
+impl Renderer<io::Stdout> {
+    pub fn stdout(args: &OutputArgs) -> anyhow::Result<Self> {
+        let color = io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        Renderer::new(io::stdout(), args, color)
+    }
+}
+
+impl<W: Write> Renderer<W> {
+    pub fn new(out: W, args: &OutputArgs, color: bool) -> anyhow::Result<Self> {
+        Ok(Renderer {
+            out,
+            format: args.format,
+            live: LiveOptions { color, full: args.full },
+            filter: Filter::new(&args.filter)?,
+            summary: summary::Summary::default(),
+            last_stats: None,
+        })
+    }
+
+    /// The summary table, when there is anything to sum up.
+    pub fn summary_table(&self) -> Option<String> {
+        self.summary.table()
+    }
+
+    pub fn last_stats(&self) -> Option<&Stats> {
+        self.last_stats.as_ref()
+    }
+}
+
+impl<W: Write> Sink for Renderer<W> {
+    fn record(&mut self, record: Record) -> io::Result<()> {
+        match &record {
+            Record::Stats(stats) => self.last_stats = Some(stats.clone()),
+            Record::Bye(bye) => self.last_stats = Some(bye.stats.clone()),
+            _ => {}
+        }
+        if !self.filter.accepts(&record) {
+            return Ok(());
+        }
+        if let Record::Exchange(exchange) = &record {
+            self.summary.add(exchange);
+        }
+        match self.format {
+            OutputFormat::Json => {
+                serde_json::to_writer(&mut self.out, &Line::from(record))?;
+                self.out.write_all(b"\n")
+            }
+            OutputFormat::Live => live::write_record(&mut self.out, &record, &self.live),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// One line on what the session captured and lost.
+pub fn stats_line(stats: &Stats) -> String {
+    let mut line = format!(
+        "tlsspy: {} TLS calls captured ({} bytes) on {} connections, {} exchanges",
+        stats.calls,
+        stats.bytes,
+        stats.connections,
+        stats.exchanges
+    );
+    if stats.lost_events > 0 || stats.lost_bytes > 0 {
+        line.push_str(&format!(
+            "; LOST {} events ({} bytes): the kernel ring buffer was full, raise --ring-buffer-mib",
+            stats.lost_events, stats.lost_bytes
+        ));
+    } else {
+        line.push_str("; 0 events lost");
+    }
+    line
+}

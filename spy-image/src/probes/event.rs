@@ -1,0 +1,123 @@
+//! Decoding ring buffer records into typed events. The one place raw event
+//! bytes are reinterpreted.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use spy_ebpf::{event_kind, ConnTuple, DataHeader, ProcEvent};
+
+/// One ring buffer record.
+#[derive(Debug)]
+pub enum KernelEvent<'a> {
+    Data { header: DataHeader, data: &'a [u8] },
+    Fork(ProcEvent),
+    Exec(ProcEvent),
+    Exit(ProcEvent),
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("ring buffer record of {0} bytes is too short")]
+    Short(usize),
+    #[error("ring buffer record of unknown kind {0}")]
+    UnknownKind(u32),
+    #[error("data event claims {claimed} bytes but carries {carried}")]
+    Length { claimed: u32, carried: usize },
+}
+
+pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
+    let kind = bytes
+        .get(..4)
+        .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+        .ok_or(DecodeError::Short(bytes.len()))?;
+    match kind {
+        event_kind::DATA => {
+            let header: DataHeader = read_pod(bytes)?;
+            let data = &bytes[size_of::<DataHeader>()..];
+            let len = header.data_len as usize;
+            if len > data.len() {
+                return Err(DecodeError::Length { claimed: header.data_len, carried: data.len() });
+            }
+            Ok(KernelEvent::Data { header, data: &data[..len] })
+        }
+        event_kind::FORK => Ok(KernelEvent::Fork(read_pod(bytes)?)),
+        event_kind::EXEC => Ok(KernelEvent::Exec(read_pod(bytes)?)),
+        event_kind::EXIT => Ok(KernelEvent::Exit(read_pod(bytes)?)),
+        other => Err(DecodeError::UnknownKind(other)),
+    }
+}
+
+/// Types that are plain bytes: every bit pattern is a valid value.
+trait Pod: Copy {}
+impl Pod for DataHeader {}
+impl Pod for ProcEvent {}
+
+fn read_pod<T: Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() < size_of::<T>() {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    // SAFETY: the length is checked above, T is a repr(C) struct of integers
+    // and byte arrays (any bit pattern is valid), and read_unaligned makes
+    // no alignment assumption about the ring buffer's bytes.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// The (local, remote) socket addresses, when the kernel found the socket.
+pub fn addresses(tuple: &ConnTuple) -> (Option<SocketAddr>, Option<SocketAddr>) {
+    let ip = |bytes: &[u8; 16]| -> Option<IpAddr> {
+        match tuple.family {
+            2 => Some(IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))),
+            10 => Some(IpAddr::V6(Ipv6Addr::from(*bytes))),
+            _ => None,
+        }
+    };
+    let local = ip(&tuple.local_addr).map(|ip| SocketAddr::new(ip, tuple.local_port));
+    let remote = ip(&tuple.remote_addr).map(|ip| SocketAddr::new(ip, tuple.remote_port));
+    (local, remote)
+}
+
+/// A NUL-padded kernel comm as text.
+pub fn comm(bytes: &[u8]) -> &str {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    std::str::from_utf8(&bytes[..end]).unwrap_or("?")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header_bytes(header: &DataHeader) -> Vec<u8> {
+        let mut bytes = vec![0u8; size_of::<DataHeader>()];
+        // SAFETY: DataHeader is repr(C) plain data and `bytes` is exactly its size.
+        unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast::<DataHeader>(), *header) };
+        bytes
+    }
+
+    #[test]
+    fn decodes_a_data_event_and_its_addresses() {
+        let mut header = DataHeader { kind: event_kind::DATA, tgid: 7, data_len: 3, ..Default::default() };
+        header.tuple.family = 2;
+        header.tuple.local_addr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        header.tuple.local_port = 40000;
+        header.tuple.remote_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        header.tuple.remote_port = 443;
+        let mut bytes = header_bytes(&header);
+        bytes.extend_from_slice(b"abc");
+        let KernelEvent::Data { header, data } = decode(&bytes).expect("decode") else {
+            panic!("not data")
+        };
+        assert_eq!(header.tgid, 7);
+        assert_eq!(data, b"abc");
+        let (local, remote) = addresses(&header.tuple);
+        assert_eq!(local, Some("127.0.0.1:40000".parse().expect("addr")));
+        assert_eq!(remote, Some("10.0.0.2:443".parse().expect("addr")));
+    }
+
+    #[test]
+    fn bad_records_are_errors_not_panics() {
+        assert_eq!(decode(&[1, 0]).unwrap_err(), DecodeError::Short(2));
+        assert_eq!(decode(&[9, 0, 0, 0]).unwrap_err(), DecodeError::UnknownKind(9));
+        let header = DataHeader { kind: event_kind::DATA, data_len: 100, ..Default::default() };
+        let bytes = header_bytes(&header);
+        assert!(matches!(decode(&bytes), Err(DecodeError::Length { claimed: 100, .. })));
+    }
+}
