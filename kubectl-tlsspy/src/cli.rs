@@ -52,7 +52,8 @@ pub struct LocalArgs {
     #[arg(long)]
     pub no_follow_children: bool,
 
-    /// A command to start and spy on from its first TLS call.
+    /// A command to start and spy on from its first TLS call. With -o json
+    /// its standard output goes to standard error, keeping the record stream clean.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 
@@ -81,6 +82,10 @@ pub struct OutputArgs {
     /// Show payloads in full instead of folding long ones.
     #[arg(long)]
     pub full: bool,
+
+    /// No protocol parsing: show the plaintext exactly as it moved, as chunks.
+    #[arg(long)]
+    pub raw: bool,
 
     /// Body bytes kept per message (the true size is always shown).
     #[arg(long, value_name = "BYTES", default_value = "65536")]

@@ -1,6 +1,7 @@
 //! `kubectl tlsspy local`: the spy on this machine, no cluster.
 
 use std::os::unix::process::CommandExt as _;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -36,6 +37,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
     let options = SpyOptions {
         follow_children: !args.no_follow_children,
         parse: ParseOptions { max_body: args.output.max_body, show_secrets: args.output.show_secrets },
+        raw: args.output.raw,
         load: LoadOptions { ring_buffer_bytes: ring_bytes },
         exit_when_targets_gone: true,
         ..SpyOptions::default()
@@ -50,6 +52,9 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
         for &pid in &args.pids {
             spy.add_process(pid, None)?;
         }
+        if let Some(why) = spy.nothing_to_probe() {
+            bail!("nothing tlsspy can probe: {why}");
+        }
     } else {
         // Probe every OpenSSL the command could load before it starts, so
         // its first TLS call is seen: the libssl copies the dynamic linker
@@ -59,10 +64,12 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
             spy.attach_library(&library)?;
         }
         spy.attach_library(&program)?;
-        let started = start_gated(&program, &args.command)?;
-        spy.add_process(started.pid, None)?;
-        started.release()?;
-        child = Some(started.child);
+        // With -o json our stdout is the record stream: the command's own
+        // output goes to stderr so the stream stays parseable.
+        let to_stderr = args.output.format == crate::cli::OutputFormat::Json;
+        let started = start_gated(&program, &args.command, to_stderr)?;
+        spy.add_starting_process(started.pid)?;
+        child = Some(started.release()?);
     }
 
     // Stop on Ctrl-C, SIGTERM, --duration, or when the command exits.
@@ -150,49 +157,76 @@ fn parse_ldconfig(text: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// A child process forked but held before exec until released, so the
-/// kernel filter and probes are in place before its first instruction.
+/// The environment variable that turns a `kubectl-tlsspy` process into an
+/// exec gate: it waits for one byte on the fd it names, then execs its
+/// arguments in place (same pid). `spawn` returns only after an exec, so
+/// the gate is an exec of ourselves rather than a wait before exec.
+const GATE_ENV: &str = "TLSSPY_EXEC_GATE_FD";
+
+/// A started command held at the gate until released, so the kernel filter
+/// and probes are in place before the command's first instruction.
 struct Gated {
     pid: u32,
     child: tokio::process::Child,
-    release: std::os::fd::OwnedFd,
+    release: std::io::PipeWriter,
 }
 
 impl Gated {
-    fn release(self) -> anyhow::Result<()> {
-        let mut file = std::fs::File::from(self.release);
-        std::io::Write::write_all(&mut file, b"g").context("cannot start the command")?;
-        Ok(())
+    /// Lets the command exec; returns it to be waited for.
+    fn release(mut self) -> anyhow::Result<tokio::process::Child> {
+        std::io::Write::write_all(&mut self.release, b"g").context("cannot start the command")?;
+        Ok(self.child)
     }
 }
 
-fn start_gated(program: &Path, command: &[String]) -> anyhow::Result<Gated> {
-    let (read_end, write_end) = std::io::pipe().context("cannot create a pipe")?;
-    let gate = std::os::fd::OwnedFd::from(read_end);
+fn start_gated(program: &Path, command: &[String], stdout_to_stderr: bool) -> anyhow::Result<Gated> {
+    let (gate, release) = std::io::pipe().context("cannot create a pipe")?;
     let gate_fd = std::os::fd::AsRawFd::as_raw_fd(&gate);
-    let mut cmd = std::process::Command::new(program);
-    cmd.arg0(&command[0]).args(&command[1..]);
-    // SAFETY: the closure runs in the forked child before exec and only
-    // calls read(2), which is async-signal-safe; it allocates nothing.
+    let me = std::env::current_exe().context("cannot find tlsspy's own executable")?;
+    let mut cmd = std::process::Command::new(me);
+    cmd.env(GATE_ENV, gate_fd.to_string()).arg(program).args(&command[1..]);
+    if stdout_to_stderr {
+        let stderr = std::os::fd::AsFd::as_fd(&std::io::stderr()).try_clone_to_owned()?;
+        cmd.stdout(stderr);
+    }
+    // SAFETY: runs in the forked child before exec; fcntl is
+    // async-signal-safe and the closure allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            let mut byte = 0u8;
-            let n = libc::read(gate_fd, (&raw mut byte).cast(), 1);
-            if n == 1 {
-                libc::close(gate_fd);
+            // Keep the gate's read end open across the exec.
+            if libc::fcntl(gate_fd, libc::F_SETFD, 0) == 0 {
                 Ok(())
             } else {
-                Err(std::io::Error::other("tlsspy did not release the command"))
+                Err(std::io::Error::last_os_error())
             }
         });
     }
     let child = tokio::process::Command::from(cmd)
-        .kill_on_drop(false)
         .spawn()
         .with_context(|| format!("cannot start `{}`", command[0]))?;
     drop(gate);
     let pid = child.id().context("the command exited before it started")?;
-    Ok(Gated { pid, child, release: write_end.into() })
+    Ok(Gated { pid, child, release })
+}
+
+/// When this process was started as an exec gate: wait, then become the
+/// command. Returns only on failure.
+pub fn exec_gate_if_asked() -> Option<anyhow::Error> {
+    let fd: i32 = std::env::var(GATE_ENV).ok()?.parse().ok()?;
+    // SAFETY: removing our own variable before any thread is started.
+    unsafe { std::env::remove_var(GATE_ENV) };
+    let mut args = std::env::args_os().skip(1);
+    let program = args.next()?;
+    let mut byte = 0u8;
+    // SAFETY: reads one byte from the inherited pipe fd into a local.
+    let n = unsafe { libc::read(fd, (&raw mut byte).cast(), 1) };
+    if n != 1 {
+        return Some(anyhow::anyhow!("tlsspy stopped before the command could start"));
+    }
+    // SAFETY: closing the gate fd we own; nothing else uses it.
+    unsafe { libc::close(fd) };
+    let err = std::process::Command::new(&program).args(args).exec();
+    Some(anyhow::Error::new(err).context(format!("cannot run `{}`", program.to_string_lossy())))
 }
 
 #[cfg(test)]

@@ -13,6 +13,11 @@ use clap::{CommandFactory, Parser};
 use cli::{Cli, Command};
 
 fn main() -> ExitCode {
+    #[cfg(target_os = "linux")]
+    if let Some(err) = local::exec_gate_if_asked() {
+        let _ = writeln!(std::io::stderr(), "error: {err:#}");
+        return ExitCode::from(127);
+    }
     let cli = Cli::parse();
     let log_level = match &cli.command {
         Some(Command::Local(args)) => args.output.log_level.clone(),

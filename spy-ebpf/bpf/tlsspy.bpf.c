@@ -235,9 +235,11 @@ static __always_inline int tls_call_enter(__u64 conn_ptr, __u64 buf, __u64 moved
 	return 0;
 }
 
-/* ret is SSL_read/SSL_write's result, or 1/0 from the _ex variants, whose
- * byte count is in *moved_ptr. */
-static __always_inline int tls_call_return(long ret)
+/* ret is SSL_read/SSL_write's int result, or 1/0 from the _ex variants,
+ * whose byte count is in *moved_ptr. It must be read as a 32-bit int: the
+ * upper half of the return register is undefined for an int return, and a
+ * -1 read as long looks like 4 GiB moved. */
+static __always_inline int tls_call_return(int ret)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	struct tls_call *call = bpf_map_lookup_elem(&active_calls, &pid_tgid);
@@ -288,7 +290,7 @@ int BPF_KPROBE(ssl_read_ex_enter, void *ssl, void *buf, __u64 num, __u64 *readby
 /* One return program serves all four functions: the call record already says
  * which variant and direction it was. */
 SEC("uretprobe/SSL_return")
-int BPF_KRETPROBE(ssl_return, long ret)
+int BPF_KRETPROBE(ssl_return, int ret)
 {
 	return tls_call_return(ret);
 }

@@ -9,6 +9,7 @@
 pub mod conn;
 pub mod proto;
 pub mod record;
+pub mod session;
 pub mod sink;
 pub mod targets;
 

@@ -1,1 +1,182 @@
-fn main() {}
+//! tlsspy-agent: the spy that runs in the spy pod (or on a host), printing
+//! records as JSON lines on stdout and its log on stderr.
+
+use std::io::{self, BufRead as _};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(name = "tlsspy-agent", version, about = "tlsspy's spy: TLS plaintext of target processes as JSON lines")]
+struct Args {
+    /// A host process to spy on (repeatable).
+    #[arg(long = "pid", value_name = "PID")]
+    pids: Vec<u32>,
+
+    /// Speak the session protocol on stdin: wait for "go", expect heartbeats,
+    /// end on EOF. Without it the agent starts at once and runs until killed
+    /// or every target exited.
+    #[arg(long)]
+    session: bool,
+
+    /// End the session when no line arrives on stdin for this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value = "15")]
+    heartbeat_timeout: u64,
+
+    /// Node name for the hello record.
+    #[arg(long, env = "TLSSPY_NODE")]
+    node: Option<String>,
+
+    /// Body bytes kept per message.
+    #[arg(long, default_value = "65536")]
+    max_body: usize,
+
+    /// Keep Authorization, Cookie and other secret header values.
+    #[arg(long)]
+    show_secrets: bool,
+
+    /// Send a stats record this often, in seconds (0: only at the end).
+    #[arg(long, default_value = "5")]
+    stats_interval: u64,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp(None)
+        .target(env_logger::Target::Stderr)
+        .init();
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("tlsspy-agent: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn run(_args: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("tlsspy-agent runs on Linux only")
+}
+
+#[cfg(target_os = "linux")]
+fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(agent::run(args))
+}
+
+#[cfg(target_os = "linux")]
+mod agent {
+    use super::*;
+    use spy_image::proto::ParseOptions;
+    use spy_image::session::{self, Command};
+    use spy_image::sink::{JsonLines, Sink};
+    use spy_image::spy::{Control, Spy, SpyOptions};
+    use tokio::sync::mpsc;
+
+    pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+        spy_image::probes::preflight()?;
+        let options = SpyOptions {
+            parse: ParseOptions { max_body: args.max_body, show_secrets: args.show_secrets },
+            stats_interval: (args.stats_interval > 0).then(|| Duration::from_secs(args.stats_interval)),
+            exit_when_targets_gone: !args.session,
+            node: args.node.clone(),
+            ..SpyOptions::default()
+        };
+        let mut spy = Spy::start(options)?;
+        for &pid in &args.pids {
+            spy.add_process(pid, None)?;
+        }
+
+        let (control_tx, control_rx) = mpsc::channel(64);
+        let (lines_tx, mut lines_rx) = mpsc::channel::<io::Result<String>>(64);
+        if args.session {
+            // Blocking stdin on its own thread: tokio's stdin is a thread too,
+            // and this one can be left behind at exit.
+            std::thread::spawn(move || {
+                for line in io::stdin().lock().lines() {
+                    let end = line.is_err();
+                    if lines_tx.blocking_send(line).is_err() || end {
+                        return;
+                    }
+                }
+            });
+            // Nothing goes out before "go": what a container prints before
+            // anyone attached is lost.
+            wait_for_go(&mut lines_rx, Duration::from_secs(args.heartbeat_timeout)).await?;
+        }
+
+        let stdout = io::stdout();
+        let mut sink = JsonLines::new(io::BufWriter::new(stdout.lock()));
+        sink.record(spy.hello())?;
+        if args.session {
+            let timeout = Duration::from_secs(args.heartbeat_timeout);
+            tokio::spawn(relay_session(lines_rx, control_tx, timeout));
+        } else {
+            tokio::spawn(async move {
+                let reason = wait_for_signal().await;
+                let _ = control_tx.send(Control::Stop(reason)).await;
+            });
+        }
+        spy.run(&mut sink, control_rx).await?;
+        Ok(ExitCode::SUCCESS)
+    }
+
+    async fn wait_for_go(lines: &mut mpsc::Receiver<io::Result<String>>, timeout: Duration) -> anyhow::Result<()> {
+        loop {
+            let line = tokio::time::timeout(timeout, lines.recv())
+                .await
+                .map_err(|_| anyhow::anyhow!("no \"go\" on stdin within {}s: nobody attached", timeout.as_secs()))?;
+            match line {
+                Some(Ok(line)) if session::parse(&line) == Ok(Command::Go) => return Ok(()),
+                Some(Ok(_)) => continue,
+                Some(Err(err)) => return Err(err.into()),
+                None => anyhow::bail!("stdin closed before \"go\""),
+            }
+        }
+    }
+
+    async fn relay_session(
+        mut lines: mpsc::Receiver<io::Result<String>>,
+        control: mpsc::Sender<Control>,
+        timeout: Duration,
+    ) {
+        let reason = loop {
+            tokio::select! {
+                line = tokio::time::timeout(timeout, lines.recv()) => match line {
+                    Err(_) => break format!("no heartbeat for {}s", timeout.as_secs()),
+                    Ok(None) | Ok(Some(Err(_))) => break "stdin closed".to_string(),
+                    Ok(Some(Ok(line))) => match session::parse(&line) {
+                        Ok(Command::Go | Command::Heartbeat) => {}
+                        Ok(Command::Stop) => break "stopped by the plugin".to_string(),
+                        Ok(Command::Pid(pid)) => {
+                            let _ = control.send(Control::AddProcess { pid, pod: None }).await;
+                        }
+                        Ok(Command::Container { id, pod }) => {
+                            let _ = control.send(Control::AddContainer { id, pod }).await;
+                        }
+                        Err(err) => {
+                            log::warn!("{err}");
+                        }
+                    },
+                },
+                reason = wait_for_signal() => break reason,
+            }
+        };
+        let _ = control.send(Control::Stop(reason)).await;
+    }
+
+    async fn wait_for_signal() -> String {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            std::future::pending::<()>().await;
+            unreachable!()
+        };
+        tokio::select! {
+            _ = term.recv() => "terminated".to_string(),
+            _ = int.recv() => "interrupted".to_string(),
+        }
+    }
+}

@@ -125,7 +125,7 @@ pub enum Role {
 }
 
 /// Which way bytes went, seen from the target process.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     /// The target wrote these bytes (it sent them to the peer).

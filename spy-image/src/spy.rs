@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
@@ -14,6 +14,7 @@ use crate::probes::{KernelStats, LoadOptions, ProbeError, Probes};
 use crate::proto::ParseOptions;
 use crate::record::{Bye, Direction, Hello, PodRef, Record, Stats, Target, TlsLibrary, TlsStack, Warning};
 use crate::sink::Sink;
+use crate::targets::container;
 use crate::targets::process::{self, FileId};
 use crate::targets::tls_stack::{self, OpensslProbes};
 
@@ -22,6 +23,8 @@ pub struct SpyOptions {
     /// Trace what targets fork (and what those exec), too.
     pub follow_children: bool,
     pub parse: ParseOptions,
+    /// No protocol parsing: chunks exactly as moved.
+    pub raw: bool,
     pub load: LoadOptions,
     /// How often targets' mapped files are checked for newly loaded TLS
     /// libraries (dlopen), besides at every exec.
@@ -39,8 +42,9 @@ impl Default for SpyOptions {
         SpyOptions {
             follow_children: true,
             parse: ParseOptions::default(),
+            raw: false,
             load: LoadOptions::default(),
-            rescan_interval: Duration::from_secs(1),
+            rescan_interval: Duration::from_secs(2),
             stats_interval: None,
             exit_when_targets_gone: false,
             node: None,
@@ -53,6 +57,8 @@ impl Default for SpyOptions {
 pub enum Control {
     /// Spy on one more process.
     AddProcess { pid: u32, pod: Option<PodRef> },
+    /// Spy on every process of a container (by its runtime id).
+    AddContainer { id: String, pod: PodRef },
     /// End the session, saying why.
     Stop(String),
 }
@@ -74,7 +80,29 @@ struct TargetState {
     /// Files already examined for this process.
     examined: HashSet<FileId>,
     stacks: Vec<TlsStack>,
+    /// When the process started its current program (or was added).
+    since: Instant,
+    /// A `target` record went out for the current program.
+    reported: bool,
 }
+
+impl TargetState {
+    fn new(pod: Option<PodRef>) -> Self {
+        TargetState { pod, examined: HashSet::new(), stacks: Vec::new(), since: Instant::now(), reported: false }
+    }
+
+    /// Right after an exec the dynamic linker is still mapping libraries
+    /// (and programs dlopen TLS late): such a process is scanned often.
+    fn is_young(&self) -> bool {
+        self.since.elapsed() < YOUNG_PROCESS
+    }
+}
+
+/// How long after an exec a process is rescanned at every tick and a
+/// "no TLS library" verdict is held back.
+const YOUNG_PROCESS: Duration = Duration::from_secs(2);
+/// Rescans of settled processes happen every this many ticks.
+const SETTLED_RESCAN_EVERY: u32 = 8;
 
 pub struct Spy {
     probes: Probes,
@@ -95,7 +123,7 @@ impl Spy {
         let probes = Probes::load(&options.load)?;
         Ok(Spy {
             probes,
-            tracker: Tracker::new(options.parse.clone()),
+            tracker: Tracker::new(options.parse.clone(), options.raw),
             options,
             targets: HashMap::new(),
             libraries: HashMap::new(),
@@ -131,15 +159,56 @@ impl Spy {
             return Err(SpyError::NoSuchProcess(pid));
         }
         self.probes.add_target(pid, self.options.follow_children)?;
-        self.targets.insert(pid, TargetState { pod, examined: HashSet::new(), stacks: Vec::new() });
-        self.scan(pid, true);
+        let mut state = TargetState::new(pod);
+        // A running process has its libraries mapped: report at once.
+        state.since = Instant::now() - YOUNG_PROCESS;
+        self.targets.insert(pid, state);
+        self.scan(pid);
+        Ok(())
+    }
+
+    /// Starts tracing every process of a container. Processes it starts
+    /// later are followed as children of these.
+    pub fn add_container(&mut self, id: &str, pod: PodRef) {
+        let pids = match container::pids_of(id) {
+            Ok(pids) => pids,
+            Err(err) => {
+                self.out.push(Record::Warning(Warning { message: err.to_string(), pid: None }));
+                return;
+            }
+        };
+        for pid in pids {
+            if self.targets.contains_key(&pid) {
+                continue;
+            }
+            match self.add_process(pid, Some(pod.clone())) {
+                Ok(()) => {
+                    let meta = self.process_meta(pid);
+                    self.tracker.describe_process(pid, meta);
+                }
+                Err(err) => self.out.push(Record::Warning(Warning { message: err.to_string(), pid: Some(pid) })),
+            }
+        }
+    }
+
+    /// Starts tracing a process that is about to exec the program to spy
+    /// on: its report waits for the exec.
+    pub fn add_starting_process(&mut self, pid: u32) -> Result<(), SpyError> {
+        if !process::exists(pid) {
+            return Err(SpyError::NoSuchProcess(pid));
+        }
+        self.probes.add_target(pid, self.options.follow_children)?;
+        let mut state = TargetState::new(None);
+        state.reported = true; // the exec resets this
+        self.targets.insert(pid, state);
         Ok(())
     }
 
     /// Examines the process's mapped files for TLS stacks it has not
-    /// examined yet, attaches to them, and reports the target when
-    /// something changed (or always, with `report`).
-    fn scan(&mut self, pid: u32, mut report: bool) {
+    /// examined yet, attaches to them, and reports the target when a stack
+    /// was found, or once it is settled without one.
+    fn scan(&mut self, pid: u32) {
+        let mut report = false;
         let files = match process::mapped_files(pid) {
             Ok(files) => files,
             Err(_) => return, // gone; its exit event cleans up
@@ -174,6 +243,14 @@ impl Spy {
             if let Some(state) = self.targets.get_mut(&pid) {
                 state.stacks.push(stack);
                 report = true;
+            }
+        }
+        if let Some(state) = self.targets.get_mut(&pid) {
+            if !state.reported && !state.is_young() {
+                report = true;
+            }
+            if report {
+                state.reported = true;
             }
         }
         if report {
@@ -252,7 +329,8 @@ impl Spy {
         }
         self.flush(sink)?;
 
-        let mut rescan = tokio::time::interval(self.options.rescan_interval);
+        let mut rescan = tokio::time::interval(self.options.rescan_interval / SETTLED_RESCAN_EVERY);
+        let mut ticks = 0u32;
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let stats_every = self.options.stats_interval.unwrap_or(Duration::from_secs(3600));
         let mut stats_tick = tokio::time::interval(stats_every);
@@ -277,12 +355,21 @@ impl Spy {
                             self.tracker.describe_process(pid, meta);
                         }
                     }
+                    Some(Control::AddContainer { id, pod }) => self.add_container(&id, pod),
                     Some(Control::Stop(reason)) => break reason,
                     None => break "control channel closed".to_string(),
                 },
                 _ = rescan.tick() => {
-                    for pid in self.targets.keys().copied().collect::<Vec<_>>() {
-                        self.scan(pid, false);
+                    ticks = ticks.wrapping_add(1);
+                    let settled_too = ticks % SETTLED_RESCAN_EVERY == 0;
+                    let due: Vec<u32> = self
+                        .targets
+                        .iter()
+                        .filter(|(_, s)| settled_too || s.is_young() || !s.reported)
+                        .map(|(&pid, _)| pid)
+                        .collect();
+                    for pid in due {
+                        self.scan(pid);
                     }
                 }
                 _ = stats_tick.tick(), if self.options.stats_interval.is_some() => {
@@ -324,6 +411,14 @@ impl Spy {
         };
         match event {
             KernelEvent::Data { header, data } => {
+                // A program that makes TLS calls has its libraries mapped
+                // by now: describe it before its first record.
+                if self.targets.get(&header.tgid).is_some_and(|s| !s.reported) {
+                    if let Some(state) = self.targets.get_mut(&header.tgid) {
+                        state.since = Instant::now() - YOUNG_PROCESS;
+                    }
+                    self.scan(header.tgid);
+                }
                 let (local, remote) = event::addresses(&header.tuple);
                 let library = match header.source {
                     spy_ebpf::source::GO => TlsLibrary::GoCryptoTls,
@@ -355,7 +450,10 @@ impl Spy {
                 // Threads also fork; only processes get a /proc/PID entry of their own
                 // with Tgid == pid.
                 if is_process(pid) {
-                    self.targets.insert(pid, TargetState { pod, examined: HashSet::new(), stacks: Vec::new() });
+                    // Same program as its parent until it execs: nothing new to report.
+                    let mut state = TargetState::new(pod);
+                    state.reported = true;
+                    self.targets.insert(pid, state);
                     let meta = self.process_meta(pid);
                     self.tracker.describe_process(pid, meta);
                 }
@@ -366,9 +464,11 @@ impl Spy {
                     // A new program: new mappings, new name.
                     state.examined.clear();
                     state.stacks.clear();
+                    state.since = Instant::now();
+                    state.reported = false;
                     let meta = self.process_meta(pid);
                     self.tracker.describe_process(pid, meta);
-                    self.scan(pid, true);
+                    self.scan(pid);
                 }
             }
             KernelEvent::Exit(proc_event) => {
@@ -389,6 +489,27 @@ impl Spy {
 
     pub fn kernel_stats(&self) -> KernelStats {
         self.probes.kernel_stats()
+    }
+
+    /// Why none of the targets can be spied on, when that is so.
+    pub fn nothing_to_probe(&self) -> Option<String> {
+        if self.targets.values().any(|s| s.stacks.iter().any(|t| t.probed)) {
+            return None;
+        }
+        let reasons: Vec<String> = self
+            .targets
+            .keys()
+            .map(|&pid| match self.target_record(pid) {
+                Record::Target(t) => format!(
+                    "process {} ({}): {}",
+                    t.pid,
+                    t.process,
+                    t.reason.unwrap_or_else(|| "not probed".into())
+                ),
+                _ => String::new(),
+            })
+            .collect();
+        Some(reasons.join("; "))
     }
 
     fn stats(&self) -> Stats {

@@ -23,7 +23,6 @@ pub struct Renderer<W: Write> {
     live: LiveOptions,
     filter: Filter,
     summary: summary::Summary,
-    last_stats: Option<Stats>,
 }
 
 impl Renderer<io::Stdout> {
@@ -41,7 +40,6 @@ impl<W: Write> Renderer<W> {
             live: LiveOptions { color, full: args.full },
             filter: Filter::new(&args.filter)?,
             summary: summary::Summary::default(),
-            last_stats: None,
         })
     }
 
@@ -50,18 +48,10 @@ impl<W: Write> Renderer<W> {
         self.summary.table()
     }
 
-    pub fn last_stats(&self) -> Option<&Stats> {
-        self.last_stats.as_ref()
-    }
 }
 
 impl<W: Write> Sink for Renderer<W> {
     fn record(&mut self, record: Record) -> io::Result<()> {
-        match &record {
-            Record::Stats(stats) => self.last_stats = Some(stats.clone()),
-            Record::Bye(bye) => self.last_stats = Some(bye.stats.clone()),
-            _ => {}
-        }
         if !self.filter.accepts(&record) {
             return Ok(());
         }

@@ -64,7 +64,7 @@ impl Summary {
         }
         let mut table = Table::new();
         table
-            .load_preset(presets::UTF8_FULL_CONDENSED)
+            .load_style(presets::UTF8_FULL_CONDENSED)
             .set_content_arrangement(ContentArrangement::Dynamic)
             .set_header(["host", "route", "count", "errors", "p50", "p99", "bytes"]);
         let mut rows: Vec<(&str, &str, &RouteStats)> =

@@ -54,6 +54,8 @@ struct ConnState {
     /// Next expected `call_offset` within the current call, per direction;
     /// a mismatch means the kernel lost an event in the middle of a call.
     expected_call_offset: [u64; 2],
+    /// Bytes of each direction's stream so far, gaps included.
+    stream_offset: [u64; 2],
     seen_data: bool,
 }
 
@@ -72,6 +74,8 @@ pub struct TrackerStats {
 #[derive(Debug)]
 pub struct Tracker {
     options: ParseOptions,
+    /// No protocol parsing: every byte becomes a chunk, exactly as moved.
+    raw: bool,
     conns: HashMap<ConnKey, ConnState>,
     processes: HashMap<u32, ProcessMeta>,
     next_id: u64,
@@ -79,9 +83,10 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn new(options: ParseOptions) -> Self {
+    pub fn new(options: ParseOptions, raw: bool) -> Self {
         Tracker {
             options,
+            raw,
             conns: HashMap::new(),
             processes: HashMap::new(),
             next_id: 1,
@@ -116,6 +121,7 @@ impl Tracker {
                     record,
                     parser: ConnectionParser::new(self.options.clone()),
                     expected_call_offset: [0, 0],
+                    stream_offset: [0, 0],
                     seen_data: false,
                 })
             }
@@ -141,13 +147,20 @@ impl Tracker {
             // and where this event starts never arrived.
             let lost = ev.call_offset.saturating_sub(state.expected_call_offset[dir]);
             self.stats.gap_bytes += lost;
+            state.stream_offset[dir] += lost;
             state.parser.gap(ev.direction, lost, &mut parsed);
         }
         let end = ev.call_offset + ev.data.len() as u64;
         state.expected_call_offset[dir] = if end >= ev.call_len { 0 } else { end };
 
         self.stats.bytes += ev.data.len() as u64;
-        state.parser.feed(ev.direction, ev.ts_ns, ev.data, &mut parsed);
+        if self.raw {
+            let offset = state.stream_offset[dir];
+            parsed.push(Parsed::Unclaimed { direction: ev.direction, ts_ns: ev.ts_ns, offset, data: ev.data.to_vec() });
+        } else {
+            state.parser.feed(ev.direction, ev.ts_ns, ev.data, &mut parsed);
+        }
+        state.stream_offset[dir] += ev.data.len() as u64;
         let conn = state.record.clone();
         self.emit(&conn, parsed, out);
     }
@@ -244,7 +257,7 @@ mod tests {
 
     #[test]
     fn first_writer_is_the_client_and_bytes_keep_their_offsets() {
-        let mut tracker = Tracker::new(ParseOptions::default());
+        let mut tracker = Tracker::new(ParseOptions::default(), true);
         let mut out = Vec::new();
         tracker.on_data(&event(1, Direction::Send, b"hello"), &mut out);
         tracker.on_data(&event(1, Direction::Send, b" world"), &mut out);
@@ -266,7 +279,7 @@ mod tests {
 
     #[test]
     fn a_reused_connection_object_starts_a_new_connection() {
-        let mut tracker = Tracker::new(ParseOptions::default());
+        let mut tracker = Tracker::new(ParseOptions::default(), true);
         let mut out = Vec::new();
         tracker.on_data(&event(1, Direction::Send, b"a"), &mut out);
         let mut other = event(1, Direction::Send, b"b");

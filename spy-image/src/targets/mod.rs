@@ -1,5 +1,7 @@
 //! Target discovery: which processes to spy on, and which TLS stacks they use.
 
+#[cfg(target_os = "linux")]
+pub mod container;
 pub mod go;
 #[cfg(target_os = "linux")]
 pub mod process;

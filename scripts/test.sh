@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every test of tlsspy: unit and property tests, the end-to-end tests
+# (real TLS programs spied with eBPF: they need root; with CI=true they fail
+# instead of skipping), lints, and a short fixed-time fuzz run.
+#
+#   bash scripts/test.sh            everything
+#   TLSSPY_FUZZ_SECONDS=0 bash scripts/test.sh   no fuzzing
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "build (the end-to-end tests run the built binaries)"
+cargo build --workspace --bins --locked
+
+step "lints"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "tests"
+cargo test --workspace --locked
+
+fuzz_seconds="${TLSSPY_FUZZ_SECONDS:-15}"
+if [ "$fuzz_seconds" != 0 ] && [ -x fuzz/run.sh ]; then
+  step "fuzz (${fuzz_seconds}s per target)"
+  bash fuzz/run.sh "$fuzz_seconds"
+fi

@@ -1,0 +1,260 @@
+//! Helpers for end-to-end tests: finding our binaries, root checks that
+//! fail in CI instead of skipping, TLS material, loopback servers, and
+//! reading the record stream.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use spy_image::record::{Direction, Line, Record};
+
+/// A built binary of this workspace (scripts/test.sh builds them first).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// True when the test may go on as root. Outside CI a non-root run skips
+/// with a message; in CI (CI=true) it fails, so nothing silently stops
+/// being tested.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(!in_ci(), "{test} needs root and eBPF; CI runs as root, so this must not skip");
+    eprintln!("SKIP {test}: needs root and eBPF (run as root, as CI does)");
+    false
+}
+
+/// A self-signed certificate for 127.0.0.1 and localhost.
+pub struct Certificate {
+    pub dir: tempfile::TempDir,
+}
+
+impl Certificate {
+    pub fn new() -> Certificate {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+            .args(["-days", "2", "-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(dir.path().join("key.pem"))
+            .arg("-out")
+            .arg(dir.path().join("cert.pem"))
+            .stderr(Stdio::null())
+            .status()
+            .expect("run openssl (apt-get install openssl)");
+        assert!(status.success(), "openssl req failed");
+        Certificate { dir }
+    }
+    pub fn cert(&self) -> PathBuf {
+        self.dir.path().join("cert.pem")
+    }
+    pub fn key(&self) -> PathBuf {
+        self.dir.path().join("key.pem")
+    }
+}
+
+impl Default for Certificate {
+    fn default() -> Self {
+        Certificate::new()
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name)
+}
+
+/// A child process killed when dropped, so no test leaves one behind.
+pub struct Guard(pub Child);
+
+impl Guard {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until something accepts TCP connections on the port.
+pub fn wait_for_port(port: u16, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on port {port} after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The python HTTPS server of fixtures/https_server.py.
+pub fn python_https_server(cert: &Certificate) -> (Guard, u16) {
+    let port = free_port();
+    let child = Command::new("python3")
+        .arg(fixture("https_server.py"))
+        .arg(port.to_string())
+        .arg(cert.cert())
+        .arg(cert.key())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run python3");
+    let guard = Guard(child);
+    wait_for_port(port, Duration::from_secs(10));
+    (guard, port)
+}
+
+/// Parses a record stream (JSON lines); every line must be a record.
+pub fn parse_records(stdout: &str) -> Vec<Record> {
+    stdout
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str::<Line>(l).unwrap_or_else(|e| panic!("bad record line {l:?}: {e}")).record)
+        .collect()
+}
+
+/// Each connection's bytes per direction, reassembled from chunk records
+/// in stream order; keys are (connection id, direction).
+pub fn streams(records: &[Record]) -> BTreeMap<(String, Direction), Vec<u8>> {
+    let mut pieces: BTreeMap<(String, Direction), Vec<(u64, Vec<u8>)>> = BTreeMap::new();
+    for record in records {
+        if let Record::Chunk(chunk) = record {
+            pieces
+                .entry((chunk.conn.id.clone(), chunk.direction))
+                .or_default()
+                .push((chunk.offset, chunk.data.to_bytes()));
+        }
+    }
+    pieces
+        .into_iter()
+        .map(|(key, mut parts)| {
+            parts.sort_by_key(|(offset, _)| *offset);
+            let mut bytes = Vec::new();
+            for (offset, data) in parts {
+                assert_eq!(offset as usize, bytes.len(), "stream {key:?} has a hole or overlap at {offset}");
+                bytes.extend_from_slice(&data);
+            }
+            (key, bytes)
+        })
+        .collect()
+}
+
+/// The bytes of the one stream in `direction` that contains `needle`.
+pub fn stream_with(records: &[Record], direction: Direction, needle: &[u8]) -> Option<Vec<u8>> {
+    streams(records)
+        .into_iter()
+        .find(|((_, d), bytes)| *d == direction && contains(bytes, needle))
+        .map(|(_, bytes)| bytes)
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    needle.is_empty() || haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A spy running in the background whose stdout lines are collected.
+pub struct BackgroundSpy {
+    child: Option<Child>,
+    lines: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl BackgroundSpy {
+    pub fn start(mut command: Command) -> BackgroundSpy {
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("start the spy");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        BackgroundSpy { child: Some(child), lines: rx, seen: Vec::new() }
+    }
+
+    /// Waits for a stdout line containing `needle`.
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> bool {
+        if self.seen.iter().any(|l| l.contains(needle)) {
+            return true;
+        }
+        let deadline = Instant::now() + timeout;
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = line.contains(needle);
+                    self.seen.push(line);
+                    if found {
+                        return true;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+
+    /// Sends SIGINT and waits for a clean exit; returns all stdout lines.
+    pub fn interrupt(mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let status = wait_timeout(&mut child, Duration::from_secs(15)).expect("the spy exits after SIGINT");
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(line);
+        }
+        (status, std::mem::take(&mut self.seen))
+    }
+}
+
+impl Drop for BackgroundSpy {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A marker unique to one test run.
+pub fn marker(tag: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("{tag}-{}-{nanos}", std::process::id())
+}
