@@ -1,3 +1,4 @@
-//! Helpers shared by the end-to-end tests.
+//! Helpers shared by the end-to-end tests, and the test API server.
 
+pub mod apiserver;
 pub mod support;

@@ -1,0 +1,1346 @@
+//! The "kubelet": runs each bound pod's containers as real local processes,
+//! each in a cgroup named as containerd names it, and reports pod status,
+//! container states and events back to the store.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::process::ExitStatusExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::process::{ChildStdin, Command};
+use tokio::sync::{broadcast, mpsc, watch};
+
+use super::resources::{by_name, ResourceDef};
+use super::store::{name_of, namespace_of, random_bytes, Change, EventType, Store};
+use super::time;
+
+/// Bytes of container output kept for `pods/log`.
+const LOG_LIMIT: usize = 1 << 20;
+/// Output chunks queued per attach session before the container's writes block.
+const SESSION_QUEUE: usize = 256;
+/// First back-off after a failed image pull or a crashed container.
+const BACKOFF_START: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// How long ErrImagePull shows before ImagePullBackOff.
+const PULL_ERROR_SHOWN: Duration = Duration::from_secs(1);
+/// How long to wait for output pipes to drain after a container's main process exits.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+fn pods() -> &'static ResourceDef {
+    by_name("", "pods").expect("pods is a built-in resource")
+}
+
+fn nodes() -> &'static ResourceDef {
+    by_name("", "nodes").expect("nodes is a built-in resource")
+}
+
+fn events() -> &'static ResourceDef {
+    by_name("", "events").expect("events is a built-in resource")
+}
+
+/// What an image name stands for on this machine.
+#[derive(Debug, Clone, Default)]
+pub struct Image {
+    /// ENTRYPOINT: run when the container has no `command`.
+    pub entrypoint: Vec<String>,
+    /// CMD: the arguments when the container has neither `command` nor `args`.
+    pub cmd: Vec<String>,
+    /// Paths as commands inside the image name them → files on this machine.
+    pub files: Vec<(String, PathBuf)>,
+    /// Environment the image sets.
+    pub env: Vec<(String, String)>,
+}
+
+impl Image {
+    /// An image with no entrypoint: containers name a program of this machine in `command`.
+    pub fn host() -> Self {
+        Image::default()
+    }
+
+    /// An image whose entrypoint is this executable; it is also known inside the
+    /// image by its own path and its file name (`command: ["tlsspy-agent"]`).
+    pub fn executable(path: impl Into<PathBuf>) -> Self {
+        let path = path.into();
+        let mut img = Image { entrypoint: vec![path.display().to_string()], ..Image::default() };
+        if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
+            img.files.push((name.to_string(), path.clone()));
+            img.files.push((format!("/{name}"), path.clone()));
+            img.files.push((format!("/usr/local/bin/{name}"), path.clone()));
+        }
+        img
+    }
+
+    /// Makes `in_image` (as a command names it) run `host_path`.
+    pub fn with_file(mut self, in_image: &str, host_path: impl Into<PathBuf>) -> Self {
+        self.files.push((in_image.to_string(), host_path.into()));
+        self
+    }
+
+    pub fn with_env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.into(), value.into()));
+        self
+    }
+}
+
+/// `python:3` → `docker.io/library/python:3`, as container runtimes name images.
+pub fn normalize_image(image: &str) -> String {
+    let (first, _) = image.split_once('/').unwrap_or(("", image));
+    let has_domain = image.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
+    let mut full = if has_domain {
+        image.to_string()
+    } else if image.contains('/') {
+        format!("docker.io/{image}")
+    } else {
+        format!("docker.io/library/{image}")
+    };
+    let last = full.rsplit('/').next().unwrap_or_default();
+    if !last.contains(':') && !full.contains('@') {
+        full.push_str(":latest");
+    }
+    full
+}
+
+/// Images by normalized name.
+#[derive(Debug, Default)]
+pub struct ImageTable {
+    images: HashMap<String, Image>,
+}
+
+impl ImageTable {
+    pub fn insert(&mut self, name: &str, image: Image) {
+        self.images.insert(normalize_image(name), image);
+    }
+
+    pub fn get(&self, name: &str) -> Option<Image> {
+        self.images.get(&normalize_image(name)).cloned()
+    }
+}
+
+fn image_id(image: &str) -> String {
+    use std::hash::{Hash as _, Hasher as _};
+    let full = normalize_image(image);
+    let repo = full.rsplit_once(':').map_or(full.as_str(), |(r, _)| r).to_string();
+    let mut hex = String::new();
+    for i in 0u8..4 {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (i, &full).hash(&mut h);
+        hex.push_str(&format!("{:016x}", h.finish()));
+    }
+    format!("{repo}@sha256:{hex}")
+}
+
+/// Where container cgroups go: one directory per writable hierarchy, under
+/// this process's own cgroup there (so resource limits of whoever runs the
+/// tests still apply to the containers).
+#[derive(Debug, Clone, Default)]
+pub struct CgroupRoots {
+    pub bases: Vec<PathBuf>,
+}
+
+impl CgroupRoots {
+    /// The cgroup v2 hierarchy plus the v1 `pids` and `name=systemd` ones, where mounted.
+    /// (Controllers that need setup before a task can join, like cpuset, or that
+    /// account resources, like memory, are left alone.)
+    pub fn discover() -> Self {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut bases = Vec::new();
+        for line in mountinfo.lines() {
+            let Some((left, right)) = line.split_once(" - ") else { continue };
+            let mut r = right.split_whitespace();
+            let fstype = r.next().unwrap_or_default();
+            let super_opts = r.nth(1).unwrap_or_default();
+            let Some(mount_point) = left.split_whitespace().nth(4) else { continue };
+            let wanted = match fstype {
+                "cgroup2" => Some(""),
+                "cgroup" => super_opts.split(',').find(|o| *o == "pids" || *o == "name=systemd"),
+                _ => None,
+            };
+            let Some(controller) = wanted else { continue };
+            // This process's path in that hierarchy: "0::/x" for v2, "N:pids:/x" for v1.
+            let own_path = own
+                .lines()
+                .filter_map(|l| {
+                    let mut p = l.splitn(3, ':');
+                    let (_, ctrls, path) = (p.next()?, p.next()?, p.next()?);
+                    let hit = if controller.is_empty() { ctrls.is_empty() } else { ctrls.split(',').any(|c| c == controller) };
+                    hit.then(|| path.to_string())
+                })
+                .next()
+                .unwrap_or_else(|| "/".into());
+            bases.push(Path::new(mount_point).join(own_path.trim_start_matches('/')));
+        }
+        CgroupRoots { bases }
+    }
+}
+
+/// Sends a signal to a process group.
+#[allow(unsafe_code, reason = "kill(2) has no safe std wrapper for signals other than SIGKILL")]
+fn signal_group(pgid: u32, sig: i32) {
+    let Ok(pgid) = i32::try_from(pgid) else { return };
+    if pgid <= 1 {
+        return;
+    }
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    unsafe {
+        libc::kill(-pgid, sig);
+    }
+}
+
+#[allow(unsafe_code, reason = "kill(2) has no safe std wrapper for signals other than SIGKILL")]
+fn signal_pid(pid: i32, sig: i32) {
+    if pid <= 1 {
+        return;
+    }
+    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// How a container's main process ended.
+#[derive(Debug, Clone)]
+pub struct ExitInfo {
+    pub code: i32,
+    pub signal: Option<i32>,
+    pub reason: String,
+    pub message: Option<String>,
+    pub started: String,
+    pub finished: String,
+}
+
+/// One running container instance: its process, pipes and attach sessions.
+pub struct ContainerRun {
+    pub name: String,
+    /// 64 hex characters; `containerd://<id>` in the pod status.
+    pub id: String,
+    pub pid: u32,
+    pub started: String,
+    pub stdin_once: bool,
+    pub has_stdin: bool,
+    stdin: tokio::sync::Mutex<Option<ChildStdin>>,
+    sessions: Mutex<Vec<mpsc::Sender<(u8, Bytes)>>>,
+    attaches: AtomicU32,
+    exit: watch::Sender<Option<ExitInfo>>,
+    log: Mutex<Vec<u8>>,
+    log_tx: broadcast::Sender<Bytes>,
+    cgroups: Vec<PathBuf>,
+}
+
+impl ContainerRun {
+    /// Registers an attach session; output chunks arrive as (channel, bytes), 1 stdout, 2 stderr.
+    pub fn attach(&self) -> mpsc::Receiver<(u8, Bytes)> {
+        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
+        self.attaches.fetch_add(1, Ordering::SeqCst);
+        lock(&self.sessions).push(tx);
+        rx
+    }
+
+    /// Called when an attach session ends: `stdinOnce` closes stdin after the first one.
+    pub async fn detach(&self, used_stdin: bool) {
+        if self.stdin_once && used_stdin {
+            self.close_stdin().await;
+        }
+    }
+
+    pub async fn write_stdin(&self, data: &[u8]) -> std::io::Result<()> {
+        let mut guard = self.stdin.lock().await;
+        match guard.as_mut() {
+            Some(w) => {
+                w.write_all(data).await?;
+                w.flush().await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The process reads EOF on stdin from now on.
+    pub async fn close_stdin(&self) {
+        if let Some(mut w) = self.stdin.lock().await.take() {
+            let _ = w.shutdown().await;
+        }
+    }
+
+    pub fn exit_watch(&self) -> watch::Receiver<Option<ExitInfo>> {
+        self.exit.subscribe()
+    }
+
+    /// Captured output (stdout and stderr interleaved), and a receiver for what follows.
+    pub fn logs(&self) -> (Vec<u8>, broadcast::Receiver<Bytes>) {
+        let log = lock(&self.log);
+        (log.clone(), self.log_tx.subscribe())
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.exit.borrow().is_none()
+    }
+
+    fn kill(&self, sig: i32) {
+        signal_group(self.pid, sig);
+        for cg in &self.cgroups {
+            for pid in std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default().lines() {
+                if let Ok(pid) = pid.trim().parse() {
+                    signal_pid(pid, sig);
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+enum Cmd {
+    /// Graceful stop (pod deletion): SIGTERM, SIGKILL after the grace period, then remove the pod.
+    Terminate(Duration),
+    /// The pod object is gone: kill now.
+    Kill,
+    /// New ephemeral containers in this pod object.
+    Ephemeral(Value),
+}
+
+/// A pod this kubelet runs.
+pub struct PodRun {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    containers: Mutex<HashMap<String, Arc<ContainerRun>>>,
+    cmd: mpsc::UnboundedSender<Cmd>,
+}
+
+impl PodRun {
+    pub fn container(&self, name: &str) -> Option<Arc<ContainerRun>> {
+        lock(&self.containers).get(name).cloned()
+    }
+}
+
+/// Runs pods bound to its nodes.
+pub struct Kubelet {
+    store: Arc<Store>,
+    images: Arc<RwLock<ImageTable>>,
+    cgroups: CgroupRoots,
+    pods: Mutex<HashMap<String, Arc<PodRun>>>,
+    next_ip: AtomicU32,
+    node_ip: String,
+}
+
+impl Kubelet {
+    pub fn new(store: Arc<Store>, images: Arc<RwLock<ImageTable>>, node_ip: &str) -> Arc<Self> {
+        Arc::new(Kubelet {
+            store,
+            images,
+            cgroups: CgroupRoots::discover(),
+            pods: Mutex::new(HashMap::new()),
+            next_ip: AtomicU32::new(0),
+            node_ip: node_ip.to_string(),
+        })
+    }
+
+    /// The run of a pod by namespace and name.
+    pub fn pod(&self, ns: &str, name: &str) -> Option<Arc<PodRun>> {
+        lock(&self.pods).values().find(|p| p.namespace == ns && p.name == name).cloned()
+    }
+
+    /// Process ids of every running container's main process.
+    pub fn all_pids(&self) -> Vec<u32> {
+        let pods: Vec<Arc<PodRun>> = lock(&self.pods).values().cloned().collect();
+        pods.iter().flat_map(|p| lock(&p.containers).values().filter(|c| c.is_running()).map(|c| c.pid).collect::<Vec<_>>()).collect()
+    }
+
+    /// Kills every container at once (server shutdown).
+    pub fn kill_all(&self) {
+        let pods: Vec<Arc<PodRun>> = lock(&self.pods).values().cloned().collect();
+        for p in pods {
+            for c in lock(&p.containers).values() {
+                c.kill(libc::SIGKILL);
+            }
+        }
+    }
+
+    /// Removes the cgroups of every container and pod, waiting up to `timeout`
+    /// for killed processes to leave them.
+    pub fn remove_cgroups_blocking(&self, timeout: Duration) {
+        let pods: Vec<Arc<PodRun>> = lock(&self.pods).values().cloned().collect();
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for p in &pods {
+            for c in lock(&p.containers).values() {
+                dirs.extend(c.cgroups.iter().cloned());
+                dirs.extend(c.cgroups.iter().filter_map(|d| d.parent().map(Path::to_path_buf)));
+            }
+        }
+        let until = Instant::now() + timeout;
+        loop {
+            remove_cgroups(&dirs);
+            if dirs.iter().all(|d| !d.exists()) || Instant::now() > until {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Follows pod changes in the store.
+    pub async fn run(self: Arc<Self>, mut changes: mpsc::UnboundedReceiver<Arc<Change>>) {
+        while let Some(change) = changes.recv().await {
+            if !change.res.is(pods().group, pods().plural) {
+                continue;
+            }
+            self.on_pod_change(&change);
+        }
+    }
+
+    fn on_pod_change(self: &Arc<Self>, change: &Change) {
+        let pod = &change.object;
+        let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_string();
+        let known = lock(&self.pods).get(&uid).cloned();
+        match change.kind {
+            EventType::Deleted => {
+                if let Some(run) = lock(&self.pods).remove(&uid) {
+                    let _ = run.cmd.send(Cmd::Kill);
+                }
+            }
+            EventType::Added | EventType::Modified => {
+                let deleting = pod.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null());
+                if let Some(run) = known {
+                    if deleting {
+                        let grace = pod.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_u64).unwrap_or(30);
+                        let _ = run.cmd.send(Cmd::Terminate(Duration::from_secs(grace)));
+                    }
+                    let count = |p: Option<&Value>| {
+                        p.and_then(|p| p.pointer("/spec/ephemeralContainers")).and_then(Value::as_array).map_or(0, Vec::len)
+                    };
+                    if count(Some(pod)) > count(change.old.as_ref()) {
+                        let _ = run.cmd.send(Cmd::Ephemeral(pod.clone()));
+                    }
+                    return;
+                }
+                let node = pod.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
+                let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("Pending");
+                // Pods bound to a node that does not exist stay Pending, as nobody runs them.
+                if node.is_empty() || self.store.get(nodes(), "", node).is_err() {
+                    return;
+                }
+                if deleting {
+                    // Bound but never started here: nothing to stop.
+                    let _ = self.store.delete(pods(), namespace_of(pod), name_of(pod));
+                    return;
+                }
+                if phase != "Pending" {
+                    return;
+                }
+                let (tx, rx) = mpsc::unbounded_channel();
+                let run = Arc::new(PodRun {
+                    uid: uid.clone(),
+                    namespace: namespace_of(pod).to_string(),
+                    name: name_of(pod).to_string(),
+                    containers: Mutex::new(HashMap::new()),
+                    cmd: tx,
+                });
+                lock(&self.pods).insert(uid, run.clone());
+                let sup = Supervisor::new(self.clone(), run, pod.clone());
+                tokio::spawn(sup.run(rx));
+            }
+        }
+    }
+
+    fn pod_ip(&self, pod: &Value) -> String {
+        if pod.pointer("/spec/hostNetwork") == Some(&json!(true)) {
+            return self.node_ip.clone();
+        }
+        // Every 127/8 address is local, so a pod gets its own that its processes can bind or be reached on.
+        let n = self.next_ip.fetch_add(1, Ordering::SeqCst);
+        format!("127.1.{}.{}", (n / 250) % 250, n % 250 + 1)
+    }
+
+    fn event(&self, pod: &Value, kind: &str, reason: &str, message: &str, field_path: Option<&str>) {
+        record_event(&self.store, pod, kind, reason, message, "kubelet", field_path);
+    }
+}
+
+/// Creates a core/v1 Event about `obj`, as kubelet or scheduler would.
+pub fn record_event(store: &Store, obj: &Value, kind: &str, reason: &str, message: &str, component: &str, field_path: Option<&str>) {
+    let now = time::now();
+    let node = obj.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
+    let suffix: String = random_bytes::<8>().iter().map(|b| format!("{b:02x}")).collect();
+    let mut involved = json!({
+        "kind": obj["kind"],
+        "namespace": namespace_of(obj),
+        "name": name_of(obj),
+        "uid": obj["metadata"]["uid"],
+        "apiVersion": obj["apiVersion"],
+        "resourceVersion": obj["metadata"]["resourceVersion"],
+    });
+    if let Some(fp) = field_path {
+        involved["fieldPath"] = json!(fp);
+    }
+    let mut source = json!({"component": component});
+    if component == "kubelet" {
+        source["host"] = json!(node);
+    }
+    let ev = json!({
+        "metadata": {"name": format!("{}.{suffix}", name_of(obj)), "namespace": namespace_of(obj)},
+        "involvedObject": involved,
+        "reason": reason,
+        "message": message,
+        "source": source,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+        "type": kind,
+        "eventTime": null,
+        "reportingComponent": component,
+        "reportingInstance": if component == "kubelet" { node } else { "" },
+    });
+    if let Err(e) = store.create(events(), ev) {
+        log::debug!("event not recorded: {e}");
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Init,
+    Regular,
+    Ephemeral,
+}
+
+#[derive(Debug, Clone)]
+enum State {
+    Waiting { reason: String, message: Option<String> },
+    Running { started: String },
+    Terminated(ExitInfo),
+}
+
+struct CState {
+    spec: Value,
+    kind: Kind,
+    state: State,
+    last: Option<ExitInfo>,
+    restarts: u32,
+    id: Option<String>,
+    /// When a crashed container is started again.
+    restart_at: Option<Instant>,
+    ever_started: bool,
+}
+
+impl CState {
+    fn name(&self) -> &str {
+        self.spec["name"].as_str().unwrap_or_default()
+    }
+    fn image(&self) -> &str {
+        self.spec["image"].as_str().unwrap_or_default()
+    }
+    fn running(&self) -> bool {
+        matches!(self.state, State::Running { .. })
+    }
+    fn terminated(&self) -> Option<&ExitInfo> {
+        match &self.state {
+            State::Terminated(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+fn state_json(s: &State, id: Option<&str>) -> Value {
+    match s {
+        State::Waiting { reason, message } => {
+            let mut w = json!({"reason": reason});
+            if let Some(m) = message {
+                w["message"] = json!(m);
+            }
+            json!({"waiting": w})
+        }
+        State::Running { started } => json!({"running": {"startedAt": started}}),
+        State::Terminated(e) => {
+            let mut t = json!({"exitCode": e.code, "reason": e.reason, "startedAt": e.started, "finishedAt": e.finished});
+            if let Some(sig) = e.signal {
+                t["signal"] = json!(sig);
+            }
+            if let Some(m) = &e.message {
+                t["message"] = json!(m);
+            }
+            if let Some(id) = id {
+                t["containerID"] = json!(format!("containerd://{id}"));
+            }
+            json!({"terminated": t})
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Pending,
+    Running,
+    Succeeded,
+    Failed,
+}
+
+impl Phase {
+    fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::Running => "Running",
+            Phase::Succeeded => "Succeeded",
+            Phase::Failed => "Failed",
+        }
+    }
+    fn terminal(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed)
+    }
+}
+
+/// Drives one pod: image pulls, init containers, containers, restarts,
+/// deadline, termination; publishes status after every step.
+struct Supervisor {
+    k: Arc<Kubelet>,
+    run: Arc<PodRun>,
+    pod: Value,
+    containers: Vec<CState>,
+    phase: Phase,
+    reason: Option<(String, String)>,
+    start_time: String,
+    pod_ip: String,
+    conditions: BTreeMap<&'static str, (bool, String)>,
+    exit_tx: mpsc::UnboundedSender<(String, ExitInfo)>,
+    exit_rx: mpsc::UnboundedReceiver<(String, ExitInfo)>,
+    /// Index of the init container being run; `None` once they are all done.
+    init_at: Option<usize>,
+    deadline: Option<Instant>,
+    /// Set when the pod is being deleted: remove it once every container is gone.
+    deleting: bool,
+}
+
+impl Supervisor {
+    fn new(k: Arc<Kubelet>, run: Arc<PodRun>, pod: Value) -> Self {
+        let mut containers = Vec::new();
+        for (field, kind) in [("initContainers", Kind::Init), ("containers", Kind::Regular), ("ephemeralContainers", Kind::Ephemeral)] {
+            for c in pod["spec"][field].as_array().into_iter().flatten() {
+                let reason = if kind == Kind::Init || !has_init(&pod) { "ContainerCreating" } else { "PodInitializing" };
+                containers.push(CState {
+                    spec: c.clone(),
+                    kind,
+                    state: State::Waiting { reason: reason.into(), message: None },
+                    last: None,
+                    restarts: 0,
+                    id: None,
+                    restart_at: None,
+                    ever_started: false,
+                });
+            }
+        }
+        let (exit_tx, exit_rx) = mpsc::unbounded_channel();
+        let pod_ip = k.pod_ip(&pod);
+        let deadline = pod.pointer("/spec/activeDeadlineSeconds").and_then(Value::as_u64).map(|s| Instant::now() + Duration::from_secs(s));
+        let init_at = has_init(&pod).then_some(0);
+        Supervisor {
+            k,
+            run,
+            pod,
+            containers,
+            phase: Phase::Pending,
+            reason: None,
+            start_time: time::now(),
+            pod_ip,
+            conditions: BTreeMap::new(),
+            exit_tx,
+            exit_rx,
+            init_at,
+            deadline,
+            deleting: false,
+        }
+    }
+
+    fn restart_policy(&self) -> &str {
+        self.pod["spec"]["restartPolicy"].as_str().unwrap_or("Always")
+    }
+
+    fn grace(&self) -> Duration {
+        Duration::from_secs(self.pod["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap_or(30))
+    }
+
+    fn field_path(c: &CState) -> String {
+        let field = match c.kind {
+            Kind::Init => "initContainers",
+            Kind::Regular => "containers",
+            Kind::Ephemeral => "ephemeralContainers",
+        };
+        format!("spec.{field}{{{}}}", c.name())
+    }
+
+    fn status(&mut self) -> Value {
+        let list = |kind: Kind, cs: &[CState]| -> Vec<Value> {
+            cs.iter()
+                .filter(|c| c.kind == kind)
+                .map(|c| {
+                    let mut s = json!({
+                        "name": c.name(),
+                        "state": state_json(&c.state, c.id.as_deref()),
+                        "lastState": c.last.as_ref().map_or(json!({}), |e| state_json(&State::Terminated(e.clone()), None)),
+                        "ready": c.running() && kind != Kind::Ephemeral,
+                        "restartCount": c.restarts,
+                        "image": normalize_image(c.image()),
+                        "imageID": if c.ever_started { image_id(c.image()) } else { String::new() },
+                    });
+                    if let Some(id) = &c.id {
+                        s["containerID"] = json!(format!("containerd://{id}"));
+                    }
+                    if kind != Kind::Ephemeral {
+                        s["started"] = json!(c.running());
+                    }
+                    s
+                })
+                .collect()
+        };
+        let regular: Vec<&CState> = self.containers.iter().filter(|c| c.kind == Kind::Regular).collect();
+        let all_ready = !regular.is_empty() && regular.iter().all(|c| c.running()) && !self.phase.terminal();
+        let initialized = self.init_at.is_none();
+        let now = time::now();
+        let mut set = |t: &'static str, v: bool| {
+            let entry = self.conditions.entry(t).or_insert((v, now.clone()));
+            if entry.0 != v {
+                *entry = (v, now.clone());
+            }
+        };
+        set("PodReadyToStartContainers", !self.phase.terminal() || self.containers.iter().any(|c| c.running()));
+        set("Initialized", initialized);
+        set("Ready", all_ready);
+        set("ContainersReady", all_ready);
+        set("PodScheduled", true);
+        let conditions: Vec<Value> = ["PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled"]
+            .iter()
+            .filter_map(|t| self.conditions.get(t).map(|(v, at)| (t, v, at)))
+            .map(|(t, v, at)| {
+                let mut c = json!({"type": t, "status": if *v { "True" } else { "False" }, "lastProbeTime": null, "lastTransitionTime": at});
+                if !*v && (*t == "Ready" || *t == "ContainersReady") {
+                    if self.phase.terminal() {
+                        c["reason"] = json!("PodCompleted");
+                    } else {
+                        let not_ready: Vec<&str> = regular.iter().filter(|c| !c.running()).map(|c| c.name()).collect();
+                        c["reason"] = json!("ContainersNotReady");
+                        c["message"] = json!(format!("containers with unready status: [{}]", not_ready.join(" ")));
+                    }
+                }
+                c
+            })
+            .collect();
+        let mut st = json!({
+            "phase": self.phase.as_str(),
+            "conditions": conditions,
+            "hostIP": self.k.node_ip,
+            "hostIPs": [{"ip": self.k.node_ip}],
+            "podIP": self.pod_ip,
+            "podIPs": [{"ip": self.pod_ip}],
+            "startTime": self.start_time,
+            "containerStatuses": list(Kind::Regular, &self.containers),
+            "qosClass": super::admission::qos_class(&self.pod["spec"]),
+        });
+        if has_init(&self.pod) {
+            st["initContainerStatuses"] = json!(list(Kind::Init, &self.containers));
+        }
+        if self.containers.iter().any(|c| c.kind == Kind::Ephemeral) {
+            st["ephemeralContainerStatuses"] = json!(list(Kind::Ephemeral, &self.containers));
+        }
+        if let Some((reason, message)) = &self.reason {
+            st["reason"] = json!(reason);
+            st["message"] = json!(message);
+        }
+        st
+    }
+
+    fn publish(&mut self) {
+        let status = self.status();
+        let r = self.k.store.update(pods(), &self.run.namespace, &self.run.name, |p| {
+            p["status"] = status;
+            Ok(())
+        });
+        match r {
+            Ok(p) => self.pod["metadata"] = p["metadata"].clone(),
+            Err(e) => log::debug!("status of pod {}/{} not written: {e}", self.run.namespace, self.run.name),
+        }
+    }
+
+    fn event(&self, kind: &str, reason: &str, message: &str, c: Option<&CState>) {
+        let fp = c.map(Self::field_path);
+        self.k.event(&self.pod, kind, reason, message, fp.as_deref());
+    }
+
+    async fn run(mut self, mut cmds: mpsc::UnboundedReceiver<Cmd>) {
+        self.publish();
+        if !self.pull_images(&mut cmds).await {
+            return self.finish_deleted();
+        }
+        self.start_due();
+        self.publish();
+        loop {
+            if self.deleting && !self.containers.iter().any(|c| c.running()) {
+                return self.finish_deleted();
+            }
+            let next_restart = self.containers.iter().filter_map(|c| c.restart_at).min();
+            let deadline = if self.phase.terminal() || self.deleting { None } else { self.deadline };
+            tokio::select! {
+                Some((name, exit)) = self.exit_rx.recv() => self.on_exit(&name, exit),
+                cmd = cmds.recv() => match cmd {
+                    None | Some(Cmd::Kill) => {
+                        self.kill_all(Duration::ZERO);
+                        return self.cleanup();
+                    }
+                    Some(Cmd::Terminate(grace)) => {
+                        if !self.deleting {
+                            self.deleting = true;
+                            self.kill_all(grace);
+                        }
+                    }
+                    Some(Cmd::Ephemeral(pod)) => self.add_ephemeral(&pod),
+                },
+                _ = sleep_until(next_restart), if next_restart.is_some() => {
+                    self.start_due();
+                }
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    self.phase = Phase::Failed;
+                    self.reason = Some(("DeadlineExceeded".into(), "Pod was active on the node longer than the specified deadline".into()));
+                    self.event("Warning", "DeadlineExceeded", "Pod was active on the node longer than the specified deadline", None);
+                    for c in &mut self.containers {
+                        c.restart_at = None;
+                    }
+                    self.kill_all(self.grace());
+                }
+            }
+            self.publish();
+        }
+    }
+
+    /// Waits until every image resolves (ErrImagePull, then ImagePullBackOff with
+    /// growing back-off). False if the pod was deleted meanwhile.
+    async fn pull_images(&mut self, cmds: &mut mpsc::UnboundedReceiver<Cmd>) -> bool {
+        let mut backoff = BACKOFF_START;
+        loop {
+            let missing = {
+                let images = self.k.images.read().unwrap_or_else(|e| e.into_inner());
+                self.containers.iter().position(|c| c.kind != Kind::Ephemeral && images.get(c.image()).is_none())
+            };
+            let Some(i) = missing else { break };
+            let image = self.containers[i].image().to_string();
+            let full = normalize_image(&image);
+            let message = format!(
+                "failed to pull and unpack image \"{full}\": failed to resolve reference \"{full}\": {full}: not found"
+            );
+            let c = &self.containers[i];
+            self.event("Normal", "Pulling", &format!("Pulling image \"{image}\""), Some(c));
+            self.event("Warning", "Failed", &format!("Failed to pull image \"{image}\": {message}"), Some(c));
+            self.event("Warning", "Failed", "Error: ErrImagePull", Some(c));
+            self.containers[i].state = State::Waiting { reason: "ErrImagePull".into(), message: Some(message) };
+            self.publish();
+            if !self.wait_or_stop(PULL_ERROR_SHOWN, cmds).await {
+                return false;
+            }
+            let c = &self.containers[i];
+            self.event("Normal", "BackOff", &format!("Back-off pulling image \"{image}\""), Some(c));
+            self.event("Warning", "Failed", "Error: ImagePullBackOff", Some(c));
+            self.containers[i].state =
+                State::Waiting { reason: "ImagePullBackOff".into(), message: Some(format!("Back-off pulling image \"{image}\"")) };
+            self.publish();
+            if !self.wait_or_stop(backoff, cmds).await {
+                return false;
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        true
+    }
+
+    async fn wait_or_stop(&mut self, d: Duration, cmds: &mut mpsc::UnboundedReceiver<Cmd>) -> bool {
+        let until = Instant::now() + d;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until.into()) => return true,
+                cmd = cmds.recv() => match cmd {
+                    None | Some(Cmd::Kill) | Some(Cmd::Terminate(_)) => return false,
+                    Some(Cmd::Ephemeral(pod)) => self.add_ephemeral(&pod),
+                },
+            }
+        }
+    }
+
+    /// Starts whatever should run now: the next init container, or every
+    /// regular container once init is done, and containers whose back-off is over.
+    fn start_due(&mut self) {
+        if self.phase.terminal() || self.deleting {
+            return;
+        }
+        let now = Instant::now();
+        for i in 0..self.containers.len() {
+            let c = &self.containers[i];
+            let due = match c.kind {
+                Kind::Init => {
+                    let idx = self.containers[..=i].iter().filter(|c| c.kind == Kind::Init).count() - 1;
+                    self.init_at == Some(idx) && !c.running() && c.terminated().is_none()
+                }
+                Kind::Regular => self.init_at.is_none() && !c.running() && c.terminated().is_none(),
+                Kind::Ephemeral => false,
+            };
+            let backoff_over = c.restart_at.is_none_or(|t| t <= now);
+            if due && backoff_over {
+                self.start(i);
+            }
+        }
+        if self.init_at.is_none() && self.containers.iter().any(|c| c.kind == Kind::Regular && c.running()) {
+            self.phase = Phase::Running;
+        }
+    }
+
+    fn start(&mut self, i: usize) {
+        let c = &mut self.containers[i];
+        c.restart_at = None;
+        let image = self.k.images.read().unwrap_or_else(|e| e.into_inner()).get(c.image()).unwrap_or_default();
+        let id: String = random_bytes::<32>().iter().map(|b| format!("{b:02x}")).collect();
+        c.id = Some(id.clone());
+        let name = c.name().to_string();
+        let image_name = c.image().to_string();
+        let fp = Self::field_path(c);
+        if !c.ever_started {
+            self.k.event(&self.pod, "Normal", "Pulled", &format!("Container image \"{image_name}\" already present on machine"), Some(&fp));
+        }
+        let spec = self.containers[i].spec.clone();
+        match spawn(&self.k, &self.pod, &self.pod_ip, &spec, &image, &id, self.exit_tx.clone()) {
+            Ok(run) => {
+                self.k.event(&self.pod, "Normal", "Created", &format!("Created container: {name}"), Some(&fp));
+                self.k.event(&self.pod, "Normal", "Started", &format!("Started container {name}"), Some(&fp));
+                let c = &mut self.containers[i];
+                c.state = State::Running { started: run.started.clone() };
+                c.ever_started = true;
+                lock(&self.run.containers).insert(name, run);
+            }
+            Err(message) => {
+                self.k.event(&self.pod, "Warning", "Failed", &format!("Error: {message}"), Some(&fp));
+                let now = time::now();
+                let exit = ExitInfo { code: 128, signal: None, reason: "StartError".into(), message: Some(message), started: now.clone(), finished: now };
+                let _ = self.exit_tx.send((name, exit));
+                self.containers[i].state = State::Waiting { reason: "ContainerCreating".into(), message: None };
+            }
+        }
+    }
+
+    fn on_exit(&mut self, name: &str, exit: ExitInfo) {
+        let policy = self.restart_policy().to_string();
+        let Some(i) = self.containers.iter().position(|c| c.name() == name) else { return };
+        let kind = self.containers[i].kind;
+        let ok = exit.code == 0;
+        let restart = !self.deleting
+            && !self.phase.terminal()
+            && kind != Kind::Ephemeral
+            && (policy == "Always" && kind == Kind::Regular || policy != "Never" && !ok);
+        let c = &mut self.containers[i];
+        if restart {
+            let backoff = BACKOFF_START.saturating_mul(1 << c.restarts.min(5)).min(BACKOFF_MAX);
+            c.restarts += 1;
+            c.last = Some(exit.clone());
+            c.restart_at = Some(Instant::now() + backoff);
+            let message = format!("back-off {}s restarting failed container={name} pod={}_{}({})", backoff.as_secs(), self.run.name, self.run.namespace, self.run.uid);
+            c.state = State::Waiting { reason: "CrashLoopBackOff".into(), message: Some(message.clone()) };
+            self.event("Warning", "BackOff", "Back-off restarting failed container", Some(&self.containers[i]));
+            return;
+        }
+        c.state = State::Terminated(exit);
+        if kind == Kind::Init {
+            if ok {
+                let inits = self.containers.iter().filter(|c| c.kind == Kind::Init).count();
+                self.init_at = self.init_at.map(|n| n + 1).filter(|n| *n < inits);
+                self.start_due();
+            } else {
+                self.phase = Phase::Failed;
+            }
+            return;
+        }
+        if self.phase.terminal() {
+            return;
+        }
+        let regular: Vec<&CState> = self.containers.iter().filter(|c| c.kind == Kind::Regular).collect();
+        let all_done = regular.iter().all(|c| c.terminated().is_some() && c.restart_at.is_none());
+        if all_done && !self.deleting {
+            let failed = regular.iter().any(|c| c.terminated().is_some_and(|e| e.code != 0));
+            self.phase = if failed { Phase::Failed } else { Phase::Succeeded };
+            // Ephemeral containers do not outlive the pod.
+            for c in self.containers.iter().filter(|c| c.kind == Kind::Ephemeral && c.running()) {
+                if let Some(run) = self.run.container(c.name()) {
+                    run.kill(libc::SIGKILL);
+                }
+            }
+        }
+    }
+
+    fn add_ephemeral(&mut self, pod: &Value) {
+        let new: Vec<Value> = pod["spec"]["ephemeralContainers"].as_array().cloned().unwrap_or_default();
+        self.pod["spec"]["ephemeralContainers"] = json!(new);
+        for spec in new {
+            let name = spec["name"].as_str().unwrap_or_default().to_string();
+            if self.containers.iter().any(|c| c.name() == name) {
+                continue;
+            }
+            self.containers.push(CState {
+                spec,
+                kind: Kind::Ephemeral,
+                state: State::Waiting { reason: "ContainerCreating".into(), message: None },
+                last: None,
+                restarts: 0,
+                id: None,
+                restart_at: None,
+                ever_started: false,
+            });
+            let i = self.containers.len() - 1;
+            let known = self.k.images.read().unwrap_or_else(|e| e.into_inner()).get(self.containers[i].image()).is_some();
+            if self.phase.terminal() || self.deleting {
+                continue;
+            }
+            if known {
+                self.start(i);
+            } else {
+                let image = self.containers[i].image().to_string();
+                self.event("Warning", "Failed", &format!("Failed to pull image \"{image}\": not found"), Some(&self.containers[i]));
+                self.containers[i].state = State::Waiting { reason: "ErrImagePull".into(), message: Some(format!("image {image:?} not found")) };
+            }
+        }
+        self.publish();
+    }
+
+    /// SIGTERM to every running container, SIGKILL after `grace` (at once if zero).
+    fn kill_all(&mut self, grace: Duration) {
+        for c in &mut self.containers {
+            c.restart_at = None;
+            if !c.running() {
+                continue;
+            }
+            let Some(run) = self.run.container(c.name()) else { continue };
+            if grace.is_zero() {
+                run.kill(libc::SIGKILL);
+                continue;
+            }
+            self.k.event(&self.pod, "Normal", "Killing", &format!("Stopping container {}", c.name()), Some(&Self::field_path(c)));
+            run.kill(libc::SIGTERM);
+            tokio::spawn(async move {
+                let mut exit = run.exit_watch();
+                let exited = tokio::time::timeout(grace, async { exit.wait_for(Option::is_some).await.map(drop) }).await;
+                if exited.is_err() {
+                    run.kill(libc::SIGKILL);
+                }
+            });
+        }
+    }
+
+    fn finish_deleted(mut self) {
+        self.publish();
+        let _ = self.k.store.delete(pods(), &self.run.namespace, &self.run.name);
+        self.cleanup();
+    }
+
+    fn cleanup(self) {
+        lock(&self.k.pods).remove(&self.run.uid);
+        for base in &self.k.cgroups.bases {
+            for qos in ["besteffort", "burstable", ""] {
+                let _ = std::fs::remove_dir(base.join("kubepods").join(qos).join(format!("pod{}", self.run.uid)));
+            }
+        }
+    }
+}
+
+fn has_init(pod: &Value) -> bool {
+    pod["spec"]["initContainers"].as_array().is_some_and(|a| !a.is_empty())
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Expands `$(VAR)` from the container's environment; `$$(` escapes.
+fn expand(s: &str, env: &[(String, String)]) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let tail = &rest[i..];
+        if tail.starts_with("$$") {
+            out.push('$');
+            rest = &tail[2..];
+        } else if let Some(end) = tail.strip_prefix("$(").and_then(|t| t.find(')')) {
+            let name = &tail[2..2 + end];
+            match env.iter().rev().find(|(k, _)| k == name) {
+                Some((_, v)) => out.push_str(v),
+                None => out.push_str(&tail[..3 + end]),
+            }
+            rest = &tail[3 + end..];
+        } else {
+            out.push('$');
+            rest = &tail[1..];
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn field_ref(pod: &Value, pod_ip: &str, path: &str) -> Option<String> {
+    if let Some(key) = path.strip_prefix("metadata.labels['").and_then(|p| p.strip_suffix("']")) {
+        return pod.pointer("/metadata/labels").and_then(|l| l.get(key)).and_then(Value::as_str).map(String::from);
+    }
+    if let Some(key) = path.strip_prefix("metadata.annotations['").and_then(|p| p.strip_suffix("']")) {
+        return pod.pointer("/metadata/annotations").and_then(|l| l.get(key)).and_then(Value::as_str).map(String::from);
+    }
+    match path {
+        "status.podIP" => Some(pod_ip.to_string()),
+        "status.hostIP" => Some("127.0.0.1".into()),
+        _ => pod.pointer(&format!("/{}", path.replace('.', "/"))).and_then(Value::as_str).map(String::from),
+    }
+}
+
+fn container_env(pod: &Value, pod_ip: &str, spec: &Value, image: &Image) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("PATH".to_string(), DEFAULT_PATH.to_string()),
+        ("HOSTNAME".to_string(), name_of(pod).to_string()),
+        ("HOME".to_string(), "/root".to_string()),
+    ];
+    env.extend(image.env.iter().cloned());
+    for e in spec["env"].as_array().into_iter().flatten() {
+        let name = e["name"].as_str().unwrap_or_default().to_string();
+        let value = if let Some(v) = e["value"].as_str() {
+            Some(expand(v, &env))
+        } else if let Some(path) = e.pointer("/valueFrom/fieldRef/fieldPath").and_then(Value::as_str) {
+            field_ref(pod, pod_ip, path)
+        } else if e.get("value").is_none() && e.get("valueFrom").is_none() {
+            Some(String::new())
+        } else {
+            None
+        };
+        if let Some(v) = value {
+            env.push((name, v));
+        }
+    }
+    env
+}
+
+fn lookup_path(prog: &str, env: &[(String, String)]) -> Option<PathBuf> {
+    let path = env.iter().rev().find(|(k, _)| k == "PATH").map_or(DEFAULT_PATH, |(_, v)| v.as_str());
+    path.split(':').map(|d| Path::new(d).join(prog)).find(|p| p.is_file())
+}
+
+const OCI_PREFIX: &str = "failed to create containerd task: failed to create shim task: OCI runtime create failed: \
+runc create failed: unable to start container process: error during container init:";
+
+/// The argv a container runs: command/args over the image's entrypoint/cmd,
+/// `$(VAR)` expanded, argv[0] mapped through the image's files or PATH.
+fn argv(spec: &Value, image: &Image, env: &[(String, String)]) -> Result<Vec<String>, String> {
+    let strings = |v: &Value| -> Vec<String> { v.as_array().into_iter().flatten().filter_map(|s| s.as_str().map(String::from)).collect() };
+    let (command, args) = (strings(&spec["command"]), strings(&spec["args"]));
+    let mut argv = if !command.is_empty() {
+        [command, args].concat()
+    } else if !args.is_empty() {
+        [image.entrypoint.clone(), args].concat()
+    } else {
+        [image.entrypoint.clone(), image.cmd.clone()].concat()
+    };
+    for a in &mut argv {
+        *a = expand(a, env);
+    }
+    let Some(first) = argv.first().cloned() else {
+        return Err(format!("{OCI_PREFIX} no command specified: unknown"));
+    };
+    let exe = if let Some((_, host)) = image.files.iter().find(|(p, _)| *p == first) {
+        host.clone()
+    } else if first.contains('/') {
+        PathBuf::from(&first)
+    } else {
+        lookup_path(&first, env).ok_or_else(|| format!("{OCI_PREFIX} exec: {first:?}: executable file not found in $PATH: unknown"))?
+    };
+    if !exe.is_file() {
+        return Err(format!("{OCI_PREFIX} exec: {first:?}: stat {}: no such file or directory: unknown", exe.display()));
+    }
+    argv[0] = exe.display().to_string();
+    Ok(argv)
+}
+
+/// Creates `kubepods/<qos>/pod<uid>/<id>` in each hierarchy; returns the ones that exist.
+fn make_cgroups(k: &Kubelet, pod: &Value, id: &str) -> Vec<PathBuf> {
+    let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default();
+    let qos = match super::admission::qos_class(&pod["spec"]) {
+        "Guaranteed" => "",
+        "Burstable" => "burstable",
+        _ => "besteffort",
+    };
+    let mut out = Vec::new();
+    for base in &k.cgroups.bases {
+        let mut dir = base.join("kubepods");
+        if !qos.is_empty() {
+            dir = dir.join(qos);
+        }
+        let dir = dir.join(format!("pod{uid}")).join(id);
+        match std::fs::create_dir_all(&dir) {
+            Ok(()) => out.push(dir),
+            Err(e) => log::debug!("no cgroup {}: {e}", dir.display()),
+        }
+    }
+    out
+}
+
+fn remove_cgroups(dirs: &[PathBuf]) {
+    for d in dirs {
+        let _ = std::fs::remove_dir(d);
+    }
+}
+
+/// Starts a container's process. The process joins its cgroups through a tiny
+/// `sh` that writes its own pid to each `cgroup.procs` and then execs the
+/// command, so the command and all its children are in the cgroups from their
+/// first instruction.
+fn spawn(
+    k: &Arc<Kubelet>,
+    pod: &Value,
+    pod_ip: &str,
+    spec: &Value,
+    image: &Image,
+    id: &str,
+    exit_tx: mpsc::UnboundedSender<(String, ExitInfo)>,
+) -> Result<Arc<ContainerRun>, String> {
+    let env = container_env(pod, pod_ip, spec, image);
+    let argv = argv(spec, image, &env)?;
+    let workdir = spec["workingDir"].as_str().filter(|s| !s.is_empty()).unwrap_or("/");
+    if !Path::new(workdir).is_dir() {
+        return Err(format!("{OCI_PREFIX} chdir to cwd ({workdir:?}) set in config.json failed: no such file or directory: unknown"));
+    }
+    let cgroups = make_cgroups(k, pod, id);
+    let has_stdin = spec["stdin"] == json!(true);
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(r#"while [ "$1" != "--" ]; do echo $$ > "$1" || { echo "cannot join cgroup $1" >&2; exit 125; }; shift; done; shift; exec "$@""#)
+        .arg("tlsspy-kubelet");
+    for cg in &cgroups {
+        cmd.arg(cg.join("cgroup.procs"));
+    }
+    cmd.arg("--").args(&argv);
+    cmd.env_clear().envs(env.iter().map(|(k, v)| (k, v))).current_dir(workdir);
+    cmd.stdin(if has_stdin { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.process_group(0).kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|e| {
+        remove_cgroups(&cgroups);
+        format!("{OCI_PREFIX} {e}: unknown")
+    })?;
+    let pid = child.id().unwrap_or(0);
+    let (exit, _) = watch::channel(None);
+    let (log_tx, _) = broadcast::channel(1024);
+    let run = Arc::new(ContainerRun {
+        name: spec["name"].as_str().unwrap_or_default().to_string(),
+        id: id.to_string(),
+        pid,
+        started: time::now(),
+        stdin_once: spec["stdinOnce"] == json!(true),
+        has_stdin,
+        stdin: tokio::sync::Mutex::new(child.stdin.take()),
+        sessions: Mutex::new(Vec::new()),
+        attaches: AtomicU32::new(0),
+        exit,
+        log: Mutex::new(Vec::new()),
+        log_tx,
+        cgroups,
+    });
+    let readers = [
+        child.stdout.take().map(|o| tokio::spawn(pump(run.clone(), 1, o))),
+        child.stderr.take().map(|e| tokio::spawn(pump(run.clone(), 2, e))),
+    ];
+    let waiter = run.clone();
+    tokio::spawn(async move {
+        let status = child.wait().await;
+        let finished = time::now();
+        // A container ends with its main process: whatever it left behind goes too.
+        waiter.kill(libc::SIGKILL);
+        for r in readers.into_iter().flatten() {
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, r).await;
+        }
+        let (code, signal) = match &status {
+            Ok(s) => match (s.code(), s.signal()) {
+                (Some(c), _) => (c, None),
+                (None, Some(sig)) => (128 + sig, Some(sig)),
+                (None, None) => (-1, None),
+            },
+            Err(_) => (-1, None),
+        };
+        let reason = if code == 0 { "Completed" } else { "Error" };
+        let exit = ExitInfo { code, signal, reason: reason.into(), message: None, started: waiter.started.clone(), finished };
+        // Sessions end after all output was queued to them.
+        lock(&waiter.sessions).clear();
+        waiter.exit.send_replace(Some(exit.clone()));
+        for _ in 0..20 {
+            remove_cgroups(&waiter.cgroups);
+            if waiter.cgroups.iter().all(|d| !d.exists()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = exit_tx.send((waiter.name.clone(), exit));
+    });
+    Ok(run)
+}
+
+/// Copies one output pipe to the log and to every attached session.
+/// With nobody attached the bytes go to the log only, as a runtime without a tty does.
+async fn pump(run: Arc<ContainerRun>, channel: u8, mut pipe: impl AsyncRead + Unpin) {
+    let mut buf = vec![0u8; 32 * 1024];
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = Bytes::copy_from_slice(&buf[..n]);
+        {
+            let mut log = lock(&run.log);
+            log.extend_from_slice(&chunk);
+            if log.len() > LOG_LIMIT {
+                let cut = log.len() - LOG_LIMIT;
+                log.drain(..cut);
+            }
+        }
+        let _ = run.log_tx.send(chunk.clone());
+        let sessions: Vec<mpsc::Sender<(u8, Bytes)>> = lock(&run.sessions).clone();
+        let mut closed = false;
+        for s in &sessions {
+            closed |= s.send((channel, chunk.clone())).await.is_err();
+        }
+        if closed {
+            lock(&run.sessions).retain(|s| !s.is_closed());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_names_normalize() {
+        assert_eq!(normalize_image("python:3"), "docker.io/library/python:3");
+        assert_eq!(normalize_image("ghcr.io/tlsspy/agent:v0.1.0"), "ghcr.io/tlsspy/agent:v0.1.0");
+        assert_eq!(normalize_image("curlimages/curl"), "docker.io/curlimages/curl:latest");
+        assert_eq!(normalize_image("localhost:5000/x"), "localhost:5000/x:latest");
+    }
+
+    #[test]
+    fn env_expansion() {
+        let env = vec![("A".to_string(), "1".to_string())];
+        assert_eq!(expand("x$(A)y$(B)$$(A)", &env), "x1y$(B)$(A)");
+    }
+
+    #[test]
+    fn argv_resolution() {
+        let env = vec![("PATH".to_string(), DEFAULT_PATH.to_string())];
+        let img = Image::host();
+        let spec = json!({"command": ["sh", "-c"], "args": ["true"]});
+        let a = argv(&spec, &img, &env).expect("sh resolves");
+        assert!(a[0].ends_with("/sh"));
+        assert_eq!(&a[1..], ["-c", "true"]);
+        let err = argv(&json!({"command": ["no-such-program-x"]}), &img, &env).expect_err("missing");
+        assert!(err.contains("executable file not found in $PATH"), "{err}");
+    }
+}
