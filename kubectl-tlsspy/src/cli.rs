@@ -31,6 +31,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once per run")]
 pub enum Command {
     /// Spy on processes of this machine (Linux, root), no cluster needed.
     #[command(after_help = EXAMPLES)]

@@ -29,7 +29,8 @@ struct tls_call {
 	__u64 moved_ptr; /* size_t* of the _ex variants, 0 for SSL_read/SSL_write */
 	__s32 fd;       /* first socket fd the call touched, -1 until seen */
 	__u8 direction;
-	__u8 _pad[3];
+	__u8 _pad;
+	__u16 library_id; /* attach cookie: which probed file this call is in */
 };
 
 struct conn_fd_key {
@@ -204,7 +205,7 @@ static __always_inline void emit_call(__u64 pid_tgid, const struct tls_call *cal
 	ev->hdr.call_len = moved;
 	ev->hdr.direction = call->direction;
 	ev->hdr.source = source;
-	ev->hdr._pad = 0;
+	ev->hdr.library_id = call->library_id;
 	fill_tuple(&ev->hdr.tuple, fd);
 	bpf_get_current_comm(ev->hdr.comm, sizeof(ev->hdr.comm));
 	stat_add(TLSSPY_STAT_CALLS, 1);
@@ -218,7 +219,8 @@ static __always_inline void emit_call(__u64 pid_tgid, const struct tls_call *cal
 
 /* ---- OpenSSL / BoringSSL ---- */
 
-static __always_inline int tls_call_enter(__u64 conn_ptr, __u64 buf, __u64 moved_ptr, __u8 direction)
+static __always_inline int tls_call_enter(void *ctx, __u64 conn_ptr, __u64 buf, __u64 moved_ptr,
+					  __u8 direction)
 {
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if (!is_target(pid_tgid >> 32))
@@ -229,6 +231,7 @@ static __always_inline int tls_call_enter(__u64 conn_ptr, __u64 buf, __u64 moved
 		.moved_ptr = moved_ptr,
 		.fd = -1,
 		.direction = direction,
+		.library_id = (__u16)bpf_get_attach_cookie(ctx),
 	};
 	/* BPF_NOEXIST keeps the outermost call if a library ever nests them. */
 	bpf_map_update_elem(&active_calls, &pid_tgid, &call, BPF_NOEXIST);
@@ -266,25 +269,25 @@ static __always_inline int tls_call_return(int ret)
 SEC("uprobe/SSL_write")
 int BPF_KPROBE(ssl_write_enter, void *ssl, const void *buf, int num)
 {
-	return tls_call_enter((__u64)ssl, (__u64)buf, 0, TLSSPY_DIR_SEND);
+	return tls_call_enter(ctx, (__u64)ssl, (__u64)buf, 0, TLSSPY_DIR_SEND);
 }
 
 SEC("uprobe/SSL_read")
 int BPF_KPROBE(ssl_read_enter, void *ssl, void *buf, int num)
 {
-	return tls_call_enter((__u64)ssl, (__u64)buf, 0, TLSSPY_DIR_RECV);
+	return tls_call_enter(ctx, (__u64)ssl, (__u64)buf, 0, TLSSPY_DIR_RECV);
 }
 
 SEC("uprobe/SSL_write_ex")
 int BPF_KPROBE(ssl_write_ex_enter, void *ssl, const void *buf, __u64 num, __u64 *written)
 {
-	return tls_call_enter((__u64)ssl, (__u64)buf, (__u64)written, TLSSPY_DIR_SEND);
+	return tls_call_enter(ctx, (__u64)ssl, (__u64)buf, (__u64)written, TLSSPY_DIR_SEND);
 }
 
 SEC("uprobe/SSL_read_ex")
 int BPF_KPROBE(ssl_read_ex_enter, void *ssl, void *buf, __u64 num, __u64 *readbytes)
 {
-	return tls_call_enter((__u64)ssl, (__u64)buf, (__u64)readbytes, TLSSPY_DIR_RECV);
+	return tls_call_enter(ctx, (__u64)ssl, (__u64)buf, (__u64)readbytes, TLSSPY_DIR_RECV);
 }
 
 /* One return program serves all four functions: the call record already says

@@ -77,7 +77,7 @@ struct tlsspy_data_header {
 	__u32 data_len; /* bytes of data[] that are filled */
 	__u8 direction; /* enum tlsspy_direction */
 	__u8 source; /* enum tlsspy_source */
-	__u16 _pad;
+	__u16 library_id; /* the probed file, from the uprobe's attach cookie (0: unknown) */
 	struct tlsspy_conn_tuple tuple;
 	char comm[TLSSPY_COMM_LEN];
 };
@@ -110,6 +110,7 @@ TLSSPY_ASSERT_OFFSET(tlsspy_data_header, call_offset, 40);
 TLSSPY_ASSERT_OFFSET(tlsspy_data_header, data_len, 48);
 TLSSPY_ASSERT_OFFSET(tlsspy_data_header, direction, 52);
 TLSSPY_ASSERT_OFFSET(tlsspy_data_header, source, 53);
+TLSSPY_ASSERT_OFFSET(tlsspy_data_header, library_id, 54);
 TLSSPY_ASSERT_OFFSET(tlsspy_data_header, tuple, 56);
 TLSSPY_ASSERT_OFFSET(tlsspy_data_header, comm, 96);
 TLSSPY_ASSERT_OFFSET(tlsspy_data_event, data, 112);

@@ -100,7 +100,8 @@ pub struct DataHeader {
     pub data_len: u32,
     pub direction: u8,
     pub source: u8,
-    pub _pad: u16,
+    /// Which probed file the call was in (the uprobe's attach cookie; 0: unknown).
+    pub library_id: u16,
     pub tuple: ConnTuple,
     pub comm: [u8; COMM_LEN],
 }
@@ -129,7 +130,7 @@ assert_layout!(ConnTuple, size = 40,
     family = 0, local_port = 2, remote_port = 4, _pad = 6, local_addr = 8, remote_addr = 24);
 assert_layout!(DataHeader, size = 112,
     kind = 0, tgid = 4, tid = 8, fd = 12, ts_ns = 16, conn_ptr = 24, call_len = 32,
-    call_offset = 40, data_len = 48, direction = 52, source = 53, _pad = 54, tuple = 56,
+    call_offset = 40, data_len = 48, direction = 52, source = 53, library_id = 54, tuple = 56,
     comm = 96);
 assert_layout!(ProcEvent, size = 40,
     kind = 0, tgid = 4, parent_tgid = 8, _pad = 12, ts_ns = 16, comm = 24);

@@ -116,11 +116,12 @@ pub struct TlsStack {
     pub reason: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Client,
     Server,
+    #[default]
     Unknown,
 }
 
@@ -173,12 +174,6 @@ pub struct Connection {
 
 fn unknown_role() -> Role {
     Role::Unknown
-}
-
-impl Default for Role {
-    fn default() -> Self {
-        Role::Unknown
-    }
 }
 
 /// Bytes for display: valid UTF-8 goes out as text, anything else as base64.

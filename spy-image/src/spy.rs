@@ -210,8 +210,9 @@ impl Spy {
     fn scan(&mut self, pid: u32) {
         let mut report = false;
         let files = match process::mapped_files(pid) {
-            Ok(files) => files,
-            Err(_) => return, // gone; its exit event cleans up
+            // A zombie has no mappings: as good as gone.
+            Ok(files) if !files.is_empty() => files,
+            _ => return, // gone; its exit event cleans up
         };
         let exe = process::exe(pid);
         let mut found = Vec::new();
@@ -259,18 +260,41 @@ impl Spy {
         }
     }
 
-    fn examine(&mut self, file: FileId, path: &Path, is_exe: bool) -> Option<&Option<OpensslProbes>> {
-        if !self.libraries.contains_key(&file) {
-            let found = match tls_stack::detect_openssl(path, is_exe) {
-                Ok(found) => found,
-                Err(err) => {
-                    log::debug!("{err}");
-                    None
-                }
-            };
-            self.libraries.insert(file, found);
+    /// Reports a target that cannot be scanned any more from the library
+    /// its probes fired in.
+    fn report_from_probe(&mut self, pid: u32, library_id: u16) {
+        let Some(state) = self.targets.get_mut(&pid) else { return };
+        if state.reported {
+            return;
         }
-        self.libraries.get(&file)
+        let Some(library) = self.probes.library(library_id) else { return };
+        let path = library.path.to_string_lossy().into_owned();
+        // /proc/PID/root/usr/lib/... → /usr/lib/... as the process saw it.
+        let path = match path.strip_prefix("/proc/").and_then(|p| p.split_once("/root")) {
+            Some((_, inside)) => inside.to_string(),
+            None => path,
+        };
+        state.stacks.push(TlsStack {
+            library: library.probes.library,
+            linkage: library.probes.linkage,
+            path,
+            version: library.probes.version.clone(),
+            probed: true,
+            reason: None,
+        });
+        state.reported = true;
+        let record = self.target_record(pid);
+        self.out.push(record);
+    }
+
+    fn examine(&mut self, file: FileId, path: &Path, is_exe: bool) -> Option<&Option<OpensslProbes>> {
+        Some(self.libraries.entry(file).or_insert_with(|| match tls_stack::detect_openssl(path, is_exe) {
+            Ok(found) => found,
+            Err(err) => {
+                log::debug!("{err}");
+                None
+            }
+        }))
     }
 
     fn target_record(&self, pid: u32) -> Record {
@@ -361,7 +385,7 @@ impl Spy {
                 },
                 _ = rescan.tick() => {
                     ticks = ticks.wrapping_add(1);
-                    let settled_too = ticks % SETTLED_RESCAN_EVERY == 0;
+                    let settled_too = ticks.is_multiple_of(SETTLED_RESCAN_EVERY);
                     let due: Vec<u32> = self
                         .targets
                         .iter()
@@ -418,6 +442,9 @@ impl Spy {
                         state.since = Instant::now() - YOUNG_PROCESS;
                     }
                     self.scan(header.tgid);
+                    // Too late to look (a short command already exited):
+                    // the probe that fired names the library.
+                    self.report_from_probe(header.tgid, header.library_id);
                 }
                 let (local, remote) = event::addresses(&header.tuple);
                 let library = match header.source {

@@ -140,7 +140,8 @@ pub fn parse_records(stdout: &str) -> Vec<Record> {
 /// Each connection's bytes per direction, reassembled from chunk records
 /// in stream order; keys are (connection id, direction).
 pub fn streams(records: &[Record]) -> BTreeMap<(String, Direction), Vec<u8>> {
-    let mut pieces: BTreeMap<(String, Direction), Vec<(u64, Vec<u8>)>> = BTreeMap::new();
+    type Pieces = Vec<(u64, Vec<u8>)>;
+    let mut pieces: BTreeMap<(String, Direction), Pieces> = BTreeMap::new();
     for record in records {
         if let Record::Chunk(chunk) = record {
             pieces

@@ -8,7 +8,7 @@ use std::collections::HashMap as StdHashMap;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
 use aya::programs::{ProgramError, TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use spy_ebpf::{globals, maps, programs, stat};
@@ -80,8 +80,20 @@ pub struct Probes {
     stats: PerCpuArray<MapData, u64>,
     ring: Option<RingBuf<MapData>>,
     /// Libraries already probed: uprobes live on inodes, so one attach
-    /// serves every process that maps the file.
-    attached: StdHashMap<FileId, PathBuf>,
+    /// serves every process that maps the file. The value is the library id
+    /// the probes carry as their attach cookie.
+    attached: StdHashMap<FileId, u16>,
+    /// Probed libraries by id - 1.
+    libraries: Vec<AttachedLibrary>,
+    /// The kernel takes attach cookies (5.15+); turned off at the first refusal.
+    cookies: bool,
+}
+
+/// A library file with probes on it.
+#[derive(Clone, Debug)]
+pub struct AttachedLibrary {
+    pub path: PathBuf,
+    pub probes: OpensslProbes,
 }
 
 /// Options for loading.
@@ -162,7 +174,15 @@ impl Probes {
             program.attach("sched", event).map_err(|source| ProbeError::Program { name, source })?;
         }
 
-        Ok(Probes { ebpf, targets, stats, ring: Some(ring), attached: StdHashMap::new() })
+        Ok(Probes {
+            ebpf,
+            targets,
+            stats,
+            ring: Some(ring),
+            attached: StdHashMap::new(),
+            libraries: Vec::new(),
+            cookies: true,
+        })
     }
 
     /// Starts tracing `tgid` (and, with `follow_children`, what it forks).
@@ -194,6 +214,7 @@ impl Probes {
         if self.attached.contains_key(&file) {
             return Ok(());
         }
+        let id = u16::try_from(self.libraries.len() + 1).unwrap_or(0);
         for &(function, offset) in &library.offsets {
             let entry = match function {
                 OpensslFunction::Write => programs::SSL_WRITE_ENTER,
@@ -201,18 +222,48 @@ impl Probes {
                 OpensslFunction::WriteEx => programs::SSL_WRITE_EX_ENTER,
                 OpensslFunction::ReadEx => programs::SSL_READ_EX_ENTER,
             };
-            for name in [entry, programs::SSL_RETURN] {
-                uprobe(&mut self.ebpf, name)?
-                    .attach(UProbeAttachLocation::AbsoluteOffset(offset), host_path, UProbeScope::AllProcesses)
-                    .map_err(|source| ProbeError::Uprobe {
-                        function: function.symbol(),
-                        path: host_path.to_path_buf(),
-                        source,
-                    })?;
-            }
+            // The entry probe carries the library id as its cookie; the
+            // return probe finds it in the call record.
+            let cookie = (self.cookies && name_takes_cookie(entry)).then_some(u64::from(id));
+            let attached = self.attach_one(entry, offset, host_path, cookie).or_else(|err| {
+                if cookie.is_some() {
+                    log::info!("attach cookies refused ({err}); events will not name their library");
+                    self.cookies = false;
+                    self.attach_one(entry, offset, host_path, None)
+                } else {
+                    Err(err)
+                }
+            });
+            let attached = attached.and_then(|()| self.attach_one(programs::SSL_RETURN, offset, host_path, None));
+            attached.map_err(|source| ProbeError::Uprobe {
+                function: function.symbol(),
+                path: host_path.to_path_buf(),
+                source,
+            })?;
         }
-        self.attached.insert(file, host_path.to_path_buf());
+        self.attached.insert(file, id);
+        self.libraries.push(AttachedLibrary { path: host_path.to_path_buf(), probes: library.clone() });
         Ok(())
+    }
+
+    fn attach_one(
+        &mut self,
+        program: &'static str,
+        offset: u64,
+        path: &Path,
+        cookie: Option<u64>,
+    ) -> Result<(), ProgramError> {
+        let probe = uprobe(&mut self.ebpf, program).map_err(|e| match e {
+            ProbeError::Program { source, .. } => source,
+            other => ProgramError::IOError(std::io::Error::other(other.to_string())),
+        })?;
+        let point = UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(offset), cookie };
+        probe.attach(point, path, UProbeScope::AllProcesses).map(|_| ())
+    }
+
+    /// The library whose probes carry `id` as cookie.
+    pub fn library(&self, id: u16) -> Option<&AttachedLibrary> {
+        usize::from(id).checked_sub(1).and_then(|index| self.libraries.get(index))
     }
 
     /// The ring buffer, to be read by the event loop (taken once).
@@ -233,6 +284,10 @@ impl Probes {
             proc_lost: sum(stat::PROC_LOST),
         }
     }
+}
+
+fn name_takes_cookie(program: &str) -> bool {
+    program != programs::SSL_RETURN
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, ProbeError> {
