@@ -238,7 +238,13 @@ fn looks_like_text(bytes: &[u8]) -> bool {
 }
 
 fn text_lines(bytes: &[u8]) -> Vec<String> {
-    String::from_utf8_lossy(bytes).lines().map(|l| l.trim_end_matches('\r').to_string()).collect()
+    let mut lines: Vec<String> =
+        String::from_utf8_lossy(bytes).lines().map(|l| l.trim_end_matches('\r').to_string()).collect();
+    // The blank line that ends an HTTP header block says nothing on screen.
+    while lines.last().is_some_and(|l| l.is_empty()) {
+        lines.pop();
+    }
+    lines
 }
 
 fn hex_lines(bytes: &[u8]) -> Vec<String> {

@@ -152,7 +152,7 @@ mod tests {
         let table = summary.table().expect("table");
         assert!(table.contains("GET /users"), "{table}");
         let row = table.lines().find(|l| l.contains("GET /users")).expect("row");
-        let cells: Vec<&str> = row.split('│').map(str::trim).collect();
+        let cells: Vec<&str> = row.split(['│', '┆']).map(str::trim).collect();
         assert_eq!(&cells[3..8], ["2", "1", "1.0ms", "3.0ms", "20"], "{row}");
     }
 }
