@@ -119,6 +119,10 @@ impl Http1 {
         }
     }
 
+    pub(crate) fn request_direction(&self) -> Direction {
+        self.req_dir
+    }
+
     pub(crate) fn feed(
         &mut self,
         dir: Direction,

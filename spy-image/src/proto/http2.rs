@@ -228,6 +228,10 @@ impl Http2 {
         }
     }
 
+    pub(crate) fn client_direction(&self) -> Option<Direction> {
+        self.client
+    }
+
     pub(crate) fn feed(
         &mut self,
         dir: Direction,

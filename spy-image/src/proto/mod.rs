@@ -289,6 +289,18 @@ impl ConnectionParser {
         }
     }
 
+    /// The direction the client writes (requests go that way), once the
+    /// protocol says so: an HTTP/1 request line, the HTTP/2 preface, a
+    /// server's SETTINGS, or HTTP/2 pseudo-headers. `None` while unknown.
+    /// Better than "who spoke first" for `Connection::role`.
+    pub fn client_direction(&self) -> Option<Direction> {
+        match &self.state {
+            State::Http1(p) => Some(p.request_direction()),
+            State::Http2(p) => p.client_direction(),
+            State::Detect(_) | State::Passthrough => None,
+        }
+    }
+
     /// The connection ended (or the session did): flush what is pending.
     pub fn finish(&mut self, reason: &str, out: &mut Vec<Parsed>) {
         match &mut self.state {

@@ -140,6 +140,27 @@ fn detection_reads_first_bytes() {
 }
 
 #[test]
+fn the_client_direction_comes_from_the_protocol() {
+    let mut out = Vec::new();
+    let mut parser = ConnectionParser::new(opts());
+    assert_eq!(parser.client_direction(), None);
+    parser.feed(Recv, 1, GET, &mut out);
+    assert_eq!(parser.client_direction(), Some(Recv));
+
+    let mut parser = ConnectionParser::new(opts());
+    parser.feed(Send, 1, &settings(), &mut out);
+    assert_eq!(parser.client_direction(), Some(Recv), "SETTINGS first: the spied process is the server");
+
+    let mut parser = ConnectionParser::new(opts());
+    parser.feed(Recv, 1, &headers_frame(1, true, &[(":status", "200")]), &mut out);
+    assert_eq!(parser.client_direction(), Some(Send), "a :status was read: the spied process is the client");
+
+    let mut parser = ConnectionParser::new(opts());
+    parser.feed(Send, 1, b"SSH-2.0-OpenSSH_9.6\r\n", &mut out);
+    assert_eq!(parser.client_direction(), None);
+}
+
+#[test]
 fn unknown_protocols_pass_through_untouched_without_error() {
     let out = run(&[
         (Send, b"hello server"),

@@ -775,7 +775,7 @@ impl Supervisor {
         if !self.pull_images(&mut cmds).await {
             return self.finish_deleted();
         }
-        self.start_due();
+        self.start_due().await;
         self.publish();
         loop {
             if self.deleting && !self.containers.iter().any(|c| c.running()) {
@@ -784,7 +784,7 @@ impl Supervisor {
             let next_restart = self.containers.iter().filter_map(|c| c.restart_at).min();
             let deadline = if self.phase.terminal() || self.deleting { None } else { self.deadline };
             tokio::select! {
-                Some((name, exit)) = self.exit_rx.recv() => self.on_exit(&name, exit),
+                Some((name, exit)) = self.exit_rx.recv() => self.on_exit(&name, exit).await,
                 cmd = cmds.recv() => match cmd {
                     None | Some(Cmd::Kill) => {
                         self.kill_all(Duration::ZERO);
@@ -796,10 +796,10 @@ impl Supervisor {
                             self.kill_all(grace);
                         }
                     }
-                    Some(Cmd::Ephemeral(pod)) => self.add_ephemeral(&pod),
+                    Some(Cmd::Ephemeral(pod)) => self.add_ephemeral(&pod).await,
                 },
                 _ = sleep_until(next_restart), if next_restart.is_some() => {
-                    self.start_due();
+                    self.start_due().await;
                 }
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     self.phase = Phase::Failed;
@@ -860,7 +860,7 @@ impl Supervisor {
                 _ = tokio::time::sleep_until(until.into()) => return true,
                 cmd = cmds.recv() => match cmd {
                     None | Some(Cmd::Kill) | Some(Cmd::Terminate(_)) => return false,
-                    Some(Cmd::Ephemeral(pod)) => self.add_ephemeral(&pod),
+                    Some(Cmd::Ephemeral(pod)) => self.add_ephemeral(&pod).await,
                 },
             }
         }
@@ -868,7 +868,7 @@ impl Supervisor {
 
     /// Starts whatever should run now: the next init container, or every
     /// regular container once init is done, and containers whose back-off is over.
-    fn start_due(&mut self) {
+    async fn start_due(&mut self) {
         if self.phase.terminal() || self.deleting {
             return;
         }
@@ -885,7 +885,7 @@ impl Supervisor {
             };
             let backoff_over = c.restart_at.is_none_or(|t| t <= now);
             if due && backoff_over {
-                self.start(i);
+                self.start(i).await;
             }
         }
         if self.init_at.is_none() && self.containers.iter().any(|c| c.kind == Kind::Regular && c.running()) {
@@ -893,7 +893,7 @@ impl Supervisor {
         }
     }
 
-    fn start(&mut self, i: usize) {
+    async fn start(&mut self, i: usize) {
         let c = &mut self.containers[i];
         c.restart_at = None;
         let image = self.k.images.read().unwrap_or_else(|e| e.into_inner()).get(c.image()).unwrap_or_default();
@@ -906,7 +906,7 @@ impl Supervisor {
             self.k.event(&self.pod, "Normal", "Pulled", &format!("Container image \"{image_name}\" already present on machine"), Some(&fp));
         }
         let spec = self.containers[i].spec.clone();
-        match spawn(&self.k, &self.pod, &self.pod_ip, &spec, &image, &id, self.exit_tx.clone()) {
+        match spawn(&self.k, &self.pod, &self.pod_ip, &spec, &image, &id, self.exit_tx.clone()).await {
             Ok(run) => {
                 self.k.event(&self.pod, "Normal", "Created", &format!("Created container: {name}"), Some(&fp));
                 self.k.event(&self.pod, "Normal", "Started", &format!("Started container {name}"), Some(&fp));
@@ -925,7 +925,7 @@ impl Supervisor {
         }
     }
 
-    fn on_exit(&mut self, name: &str, exit: ExitInfo) {
+    async fn on_exit(&mut self, name: &str, exit: ExitInfo) {
         let policy = self.restart_policy().to_string();
         let Some(i) = self.containers.iter().position(|c| c.name() == name) else { return };
         let kind = self.containers[i].kind;
@@ -950,7 +950,7 @@ impl Supervisor {
             if ok {
                 let inits = self.containers.iter().filter(|c| c.kind == Kind::Init).count();
                 self.init_at = self.init_at.map(|n| n + 1).filter(|n| *n < inits);
-                self.start_due();
+                self.start_due().await;
             } else {
                 self.phase = Phase::Failed;
             }
@@ -973,7 +973,7 @@ impl Supervisor {
         }
     }
 
-    fn add_ephemeral(&mut self, pod: &Value) {
+    async fn add_ephemeral(&mut self, pod: &Value) {
         let new: Vec<Value> = pod["spec"]["ephemeralContainers"].as_array().cloned().unwrap_or_default();
         self.pod["spec"]["ephemeralContainers"] = json!(new);
         for spec in new {
@@ -997,7 +997,7 @@ impl Supervisor {
                 continue;
             }
             if known {
-                self.start(i);
+                self.start(i).await;
             } else {
                 let image = self.containers[i].image().to_string();
                 self.event("Warning", "Failed", &format!("Failed to pull image \"{image}\": not found"), Some(&self.containers[i]));
@@ -1065,9 +1065,9 @@ fn expand(s: &str, env: &[(String, String)]) -> String {
     while let Some(i) = rest.find('$') {
         out.push_str(&rest[..i]);
         let tail = &rest[i..];
-        if tail.starts_with("$$") {
+        if let Some(after) = tail.strip_prefix("$$") {
             out.push('$');
-            rest = &tail[2..];
+            rest = after;
         } else if let Some(end) = tail.strip_prefix("$(").and_then(|t| t.find(')')) {
             let name = &tail[2..2 + end];
             match env.iter().rev().find(|(k, _)| k == name) {
@@ -1196,7 +1196,7 @@ fn remove_cgroups(dirs: &[PathBuf]) {
 /// `sh` that writes its own pid to each `cgroup.procs` and then execs the
 /// command, so the command and all its children are in the cgroups from their
 /// first instruction.
-fn spawn(
+async fn spawn(
     k: &Arc<Kubelet>,
     pod: &Value,
     pod_ip: &str,
@@ -1229,6 +1229,7 @@ fn spawn(
         format!("{OCI_PREFIX} {e}: unknown")
     })?;
     let pid = child.id().unwrap_or(0);
+    wait_exec(pid).await;
     let (exit, _) = watch::channel(None);
     let (log_tx, _) = broadcast::channel(1024);
     let run = Arc::new(ContainerRun {
@@ -1282,6 +1283,25 @@ fn spawn(
         let _ = exit_tx.send((waiter.name.clone(), exit));
     });
     Ok(run)
+}
+
+/// Marks the wrapper shell in /proc/PID/cmdline until it execs the command.
+const WRAPPER_ARGV0: &[u8] = b"tlsspy-kubelet\0";
+/// How long a container may take to join its cgroups and exec.
+const EXEC_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Waits until the wrapper has joined the cgroups and exec'd the command (or
+/// died), so that a container reported Running is findable through /proc/PID/cgroup.
+async fn wait_exec(pid: u32) {
+    let until = Instant::now() + EXEC_TIMEOUT;
+    while Instant::now() < until {
+        match std::fs::read(format!("/proc/{pid}/cmdline")) {
+            Ok(c) if c.windows(WRAPPER_ARGV0.len()).any(|w| w == WRAPPER_ARGV0) => {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            _ => return,
+        }
+    }
 }
 
 /// Copies one output pipe to the log and to every attached session.

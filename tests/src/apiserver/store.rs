@@ -76,6 +76,9 @@ pub enum WatchStart {
     After(u64),
 }
 
+/// A started watch: changes to replay, the live receiver, and the store's resource version then.
+pub type WatchStarted = (Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>, u64);
+
 pub struct Store {
     state: Mutex<State>,
     tx: broadcast::Sender<Arc<Change>>,
@@ -271,7 +274,7 @@ impl Store {
         res: &'static ResourceDef,
         ns: Option<&str>,
         start: WatchStart,
-    ) -> Result<(Vec<Arc<Change>>, broadcast::Receiver<Arc<Change>>, u64), ApiError> {
+    ) -> Result<WatchStarted, ApiError> {
         let st = self.lock();
         let rx = self.tx.subscribe();
         let same = |r: &ResourceDef, n: &str| r.group == res.group && r.plural == res.plural && ns.is_none_or(|ns| n == ns);

@@ -1,0 +1,510 @@
+//! Go binary analysis: where to put the uprobes for `crypto/tls` in a Go
+//! executable, and the struct offsets the probes need.
+//!
+//! Pure analysis of ELF bytes: no eBPF, no attaching. The probe code takes a
+//! [`GoBinary`] and attaches entry uprobes at [`GoFunctionProbe::entry_file_offset`]
+//! and at every [`GoFunctionProbe::ret_file_offsets`] (never a uretprobe: the
+//! Go runtime moves stacks and a rewritten return address crashes it).
+//!
+//! What is read, and from where:
+//! - Go version and module: `.go.buildinfo` (section, or found in the first
+//!   writable segment when section headers are gone) — [`buildinfo`].
+//! - `crypto/tls.(*Conn).Read` / `Write`: `.symtab` when present, else the
+//!   pclntab (`.gopclntab`, or found by its header and `runtime.firstmoduledata`
+//!   when section headers are gone) — [`pclntab`].
+//! - Return instructions: capstone over the function's bytes — [`disasm`].
+//! - Struct offsets: DWARF when present ([`dwarf`]), else a per-release table
+//!   ([`offsets_table`]).
+//!
+//! Each file is read once into memory (bounded by [`MAX_BINARY_SIZE`]);
+//! [`AnalysisCache`] makes many processes of one executable cost one analysis.
+
+mod buildinfo;
+#[cfg(unix)]
+mod cache;
+mod disasm;
+mod dwarf;
+mod elf;
+pub mod offsets_table;
+pub mod pclntab;
+pub mod version;
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use thiserror::Error;
+
+#[cfg(unix)]
+pub use cache::{AnalysisCache, CacheStats};
+pub use dwarf::DwarfError;
+pub use pclntab::PclntabError;
+pub use version::GoVersion;
+
+use elf::ElfImage;
+use pclntab::{FuncRange, Pclntab};
+
+/// `crypto/tls.(*Conn).Write(b []byte) (int, error)`.
+pub const TLS_WRITE_SYMBOL: &str = "crypto/tls.(*Conn).Write";
+/// `crypto/tls.(*Conn).Read(b []byte) (int, error)`.
+pub const TLS_READ_SYMBOL: &str = "crypto/tls.(*Conn).Read";
+
+/// Largest file analysed. Go binaries of a few hundred MiB exist (k8s
+/// components with everything linked in); past this we refuse rather than
+/// hold the bytes in memory.
+pub const MAX_BINARY_SIZE: u64 = 1 << 30;
+
+/// The oldest Go release we analyse: the first with the register ABI on
+/// amd64 (and the oldest release the offsets table covers).
+pub const MIN_GO_VERSION: GoVersion = GoVersion::new(1, offsets_table::OLDEST.1, 0);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GoArch {
+    Amd64,
+    Arm64,
+}
+
+impl fmt::Display for GoArch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GoArch::Amd64 => "amd64",
+            GoArch::Arm64 => "arm64",
+        })
+    }
+}
+
+/// How arguments and results are passed to and from Go functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GoAbi {
+    /// ABIInternal (amd64 from Go 1.17, arm64 from 1.18). amd64: integer
+    /// args in RAX RBX RCX RDI RSI R8 R9 R10 R11, current g in R14; arm64:
+    /// R0–R15, g in R28. `(*Conn).Write`: receiver RAX/R0, `b.ptr`
+    /// RBX/R1, `b.len` RCX/R2; at RET `n` is in RAX/R0.
+    Register,
+    /// ABI0: arguments and results on the stack from SP+8 (amd64) / SP+8
+    /// (arm64, above the saved LR), g in thread-local storage (amd64) or R28.
+    Stack,
+}
+
+impl GoAbi {
+    /// The ABI Go functions use in this release on this architecture.
+    pub fn for_version(arch: GoArch, version: GoVersion) -> GoAbi {
+        let register = match arch {
+            GoArch::Amd64 => version.at_least(1, 17),
+            GoArch::Arm64 => version.at_least(1, 18),
+        };
+        if register {
+            GoAbi::Register
+        } else {
+            GoAbi::Stack
+        }
+    }
+}
+
+/// Where a function's address came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SymbolSource {
+    Symtab,
+    Pclntab,
+}
+
+/// Probe points of one Go function.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoFunctionProbe {
+    pub symbol: &'static str,
+    /// Virtual address of the entry (as linked; PIE load bias not applied).
+    pub address: u64,
+    /// Bytes from the entry to the next function (includes padding).
+    pub size: u64,
+    /// The entry's file offset: the uprobe offset.
+    pub entry_file_offset: u64,
+    /// File offset of every RET, ascending; never empty.
+    pub ret_file_offsets: Vec<u64>,
+    pub source: SymbolSource,
+}
+
+/// Byte offsets the probes need to go from a `*tls.Conn` to its socket
+/// fd, and to tell goroutines apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GoStructOffsets {
+    /// `runtime.g.goid`.
+    pub g_goid: u64,
+    /// `crypto/tls.Conn.conn`: a `net.Conn` interface, two words (itab,
+    /// data); the data word (at `+ 8`) is the `*net.TCPConn` for TCP.
+    pub tls_conn_conn: u64,
+    /// `net.TCPConn` → embedded `net.conn` → `fd` (`*net.netFD`).
+    pub tcp_conn_fd: u64,
+    /// `net.netFD.pfd` (`internal/poll.FD`, embedded by value).
+    pub netfd_pfd: u64,
+    /// `internal/poll.FD.Sysfd` (an `int`).
+    pub pfd_sysfd: u64,
+}
+
+/// Where [`GoStructOffsets`] came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OffsetsSource {
+    /// The binary's own DWARF.
+    Dwarf,
+    /// The per-release table; names the row (`"1.21"`, or
+    /// `"assumed from 1.23"` for newer releases).
+    VersionTable(&'static str),
+}
+
+/// Everything the probe code needs to know about one Go executable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoBinary {
+    /// As the toolchain wrote it, e.g. `go1.23.4`.
+    pub go_version: String,
+    pub version: GoVersion,
+    /// The main module's path (`mod` line of the build info).
+    pub module_path: Option<String>,
+    /// The main package's import path (`path` line).
+    pub main_package: Option<String>,
+    pub arch: GoArch,
+    pub abi: GoAbi,
+    /// `ET_DYN` (`-buildmode=pie`).
+    pub pie: bool,
+    /// No `.symtab` (`-ldflags=-s`).
+    pub stripped: bool,
+    pub write: GoFunctionProbe,
+    pub read: GoFunctionProbe,
+    pub offsets: GoStructOffsets,
+    pub offsets_source: OffsetsSource,
+    /// Why DWARF was not used, when the binary had some (else `None`).
+    pub dwarf_problem: Option<DwarfError>,
+}
+
+#[derive(Debug, Clone, Error)]
+pub enum GoAnalysisError {
+    #[error("reading {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("{size} bytes is over the {limit}-byte limit for Go binary analysis")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("empty file")]
+    Empty,
+    #[error("not an ELF file: {reason}")]
+    NotElf { reason: String },
+    #[error("malformed or truncated ELF: {reason}")]
+    MalformedElf { reason: String },
+    #[error("unsupported architecture ({arch}): only amd64 and arm64 Go binaries are analysed")]
+    UnsupportedArch { arch: String },
+    #[error("not a Go binary: no Go build info (.go.buildinfo)")]
+    NotGo,
+    #[error("Go build info is malformed: {reason}")]
+    BadBuildInfo { reason: String },
+    #[error("Go version {version} is not supported: {reason}")]
+    UnsupportedGoVersion { version: String, reason: String },
+    #[error("no Go pclntab found{}", if *.stripped { " (binary is stripped)" } else { "" })]
+    PclntabNotFound { stripped: bool },
+    #[error("Go pclntab is corrupt: {0}")]
+    BadPclntab(#[from] PclntabError),
+    #[error("cannot find where Go text starts (runtime.text) to resolve pclntab entries")]
+    TextStartUnknown,
+    #[error(
+        "{symbol} is not in this binary (not linked in, inlined away, or the program does not use crypto/tls)"
+    )]
+    FunctionNotFound { symbol: &'static str },
+    #[error("{symbol} at {address:#x}: {reason}")]
+    BadFunction {
+        symbol: &'static str,
+        address: u64,
+        reason: String,
+    },
+    #[error("{symbol} at {address:#x} has no RET instruction: cannot probe its returns")]
+    NoReturns { symbol: &'static str, address: u64 },
+    #[error("disassembler: {0}")]
+    Disassembler(String),
+    #[error("no struct offsets for Go {version} on {arch}: {reason}")]
+    NoOffsets {
+        version: String,
+        arch: GoArch,
+        reason: String,
+    },
+}
+
+/// Reads the file at `path` (once, at most [`MAX_BINARY_SIZE`] bytes) and analyses it.
+pub fn analyze(path: &Path) -> Result<GoBinary, GoAnalysisError> {
+    let file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
+    let data = read_bounded(file, path)?;
+    analyze_bytes(&data)
+}
+
+pub(crate) fn io_error(path: &Path, source: std::io::Error) -> GoAnalysisError {
+    GoAnalysisError::Io {
+        path: path.to_owned(),
+        source: Arc::new(source),
+    }
+}
+
+/// Reads a whole file, refusing files over [`MAX_BINARY_SIZE`].
+pub(crate) fn read_bounded(file: std::fs::File, path: &Path) -> Result<Vec<u8>, GoAnalysisError> {
+    let size = file.metadata().map_err(|e| io_error(path, e))?.len();
+    if size > MAX_BINARY_SIZE {
+        return Err(GoAnalysisError::TooLarge {
+            size,
+            limit: MAX_BINARY_SIZE,
+        });
+    }
+    let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+    // `take` guards against a file that grows while we read it.
+    file.take(MAX_BINARY_SIZE + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| io_error(path, e))?;
+    if data.len() as u64 > MAX_BINARY_SIZE {
+        return Err(GoAnalysisError::TooLarge {
+            size: data.len() as u64,
+            limit: MAX_BINARY_SIZE,
+        });
+    }
+    Ok(data)
+}
+
+/// Analyses an executable held in memory.
+pub fn analyze_bytes(data: &[u8]) -> Result<GoBinary, GoAnalysisError> {
+    let image = ElfImage::parse(data)?;
+    let info = buildinfo::read(&image)?.ok_or(GoAnalysisError::NotGo)?;
+    let version = GoVersion::parse(&info.version).ok_or_else(|| GoAnalysisError::UnsupportedGoVersion {
+        version: info.version.clone(),
+        reason: "cannot parse the version string".to_owned(),
+    })?;
+    if version < MIN_GO_VERSION {
+        return Err(GoAnalysisError::UnsupportedGoVersion {
+            version: info.version.clone(),
+            reason: format!(
+                "releases before go{}.{} pass arguments on the stack on amd64, keep a \
+                 different pclntab layout, and have no struct-offset table here; \
+                 go1.17 or newer is needed",
+                MIN_GO_VERSION.major, MIN_GO_VERSION.minor
+            ),
+        });
+    }
+    let stripped = !image.has_symtab();
+    let [write, read] = find_functions(&image, [TLS_WRITE_SYMBOL, TLS_READ_SYMBOL])?;
+    let scanner = disasm::RetScanner::new(image.arch).map_err(|e| GoAnalysisError::Disassembler(e.to_string()))?;
+    let write = probe(&image, &scanner, TLS_WRITE_SYMBOL, write)?;
+    let read = probe(&image, &scanner, TLS_READ_SYMBOL, read)?;
+
+    let (offsets, offsets_source, dwarf_problem) = match dwarf::struct_offsets(&image) {
+        Ok(offsets) => (offsets, OffsetsSource::Dwarf, None),
+        Err(problem) => {
+            let (offsets, label) = offsets_table::lookup(image.arch, version).ok_or_else(|| {
+                GoAnalysisError::NoOffsets {
+                    version: info.version.clone(),
+                    arch: image.arch,
+                    reason: format!("no DWARF ({problem}) and no table row for this release"),
+                }
+            })?;
+            let problem = (problem != DwarfError::Absent).then_some(problem);
+            if let Some(problem) = &problem {
+                log::warn!("Go DWARF unusable ({problem}); using the go{label} offsets table");
+            }
+            (offsets, OffsetsSource::VersionTable(label), problem)
+        }
+    };
+
+    Ok(GoBinary {
+        go_version: info.version,
+        version,
+        module_path: info.module_path,
+        main_package: info.main_package,
+        arch: image.arch,
+        abi: GoAbi::for_version(image.arch, version),
+        pie: image.pie,
+        stripped,
+        write,
+        read,
+        offsets,
+        offsets_source,
+        dwarf_problem,
+    })
+}
+
+/// A function located in the image, before disassembly.
+#[derive(Debug, Clone, Copy)]
+struct Located {
+    range: FuncRange,
+    source: SymbolSource,
+}
+
+/// Finds the functions in `.symtab`, falling back to the pclntab for any
+/// the symbol table lacks (stripped binaries have no `.symtab` at all).
+fn find_functions<const N: usize>(
+    image: &ElfImage<'_>,
+    names: [&'static str; N],
+) -> Result<[Located; N], GoAnalysisError> {
+    let from_symtab = image.symbols(names);
+    let mut located: [Option<Located>; N] = [None; N];
+    for (slot, symbol) in located.iter_mut().zip(from_symtab) {
+        // A zero size (some external linkers) is resolved from the pclntab.
+        if let Some((address, size)) = symbol.filter(|&(_, size)| size > 0) {
+            if let Some(end) = address.checked_add(size) {
+                *slot = Some(Located {
+                    range: FuncRange { entry: address, end },
+                    source: SymbolSource::Symtab,
+                });
+            }
+        }
+    }
+    if located.iter().any(Option::is_none) {
+        let table = find_pclntab(image)?;
+        let text_start = text_start(image, &table)?;
+        let found = table.find(names, text_start)?;
+        for (slot, range) in located.iter_mut().zip(found) {
+            if slot.is_none() {
+                *slot = range.map(|range| Located {
+                    range,
+                    source: SymbolSource::Pclntab,
+                });
+            }
+        }
+    }
+    let mut out = [Located {
+        range: FuncRange { entry: 0, end: 0 },
+        source: SymbolSource::Symtab,
+    }; N];
+    for ((out, slot), symbol) in out.iter_mut().zip(located).zip(names) {
+        *out = slot.ok_or(GoAnalysisError::FunctionNotFound { symbol })?;
+    }
+    Ok(out)
+}
+
+/// Section names the Go linker gives the pclntab (PIE puts it in relro).
+const PCLNTAB_SECTIONS: [&str; 2] = [".gopclntab", ".data.rel.ro.gopclntab"];
+
+/// Finds the pclntab: by section name, by the `runtime.pclntab` symbol
+/// (external linking merges the section into `.data.rel.ro`), or, with no
+/// section headers, by searching the data segments for a valid header that
+/// `runtime.firstmoduledata` points at.
+fn find_pclntab<'data>(image: &ElfImage<'data>) -> Result<Pclntab<'data>, GoAnalysisError> {
+    if let Some(section) = image.section(&PCLNTAB_SECTIONS) {
+        return Ok(Pclntab::parse(section.data, section.address)?);
+    }
+    if let Some((address, _)) = image.symbol("runtime.pclntab") {
+        if let Some(data) = image.read_upto(address, u64::MAX) {
+            return Ok(Pclntab::parse(data, address)?);
+        }
+    }
+    let mut fallback: Option<Pclntab<'data>> = None;
+    for seg in image.segments.iter().filter(|s| !s.executable()) {
+        let Some(bytes) = image.segment_data(seg) else {
+            continue;
+        };
+        // pcHeader holds pointer-sized fields: it is 8-byte aligned in memory.
+        let first = usize::try_from((8 - seg.vaddr % 8) % 8).unwrap_or(0);
+        let mut at = first;
+        while let Some(rest) = bytes.get(at..) {
+            if rest.len() < 8 {
+                break;
+            }
+            if pclntab::looks_like_header(rest) {
+                let address = seg.vaddr.saturating_add(at as u64);
+                if let Ok(table) = Pclntab::parse(rest, address) {
+                    if moduledata_points_at(image, &table) {
+                        return Ok(table);
+                    }
+                    fallback.get_or_insert(table);
+                }
+            }
+            at += 8;
+        }
+    }
+    // A header that validated (sorted function table and all) but that no
+    // moduledata names: the relocated pointers may not be in the file.
+    fallback.ok_or(GoAnalysisError::PclntabNotFound {
+        stripped: !image.has_symtab(),
+    })
+}
+
+/// Whether some writable segment holds `runtime.firstmoduledata`, whose
+/// first words are `pcHeader *pcHeader` and the `funcnametab` slice's data
+/// pointer (pcHeader + funcnameOffset).
+fn moduledata_points_at(image: &ElfImage<'_>, table: &Pclntab<'_>) -> bool {
+    let Some(funcnametab) = table.address.checked_add(table.funcname_offset) else {
+        return false;
+    };
+    let mut pattern = [0u8; 16];
+    pattern[..8].copy_from_slice(&table.address.to_le_bytes());
+    pattern[8..].copy_from_slice(&funcnametab.to_le_bytes());
+    image
+        .segments
+        .iter()
+        .filter(|s| s.writable())
+        .filter_map(|s| image.segment_data(s))
+        .any(|bytes| bytes.chunks_exact(8).enumerate().any(|(i, w)| {
+            w == &pattern[..8] && bytes.get((i + 1) * 8..(i + 2) * 8) == Some(&pattern[8..])
+        }))
+}
+
+/// Where Go text starts (`runtime.text`), the base of Go ≥ 1.18 entry offsets.
+/// `debug/gosym` warns that `pcHeader.textStart` may be unrelocated in the
+/// file, so the symbol wins when there is one, then the header, then `.text`
+/// (internal linking puts `runtime.text` first in `.text`).
+fn text_start(image: &ElfImage<'_>, table: &Pclntab<'_>) -> Result<u64, GoAnalysisError> {
+    if table.version == pclntab::PclntabVersion::Go116 {
+        return Ok(0); // absolute entries
+    }
+    if let Some((address, _)) = image.symbol("runtime.text") {
+        return Ok(address);
+    }
+    if table.header_text_start != 0 {
+        return Ok(table.header_text_start);
+    }
+    image.section_address(".text").ok_or(GoAnalysisError::TextStartUnknown)
+}
+
+fn probe(
+    image: &ElfImage<'_>,
+    scanner: &disasm::RetScanner,
+    symbol: &'static str,
+    located: Located,
+) -> Result<GoFunctionProbe, GoAnalysisError> {
+    let Located { range, source } = located;
+    let address = range.entry;
+    let bad = |reason: String| GoAnalysisError::BadFunction {
+        symbol,
+        address,
+        reason,
+    };
+    let size = range.size();
+    if size > pclntab::MAX_FUNCTION_SIZE {
+        return Err(bad(format!(
+            "{size} bytes, over the {}-byte limit",
+            pclntab::MAX_FUNCTION_SIZE
+        )));
+    }
+    if !image.is_executable(address, size) {
+        return Err(bad("not inside an executable segment of the file".to_owned()));
+    }
+    let code = image
+        .read(address, size)
+        .ok_or_else(|| bad("bytes outside the file".to_owned()))?;
+    let entry_file_offset = image
+        .file_offset(address, 1)
+        .ok_or_else(|| bad("no file offset".to_owned()))?;
+    let rets = scanner
+        .returns(code, address)
+        .map_err(|e| GoAnalysisError::Disassembler(e.to_string()))?;
+    if rets.is_empty() {
+        return Err(GoAnalysisError::NoReturns { symbol, address });
+    }
+    let ret_file_offsets = rets
+        .iter()
+        .map(|&va| image.file_offset(va, 1).ok_or_else(|| bad(format!("RET at {va:#x} has no file offset"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(GoFunctionProbe {
+        symbol,
+        address,
+        size,
+        entry_file_offset,
+        ret_file_offsets,
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests;
