@@ -257,7 +257,7 @@ fn find_process_with_arg(arg: &str) -> Option<u32> {
         let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
         let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
         let is_python = args.first().is_some_and(|a| a.ends_with(b"python3"));
-        (is_python && args.iter().any(|a| *a == arg.as_bytes())).then_some(pid)
+        (is_python && args.contains(&arg.as_bytes())).then_some(pid)
     })
 }
 

@@ -164,7 +164,7 @@ fn pointer_string<'a>(read: ReadVa<'_, 'a>, at: u64) -> Result<&'a [u8], GoAnaly
 /// Pulls the `path` and `mod` lines out of the module info text.
 fn parse_modinfo(raw: &[u8]) -> (Option<String>, Option<String>) {
     // Strip the sentinels when they are there (as Go's reader does).
-    let text = if raw.len() >= MODINFO_START_LEN + MODINFO_END_LEN + 1
+    let text = if raw.len() > MODINFO_START_LEN + MODINFO_END_LEN
         && raw[raw.len() - MODINFO_END_LEN - 1] == b'\n'
     {
         &raw[MODINFO_START_LEN..raw.len() - MODINFO_END_LEN]
