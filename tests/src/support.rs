@@ -259,3 +259,120 @@ pub fn marker(tag: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     format!("{tag}-{}-{nanos}", std::process::id())
 }
+
+/// Debian's nginx with TLS, HTTP/2 and keep-alive, in a private prefix.
+///   /echo?id=X  → 200 "id=X\n"
+///   /bytes/N    → a static file of N bytes (files made with `with_file`)
+pub struct Nginx {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    master: Guard,
+}
+
+impl Nginx {
+    pub fn start(cert: &Certificate, files: &[usize]) -> Nginx {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("www")).expect("www");
+        for &size in files {
+            let bytes: Vec<u8> = (0..size).map(|i| b'a' + (i % 26) as u8).collect();
+            std::fs::write(root.join("www").join(size.to_string()), bytes).expect("file");
+        }
+        let port = free_port();
+        let conf = format!(
+            r#"daemon off;
+master_process on;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/body;
+    proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi;
+    scgi_temp_path {root}/scgi;
+    keepalive_requests 1000000;
+    http2_max_concurrent_streams 256;
+    server {{
+        listen 127.0.0.1:{port} ssl http2;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        location /echo {{ default_type text/plain; return 200 "id=$arg_id\n"; }}
+        location /bytes/ {{ alias {root}/www/; }}
+    }}
+}}
+"#,
+            root = root.display(),
+            cert = cert.cert().display(),
+            key = cert.key().display(),
+        );
+        std::fs::write(root.join("nginx.conf"), conf).expect("conf");
+        let nginx = ["/usr/sbin/nginx", "nginx"].into_iter().find(|p| std::path::Path::new(p).exists()).unwrap_or("nginx");
+        let master = Guard(
+            Command::new(nginx)
+                .arg("-p")
+                .arg(root)
+                .arg("-e")
+                .arg(root.join("error.log"))
+                .arg("-c")
+                .arg(root.join("nginx.conf"))
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("run nginx (apt-get install nginx-light)"),
+        );
+        wait_for_port(port, Duration::from_secs(10));
+        Nginx { port, dir, master }
+    }
+
+    pub fn master_pid(&self) -> u32 {
+        self.master.pid()
+    }
+
+    /// The worker processes (they do the TLS).
+    pub fn worker_pids(&self) -> Vec<u32> {
+        children_of(self.master.pid())
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // Workers die with the master's SIGKILL only if told: stop them too.
+        for pid in self.worker_pids() {
+            // SAFETY: kill(2) on a process we started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Direct children of a process, from /proc/*/stat.
+pub fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            // pid (comm) state ppid ...: comm may hold spaces, so split after ')'.
+            let ppid: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
+}
+
+/// The exchange records of a stream.
+pub fn exchanges(records: &[Record]) -> Vec<&spy_image::record::Exchange> {
+    records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Exchange(x) => Some(x.as_ref()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A body's kept bytes as text.
+pub fn body_text(body: &spy_image::record::Body) -> String {
+    body.data.as_ref().map(|d| String::from_utf8_lossy(&d.to_bytes()).into_owned()).unwrap_or_default()
+}

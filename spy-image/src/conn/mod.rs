@@ -154,11 +154,18 @@ impl Tracker {
         state.expected_call_offset[dir] = if end >= ev.call_len { 0 } else { end };
 
         self.stats.bytes += ev.data.len() as u64;
-        if self.raw {
+        if !self.raw {
+            state.parser.feed(ev.direction, ev.ts_ns, ev.data, &mut parsed);
+            // The protocol knows better than "who spoke first".
+            if let Some(client) = state.parser.client_direction() {
+                state.record.role = match client {
+                    Direction::Send => Role::Client,
+                    Direction::Recv => Role::Server,
+                };
+            }
+        } else {
             let offset = state.stream_offset[dir];
             parsed.push(Parsed::Unclaimed { direction: ev.direction, ts_ns: ev.ts_ns, offset, data: ev.data.to_vec() });
-        } else {
-            state.parser.feed(ev.direction, ev.ts_ns, ev.data, &mut parsed);
         }
         state.stream_offset[dir] += ev.data.len() as u64;
         let conn = state.record.clone();
