@@ -7,7 +7,10 @@ use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
-const SOURCES: &[&str] = &["bpf/tlsspy.bpf.c", "bpf/tlsspy.h", "bpf/kernel_types.h"];
+const SOURCES: &[&str] = &["bpf/tlsspy.bpf.c", "bpf/floor.bpf.c", "bpf/tlsspy.h", "bpf/kernel_types.h"];
+
+/// (source, object) pairs: the spy's programs, and the benchmark's no-op floor.
+const OBJECTS: &[(&str, &str)] = &[("bpf/tlsspy.bpf.c", "tlsspy.bpf.o"), ("bpf/floor.bpf.c", "floor.bpf.o")];
 
 fn main() {
     for source in SOURCES {
@@ -26,20 +29,28 @@ fn main() {
             // The plugin builds everywhere; the probes exist only where we
             // can run them. An empty object makes loading fail clearly.
             println!("cargo:warning=tlsspy eBPF programs are not built for {other}");
-            write_object(&[]);
+            for (_, object) in OBJECTS {
+                write_object(object, &[]);
+            }
             return;
         }
     };
 
     let clang = env::var("TLSSPY_CLANG").unwrap_or_else(|_| find_clang());
-    let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("tlsspy.bpf.o");
-    let mut cmd = Command::new(&clang);
+    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
+    for (source, object) in OBJECTS {
+        compile(&clang, target_arch, source, &out_dir.join(object));
+    }
+}
+
+fn compile(clang: &str, target_arch: &str, source: &str, out: &std::path::Path) {
+    let mut cmd = Command::new(clang);
     cmd.args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
         .arg(format!("-D__TARGET_ARCH_{target_arch}"))
         .arg("-c")
-        .arg("bpf/tlsspy.bpf.c")
+        .arg(source)
         .arg("-o")
-        .arg(&out);
+        .arg(out);
     if let Ok(include) = env::var("TLSSPY_BPF_INCLUDE") {
         cmd.arg(format!("-I{include}"));
     }
@@ -53,7 +64,7 @@ fn main() {
     };
     if !status.success() {
         panic!(
-            "`{clang}` failed to build bpf/tlsspy.bpf.c ({status}). If it says a bpf/*.h \
+            "`{clang}` failed to build {source} ({status}). If it says a bpf/*.h \
              header is missing, install the libbpf headers: `apt-get install libbpf-dev`."
         );
     }
@@ -68,7 +79,7 @@ fn find_clang() -> String {
     "clang-19".to_string()
 }
 
-fn write_object(bytes: &[u8]) {
-    let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("tlsspy.bpf.o");
+fn write_object(name: &str, bytes: &[u8]) {
+    let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join(name);
     std::fs::write(out, bytes).expect("write empty eBPF object");
 }

@@ -225,6 +225,7 @@ static __always_inline int tls_call_enter(void *ctx, __u64 conn_ptr, __u64 buf, 
 	__u64 pid_tgid = bpf_get_current_pid_tgid();
 	if (!is_target(pid_tgid >> 32))
 		return 0;
+	stat_add(TLSSPY_STAT_ENTRY_HITS, 1);
 	struct tls_call call = {
 		.conn_ptr = conn_ptr,
 		.buf = buf,
@@ -248,6 +249,7 @@ static __always_inline int tls_call_return(int ret)
 	struct tls_call *call = bpf_map_lookup_elem(&active_calls, &pid_tgid);
 	if (!call)
 		return 0;
+	stat_add(TLSSPY_STAT_RETURN_HITS, 1);
 	__u64 moved = 0;
 	if (call->moved_ptr) {
 		if (ret == 1)

@@ -50,6 +50,8 @@ enum tlsspy_stat {
 	TLSSPY_STAT_LOST_BYTES = 3,  /* plaintext bytes not delivered (lost or over the per-call cap) */
 	TLSSPY_STAT_NO_FD = 4,       /* calls whose socket fd could not be found */
 	TLSSPY_STAT_PROC_LOST = 5,   /* fork/exec/exit events lost */
+	TLSSPY_STAT_ENTRY_HITS = 6,  /* TLS call entries of targets (one breakpoint each) */
+	TLSSPY_STAT_RETURN_HITS = 7, /* TLS call returns of targets */
 	TLSSPY_STAT_MAX = 8,
 };
 

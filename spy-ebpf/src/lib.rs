@@ -8,6 +8,10 @@
 /// The compiled eBPF object (empty on architectures we do not probe).
 pub static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/tlsspy.bpf.o"));
 
+/// The benchmark's floor: no-op probes that count their hits
+/// (`floor_enter`, `floor_return`, map `floor_hits`).
+pub static FLOOR_OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/floor.bpf.o"));
+
 /// Plaintext bytes in one data event (`TLSSPY_MAX_DATA`).
 pub const MAX_DATA: usize = 16384;
 /// Events one TLS call may produce (`TLSSPY_MAX_CHUNKS_PER_CALL`).
@@ -42,6 +46,8 @@ pub mod stat {
     pub const LOST_BYTES: u32 = 3;
     pub const NO_FD: u32 = 4;
     pub const PROC_LOST: u32 = 5;
+    pub const ENTRY_HITS: u32 = 6;
+    pub const RETURN_HITS: u32 = 7;
     pub const MAX: u32 = 8;
 }
 

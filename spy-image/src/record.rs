@@ -378,6 +378,10 @@ pub struct Stats {
     pub chunks: u64,
     /// Streams or connections a parser gave up on (bad framing).
     pub parse_errors: u64,
+    /// Probe hits in targets: TLS call entries (each one breakpoint trap;
+    /// its return costs one more).
+    #[serde(default)]
+    pub probe_hits: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

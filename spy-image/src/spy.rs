@@ -553,6 +553,7 @@ impl Spy {
             exchanges: t.exchanges,
             chunks: t.chunks,
             parse_errors: t.parse_errors,
+            probe_hits: kernel.entry_hits,
         }
     }
 

@@ -1,4 +1,5 @@
 //! Helpers shared by the end-to-end tests, and the test API server.
 
 pub mod apiserver;
+pub mod bench;
 pub mod support;

@@ -65,6 +65,30 @@ impl Certificate {
         assert!(status.success(), "openssl req failed");
         Certificate { dir }
     }
+    /// A CA and a leaf it signed, for clients that insist on the difference
+    /// (rustls refuses a self-signed CA certificate as a server's own).
+    /// `cert()` is the leaf followed by the CA; `ca()` is the CA alone.
+    pub fn signed_by_ca() -> Certificate {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).expect("CA");
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        params.subject_alt_names.push(SanType::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()));
+        let leaf = params.signed_by(&key, &Issuer::new(ca, ca_key)).expect("leaf");
+        std::fs::write(dir.path().join("cert.pem"), format!("{}{}", leaf.pem(), ca_cert.pem())).expect("cert");
+        std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).expect("key");
+        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).expect("ca");
+        Certificate { dir }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
     pub fn cert(&self) -> PathBuf {
         self.dir.path().join("cert.pem")
     }

@@ -72,6 +72,9 @@ pub struct KernelStats {
     pub lost_bytes: u64,
     pub no_fd: u64,
     pub proc_lost: u64,
+    /// Probe hits of targets: TLS call entries and returns.
+    pub entry_hits: u64,
+    pub return_hits: u64,
 }
 
 pub struct Probes {
@@ -282,6 +285,8 @@ impl Probes {
             lost_bytes: sum(stat::LOST_BYTES),
             no_fd: sum(stat::NO_FD),
             proc_lost: sum(stat::PROC_LOST),
+            entry_hits: sum(stat::ENTRY_HITS),
+            return_hits: sum(stat::RETURN_HITS),
         }
     }
 }

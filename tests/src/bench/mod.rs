@@ -1,0 +1,278 @@
+//! The overhead benchmark: what spying costs a TLS server, side by side in
+//! one run, against the floor every uprobe-based tool pays.
+//!
+//! For each case, rounds alternate three modes on the same running server:
+//!   none   no probes;
+//!   floor  no-op entry and return probes on exactly the functions the spy
+//!          probes (the unavoidable trap cost);
+//!   spy    the real tlsspy-agent, producing exchanges.
+//! See docs/BENCHMARKS.md for the commands and the figures.
+
+pub mod floor;
+pub mod load;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use spy_image::record::{Line, Record, Stats};
+use spy_image::targets::{process, tls_stack};
+
+use crate::support::{Certificate, Nginx};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    None,
+    Floor,
+    Spy,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 3] = [Mode::None, Mode::Floor, Mode::Spy];
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::None => "none",
+            Mode::Floor => "floor",
+            Mode::Spy => "spy",
+        }
+    }
+}
+
+/// A server and what the load asks of it.
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub name: String,
+    pub body_bytes: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub cases: Vec<Case>,
+    pub rounds: usize,
+    pub duration: Duration,
+    pub connections: usize,
+    pub agent: PathBuf,
+}
+
+/// One round of one mode.
+#[derive(Clone, Debug, Default)]
+pub struct Round {
+    pub load: load::LoadResult,
+    /// TLS call entries probed during the round (floor: its counter; spy: its stats).
+    pub probe_hits: Option<u64>,
+    pub exchanges: Option<u64>,
+    pub lost_events: Option<u64>,
+    pub lost_bytes: Option<u64>,
+    /// The agent's user + system CPU, microseconds.
+    pub spy_cpu_us: Option<f64>,
+    /// Run time of the spy's eBPF programs during the round, microseconds.
+    pub bpf_us: Option<f64>,
+    pub peak_rss_kib: Option<u64>,
+}
+
+pub struct CaseReport {
+    pub case: Case,
+    pub rounds: Vec<(Mode, Round)>,
+}
+
+pub fn run(options: &Options) -> anyhow::Result<(floor::HitCost, Vec<CaseReport>)> {
+    // Kernel accounting of eBPF run time, for as long as this fd lives.
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enable BPF run-time stats")?;
+    let hit_cost = floor::measure_hit_cost()?;
+    let cert = Certificate::signed_by_ca();
+    let tls = load::client_config(pem_to_der(&std::fs::read_to_string(cert.ca())?)?)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+
+    let mut reports = Vec::new();
+    for case in &options.cases {
+        let nginx = Nginx::start(&cert, &[case.body_bytes]);
+        let worker = *nginx.worker_pids().first().context("nginx has no worker")?;
+        let (library, probes) = openssl_of(worker)?;
+        let addr: SocketAddr = format!("127.0.0.1:{}", nginx.port).parse()?;
+        let path = format!("/bytes/{}", case.body_bytes);
+        // Warm the server and the page cache.
+        runtime.block_on(load::run(addr, &path, options.connections, Duration::from_millis(500), tls.clone()));
+
+        let mut rounds = Vec::new();
+        for round in 0..options.rounds {
+            for mode in Mode::ALL {
+                eprintln!("[{}] round {}/{}: {}", case.name, round + 1, options.rounds, mode.name());
+                let run_load = || runtime.block_on(load::run(addr, &path, options.connections, options.duration, tls.clone()));
+                let result = match mode {
+                    Mode::None => Round { load: run_load(), ..Round::default() },
+                    Mode::Floor => {
+                        let mut floor = floor::Floor::attach(&library, &probes)?;
+                        let load = run_load();
+                        let (entries, _) = floor.hits();
+                        Round { load, probe_hits: Some(entries), ..Round::default() }
+                    }
+                    Mode::Spy => spy_round(&options.agent, worker, run_load)?,
+                };
+                rounds.push((mode, result));
+            }
+        }
+        reports.push(CaseReport { case: case.clone(), rounds });
+    }
+    Ok((hit_cost, reports))
+}
+
+/// The libssl the process maps: its path through /proc/PID/root and probe points.
+fn openssl_of(pid: u32) -> anyhow::Result<(PathBuf, tls_stack::OpensslProbes)> {
+    for file in process::mapped_files(pid)? {
+        if let Ok(Some(probes)) = tls_stack::detect_openssl(&file.host_path, false) {
+            return Ok((file.host_path, probes));
+        }
+    }
+    anyhow::bail!("process {pid} maps no OpenSSL")
+}
+
+fn spy_round(agent: &PathBuf, worker: u32, run_load: impl FnOnce() -> load::LoadResult) -> anyhow::Result<Round> {
+    let mut child = Command::new(agent)
+        .args(["--pid", &worker.to_string(), "--stats-interval", "0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("start {}", agent.display()))?;
+    let stdout = child.stdout.take().context("agent stdout")?;
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut exchanges = 0u64;
+        let mut last: Option<Stats> = None;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            match serde_json::from_str::<Line>(&line).map(|l| l.record) {
+                Ok(Record::Exchange(_)) => exchanges += 1,
+                Ok(Record::Target(_)) => {
+                    let _ = ready_tx.send(());
+                }
+                Ok(Record::Bye(bye)) => last = Some(bye.stats),
+                _ => {}
+            }
+        }
+        (exchanges, last)
+    });
+    ready_rx.recv_timeout(Duration::from_secs(30)).context("the agent did not report its target")?;
+
+    let bpf_before = spy_bpf_time();
+    let load = run_load();
+    // Let the last events reach user space before reading the counters.
+    std::thread::sleep(Duration::from_millis(300));
+    let bpf_after = spy_bpf_time();
+    let (cpu_us, rss) = (process_cpu_us(child.id()), peak_rss_kib(child.id()));
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let _ = child.wait();
+    let (exchanges, stats) = reader.join().map_err(|_| anyhow::anyhow!("reader thread panicked"))?;
+    let stats = stats.context("the agent ended without a bye record")?;
+    Ok(Round {
+        load,
+        probe_hits: Some(stats.probe_hits),
+        exchanges: Some(exchanges),
+        lost_events: Some(stats.lost_events),
+        lost_bytes: Some(stats.lost_bytes),
+        spy_cpu_us: cpu_us,
+        bpf_us: Some(bpf_after.saturating_sub(bpf_before).as_secs_f64() * 1e6),
+        peak_rss_kib: rss,
+    })
+}
+
+/// Summed run time of the spy's eBPF programs (names as the kernel keeps
+/// them: at most 15 characters).
+fn spy_bpf_time() -> Duration {
+    const PREFIXES: [&str; 3] = ["ssl_", "sys_enter_fd_io", "sched_process_"];
+    aya::programs::loaded_programs()
+        .flatten()
+        .filter(|p| p.name_as_str().is_some_and(|n| PREFIXES.iter().any(|prefix| n.starts_with(prefix))))
+        .map(|p| p.run_time())
+        .sum()
+}
+
+fn process_cpu_us(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // After ") ": state(0) ppid(1) … utime(11) stime(12), in clock ticks.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Some(ticks as f64 * 1e6 / hz)
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn pem_to_der(pem: &str) -> anyhow::Result<Vec<u8>> {
+    use base64::Engine as _;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    Ok(base64::engine::general_purpose::STANDARD.decode(body)?)
+}
+
+/// The report, as Markdown.
+pub fn render(hit_cost: &floor::HitCost, reports: &[CaseReport], options: &Options) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "Probe hit cost on this machine: {:.0} ns per call under a no-op entry probe, {:.0} ns under entry + return (bare call {:.1} ns).\n\n",
+        hit_cost.entry_ns - hit_cost.bare_ns,
+        hit_cost.entry_and_return_ns - hit_cost.bare_ns,
+        hit_cost.bare_ns
+    ));
+    for report in reports {
+        out.push_str(&format!(
+            "### {} ({} keep-alive connections, {} rounds × {:?} per mode)\n\n",
+            report.case.name, options.connections, options.rounds, options.duration
+        ));
+        out.push_str("| mode | req/s (median) | p50 | p99 | probe hits/req | exchanges/requests | lost events (bytes) | spy CPU µs/exchange (user+sys / BPF) | spy peak RSS |\n");
+        out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+        let mut medians = Vec::new();
+        for mode in Mode::ALL {
+            let rounds: Vec<&Round> = report.rounds.iter().filter(|(m, _)| *m == mode).map(|(_, r)| r).collect();
+            let mut rps: Vec<f64> = rounds.iter().map(|r| r.load.rps()).collect();
+            rps.sort_by(f64::total_cmp);
+            let median = rps.get(rps.len() / 2).copied().unwrap_or(0.0);
+            medians.push(median);
+            let latencies: Vec<u32> = rounds.iter().flat_map(|r| r.load.latencies_us.iter().copied()).collect();
+            let requests: u64 = rounds.iter().map(|r| r.load.requests).sum();
+            let errors: u64 = rounds.iter().map(|r| r.load.errors).sum();
+            let sum = |f: fn(&Round) -> Option<u64>| -> Option<u64> { rounds.iter().map(|r| f(r)).sum() };
+            let hits = sum(|r| r.probe_hits).map_or("-".into(), |h| format!("{:.2}", h as f64 / requests.max(1) as f64));
+            let exchanges = sum(|r| r.exchanges);
+            let completeness = exchanges.map_or("-".into(), |x| {
+                format!("{x}/{requests} ({:.2}%)", 100.0 * x as f64 / requests.max(1) as f64)
+            });
+            let lost = match (sum(|r| r.lost_events), sum(|r| r.lost_bytes)) {
+                (Some(e), Some(b)) => format!("{e} ({b})"),
+                _ => "-".into(),
+            };
+            let cpu = {
+                let cpu: Option<f64> = rounds.iter().map(|r| r.spy_cpu_us).sum();
+                let bpf: Option<f64> = rounds.iter().map(|r| r.bpf_us).sum();
+                match (cpu, bpf, exchanges) {
+                    (Some(c), Some(b), Some(x)) if x > 0 => format!("{:.1} / {:.1}", c / x as f64, b / x as f64),
+                    _ => "-".into(),
+                }
+            };
+            let rss = rounds.iter().filter_map(|r| r.peak_rss_kib).max().map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+            let errors = if errors > 0 { format!(" ({errors} errors)") } else { String::new() };
+            out.push_str(&format!(
+                "| {} | {:.0}{errors} | {:.0} µs | {:.0} µs | {hits} | {completeness} | {lost} | {cpu} | {rss} |\n",
+                mode.name(),
+                median,
+                load::percentile(&latencies, 50.0),
+                load::percentile(&latencies, 99.0),
+            ));
+        }
+        let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        out.push_str(&format!(
+            "\nspy/none {:.3} · spy/floor {:.3} · floor/none {:.3}\n\n",
+            ratio(medians[2], medians[0]),
+            ratio(medians[2], medians[1]),
+            ratio(medians[1], medians[0])
+        ));
+    }
+    out
+}

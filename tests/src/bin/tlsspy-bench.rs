@@ -1,0 +1,59 @@
+//! tlsspy-bench: what spying costs a TLS server, against the floor.
+//! Needs root. See docs/BENCHMARKS.md.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use tlsspy_tests::bench::{self, Case, Options};
+
+#[derive(Debug, Parser)]
+#[command(about = "Side-by-side overhead benchmark: none, floor (no-op probes) and the spy")]
+struct Args {
+    /// Response body sizes to serve from nginx (bytes), one case each.
+    #[arg(long = "body", default_values_t = [1024usize, 65536])]
+    bodies: Vec<usize>,
+    /// Rounds per case; each round runs none, floor and spy once.
+    #[arg(long, default_value = "3")]
+    rounds: usize,
+    /// Seconds of load per mode and round.
+    #[arg(long, default_value = "5")]
+    seconds: u64,
+    /// Keep-alive connections of the load generator.
+    #[arg(long, default_value = "16")]
+    connections: usize,
+    /// The agent binary (default: next to this one).
+    #[arg(long)]
+    agent: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let args = Args::parse();
+    let agent = match args.agent {
+        Some(agent) => agent,
+        None => std::env::current_exe()?.with_file_name("tlsspy-agent"),
+    };
+    let options = Options {
+        cases: args
+            .bodies
+            .iter()
+            .map(|&b| Case { name: format!("nginx, {} responses", human(b)), body_bytes: b })
+            .collect(),
+        rounds: args.rounds,
+        duration: Duration::from_secs(args.seconds),
+        connections: args.connections,
+        agent,
+    };
+    let (hit_cost, reports) = bench::run(&options)?;
+    print!("{}", bench::render(&hit_cost, &reports, &options));
+    Ok(())
+}
+
+fn human(bytes: usize) -> String {
+    if bytes % 1024 == 0 {
+        format!("{} KiB", bytes / 1024)
+    } else {
+        format!("{bytes} B")
+    }
+}
