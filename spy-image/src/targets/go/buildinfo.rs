@@ -17,8 +17,6 @@ const FLAG_BIG_ENDIAN: u8 = 0x1;
 const FLAG_INLINE_STRINGS: u8 = 0x2;
 /// Go aligns the buildinfo blob to 16 bytes; a search steps by this.
 const ALIGN: usize = 16;
-/// How far into the data segment Go's own reader looks for the blob.
-const SEARCH_LIMIT: u64 = 64 * 1024;
 /// Longest version or module-info string we accept (module info of large
 /// programs with hundreds of dependencies runs to tens of KiB).
 const MAX_STRING: u64 = 1 << 20;
@@ -44,29 +42,41 @@ pub(crate) fn read(image: &ElfImage<'_>) -> Result<Option<BuildInfo>, GoAnalysis
         }
         // Present but not at the start: fall through to a search.
     }
-    // No section header (sstrip'd, or section headers removed): Go's own
-    // reader looks at the start of the first writable, non-executable
-    // PT_LOAD, on a 16-byte alignment.
-    for seg in image.segments.iter().filter(|s| s.writable() && !s.executable()) {
-        let Some(window) = image.read_upto(seg.vaddr, SEARCH_LIMIT) else {
+    // No section header (sstrip'd, or section headers removed). Go's own
+    // reader looks only at the start of the first writable, non-executable
+    // PT_LOAD; but in a PIE that is the relro segment, and after external
+    // linking the blob sits behind `.data.rel.ro`. So search every such
+    // segment, whole, on the blob's 16-byte alignment.
+    let mut first_error = None;
+    for seg in image
+        .segments
+        .iter()
+        .filter(|s| s.writable() && !s.executable())
+    {
+        let Some(bytes) = image.segment_data(seg) else {
             continue;
         };
-        let mut at = 0usize;
-        while let Some(rest) = window.get(at..) {
+        let first =
+            usize::try_from((ALIGN as u64 - seg.vaddr % ALIGN as u64) % ALIGN as u64).unwrap_or(0);
+        let mut at = first;
+        while let Some(rest) = bytes.get(at..) {
             if rest.len() < HEADER_LEN {
                 break;
             }
             if rest.starts_with(MAGIC) {
-                // Bytes from here to the segment end: inline strings follow the header.
-                let va = seg.vaddr.checked_add(at as u64).ok_or(bad("address overflow"))?;
-                let data = image
-                    .read_upto(va, HEADER_LEN as u64 + 2 * (MAX_STRING + 10))
-                    .ok_or(bad("header outside the file"))?;
-                return parse(&|va, len| image.read(va, len), data).map(Some);
+                let end = rest.len().min(HEADER_LEN + 2 * (MAX_STRING as usize + 10));
+                match parse(&|va, len| image.read(va, len), &rest[..end]) {
+                    Ok(info) => return Ok(Some(info)),
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
             }
             at += ALIGN;
         }
-        break; // Go only looks in the first such segment.
+    }
+    if let Some(e) = first_error {
+        return Err(e);
     }
     Ok(None)
 }
@@ -82,8 +92,13 @@ pub(crate) type ReadVa<'r, 'a> = &'r dyn Fn(u64, u64) -> Option<&'a [u8]>;
 
 /// Parses the blob; `data` starts at the magic; `read` resolves the
 /// pointers of the pre-1.18 format.
-pub(crate) fn parse<'a>(read: ReadVa<'_, 'a>, data: &'a [u8]) -> Result<BuildInfo, GoAnalysisError> {
-    let header = data.get(..HEADER_LEN).ok_or(bad("shorter than its 32-byte header"))?;
+pub(crate) fn parse<'a>(
+    read: ReadVa<'_, 'a>,
+    data: &'a [u8],
+) -> Result<BuildInfo, GoAnalysisError> {
+    let header = data
+        .get(..HEADER_LEN)
+        .ok_or(bad("shorter than its 32-byte header"))?;
     if !header.starts_with(MAGIC) {
         return Err(bad("bad magic"));
     }
@@ -141,7 +156,9 @@ fn varint_string<'a>(data: &'a [u8], pos: &mut usize) -> Result<&'a [u8], GoAnal
     }
     let len = usize::try_from(len).map_err(|_| bad("bad string length"))?;
     let end = pos.checked_add(len).ok_or(bad("bad string length"))?;
-    let s = data.get(*pos..end).ok_or(bad("string runs past the data"))?;
+    let s = data
+        .get(*pos..end)
+        .ok_or(bad("string runs past the data"))?;
     *pos = end;
     Ok(s)
 }
@@ -285,6 +302,9 @@ mod tests {
         let mut pos = 0;
         assert!(varint_string(&[0x05, b'g', b'o'], &mut pos).is_err());
         let mut pos = 0;
-        assert_eq!(varint_string(&[0x02, b'g', b'o'], &mut pos).ok(), Some(&b"go"[..]));
+        assert_eq!(
+            varint_string(&[0x02, b'g', b'o'], &mut pos).ok(),
+            Some(&b"go"[..])
+        );
     }
 }

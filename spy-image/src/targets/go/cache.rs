@@ -131,13 +131,21 @@ impl AnalysisCache {
         CacheStats {
             hits: self.hits.load(Ordering::Relaxed),
             analyses: self.analyses.load(Ordering::Relaxed),
-            entries: self.entries.lock().unwrap_or_else(PoisonError::into_inner).len(),
+            entries: self
+                .entries
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len(),
         }
     }
 }
 
 fn evict_oldest(entries: &mut HashMap<FileKey, Entry>) {
-    if let Some(oldest) = entries.iter().min_by_key(|(_, e)| e.inserted).map(|(k, _)| *k) {
+    if let Some(oldest) = entries
+        .iter()
+        .min_by_key(|(_, e)| e.inserted)
+        .map(|(k, _)| *k)
+    {
         entries.remove(&oldest);
     }
 }

@@ -25,11 +25,17 @@ pub enum DwarfError {
     #[error("no .debug_info")]
     Absent,
     #[error("{section}: {reason}")]
-    Section { section: &'static str, reason: String },
+    Section {
+        section: &'static str,
+        reason: String,
+    },
     #[error("DWARF parse error: {0}")]
     Parse(String),
     #[error("DWARF lacks {type_name}.{field}")]
-    Missing { type_name: &'static str, field: &'static str },
+    Missing {
+        type_name: &'static str,
+        field: &'static str,
+    },
 }
 
 /// The structs and fields we need: (struct, field).
@@ -151,10 +157,12 @@ pub(crate) fn struct_offsets(image: &ElfImage<'_>) -> Result<GoStructOffsets, Dw
     Ok(GoStructOffsets {
         g_goid: get(0)?,
         tls_conn_conn: get(1)?,
-        tcp_conn_fd: tcp_conn_conn.checked_add(conn_fd).ok_or(DwarfError::Missing {
-            type_name: "net.TCPConn",
-            field: "conn.fd",
-        })?,
+        tcp_conn_fd: tcp_conn_conn
+            .checked_add(conn_fd)
+            .ok_or(DwarfError::Missing {
+                type_name: "net.TCPConn",
+                field: "conn.fd",
+            })?,
         netfd_pfd: get(4)?,
         pfd_sysfd: get(5)?,
     })

@@ -80,11 +80,10 @@ impl<'data> ElfImage<'data> {
                 })
             }
         }
-        let file = ElfFile64::<Endianness>::parse(data).map_err(|e| {
-            GoAnalysisError::MalformedElf {
+        let file =
+            ElfFile64::<Endianness>::parse(data).map_err(|e| GoAnalysisError::MalformedElf {
                 reason: e.to_string(),
-            }
-        })?;
+            })?;
         let endian = file.endian();
         let header = file.elf_header();
         if endian != Endianness::Little {
@@ -128,6 +127,21 @@ impl<'data> ElfImage<'data> {
                 file_size,
                 flags: ph.p_flags(endian),
             });
+        }
+        // A truncated file: a section claims bytes past the end. (object
+        // reads section data lazily, so check them all once here.)
+        for section in file.sections() {
+            if let Some((offset, size)) = section.file_range() {
+                if offset.checked_add(size).is_none_or(|end| end > file_len) {
+                    return Err(GoAnalysisError::MalformedElf {
+                        reason: format!(
+                            "section {} at file offset {offset:#x} (+{size:#x}) runs past the end \
+                             of the file ({file_len:#x} bytes): truncated?",
+                            section.name().unwrap_or("?")
+                        ),
+                    });
+                }
+            }
         }
         Ok(ElfImage {
             data,

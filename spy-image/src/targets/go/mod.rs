@@ -19,6 +19,8 @@
 //! Each file is read once into memory (bounded by [`MAX_BINARY_SIZE`]);
 //! [`AnalysisCache`] makes many processes of one executable cost one analysis.
 
+#![forbid(unsafe_code)]
+
 mod buildinfo;
 #[cfg(unix)]
 mod cache;
@@ -268,10 +270,11 @@ pub(crate) fn read_bounded(file: std::fs::File, path: &Path) -> Result<Vec<u8>, 
 pub fn analyze_bytes(data: &[u8]) -> Result<GoBinary, GoAnalysisError> {
     let image = ElfImage::parse(data)?;
     let info = buildinfo::read(&image)?.ok_or(GoAnalysisError::NotGo)?;
-    let version = GoVersion::parse(&info.version).ok_or_else(|| GoAnalysisError::UnsupportedGoVersion {
-        version: info.version.clone(),
-        reason: "cannot parse the version string".to_owned(),
-    })?;
+    let version =
+        GoVersion::parse(&info.version).ok_or_else(|| GoAnalysisError::UnsupportedGoVersion {
+            version: info.version.clone(),
+            reason: "cannot parse the version string".to_owned(),
+        })?;
     if version < MIN_GO_VERSION {
         return Err(GoAnalysisError::UnsupportedGoVersion {
             version: info.version.clone(),
@@ -285,7 +288,8 @@ pub fn analyze_bytes(data: &[u8]) -> Result<GoBinary, GoAnalysisError> {
     }
     let stripped = !image.has_symtab();
     let [write, read] = find_functions(&image, [TLS_WRITE_SYMBOL, TLS_READ_SYMBOL])?;
-    let scanner = disasm::RetScanner::new(image.arch).map_err(|e| GoAnalysisError::Disassembler(e.to_string()))?;
+    let scanner = disasm::RetScanner::new(image.arch)
+        .map_err(|e| GoAnalysisError::Disassembler(e.to_string()))?;
     let write = probe(&image, &scanner, TLS_WRITE_SYMBOL, write)?;
     let read = probe(&image, &scanner, TLS_READ_SYMBOL, read)?;
 
@@ -344,7 +348,10 @@ fn find_functions<const N: usize>(
         if let Some((address, size)) = symbol.filter(|&(_, size)| size > 0) {
             if let Some(end) = address.checked_add(size) {
                 *slot = Some(Located {
-                    range: FuncRange { entry: address, end },
+                    range: FuncRange {
+                        entry: address,
+                        end,
+                    },
                     source: SymbolSource::Symtab,
                 });
             }
@@ -435,9 +442,11 @@ fn moduledata_points_at(image: &ElfImage<'_>, table: &Pclntab<'_>) -> bool {
         .iter()
         .filter(|s| s.writable())
         .filter_map(|s| image.segment_data(s))
-        .any(|bytes| bytes.chunks_exact(8).enumerate().any(|(i, w)| {
-            w == &pattern[..8] && bytes.get((i + 1) * 8..(i + 2) * 8) == Some(&pattern[8..])
-        }))
+        .any(|bytes| {
+            bytes.chunks_exact(8).enumerate().any(|(i, w)| {
+                w == &pattern[..8] && bytes.get((i + 1) * 8..(i + 2) * 8) == Some(&pattern[8..])
+            })
+        })
 }
 
 /// Where Go text starts (`runtime.text`), the base of Go ≥ 1.18 entry offsets.
@@ -454,7 +463,9 @@ fn text_start(image: &ElfImage<'_>, table: &Pclntab<'_>) -> Result<u64, GoAnalys
     if table.header_text_start != 0 {
         return Ok(table.header_text_start);
     }
-    image.section_address(".text").ok_or(GoAnalysisError::TextStartUnknown)
+    image
+        .section_address(".text")
+        .ok_or(GoAnalysisError::TextStartUnknown)
 }
 
 fn probe(
@@ -478,7 +489,9 @@ fn probe(
         )));
     }
     if !image.is_executable(address, size) {
-        return Err(bad("not inside an executable segment of the file".to_owned()));
+        return Err(bad(
+            "not inside an executable segment of the file".to_owned()
+        ));
     }
     let code = image
         .read(address, size)
@@ -494,7 +507,11 @@ fn probe(
     }
     let ret_file_offsets = rets
         .iter()
-        .map(|&va| image.file_offset(va, 1).ok_or_else(|| bad(format!("RET at {va:#x} has no file offset"))))
+        .map(|&va| {
+            image
+                .file_offset(va, 1)
+                .ok_or_else(|| bad(format!("RET at {va:#x} has no file offset")))
+        })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(GoFunctionProbe {
         symbol,

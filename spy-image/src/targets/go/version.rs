@@ -65,7 +65,10 @@ mod tests {
     #[test]
     fn parses_release_prerelease_and_devel_versions() {
         assert_eq!(GoVersion::parse("go1.23.4"), Some(GoVersion::new(1, 23, 4)));
-        assert_eq!(GoVersion::parse("go1.21rc2"), Some(GoVersion::new(1, 21, 0)));
+        assert_eq!(
+            GoVersion::parse("go1.21rc2"),
+            Some(GoVersion::new(1, 21, 0))
+        );
         assert_eq!(GoVersion::parse("go1.22"), Some(GoVersion::new(1, 22, 0)));
         assert_eq!(
             GoVersion::parse("go1.22.0 X:boringcrypto"),
