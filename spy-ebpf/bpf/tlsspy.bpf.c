@@ -60,6 +60,21 @@ struct {
 	__type(value, __s32);
 } conn_fds SEC(".maps");
 
+struct fd_key {
+	__u32 tgid;
+	__s32 fd;
+};
+
+/* The socket behind a target's fd: walking task->files->...->sock costs a
+ * dozen kernel reads, a lookup here one. Entries go when the target closes
+ * the fd (sys_enter_close), so a reused fd number never shows a stale socket. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, TLSSPY_MAX_FD_TUPLES);
+	__type(key, struct fd_key);
+	__type(value, struct tlsspy_conn_tuple);
+} fd_tuples SEC(".maps");
+
 /* Size is set by user space at load time (--ring-buffer-size). */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -139,6 +154,29 @@ static __always_inline void fill_tuple(struct tlsspy_conn_tuple *t, __s32 fd)
 	t->remote_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 }
 
+static __always_inline void tuple_of(struct tlsspy_conn_tuple *t, __u32 tgid, __s32 fd)
+{
+	t->family = 0;
+	if (fd < 0)
+		return;
+	struct fd_key key = { .tgid = tgid, .fd = fd };
+	struct tlsspy_conn_tuple *known = bpf_map_lookup_elem(&fd_tuples, &key);
+	if (known) {
+		*t = *known;
+		return;
+	}
+	fill_tuple(t, fd);
+	if (t->family)
+		bpf_map_update_elem(&fd_tuples, &key, t, BPF_ANY);
+}
+
+/* Wake the reader only once a batch is waiting (see TLSSPY_WAKEUP_BYTES). */
+static __always_inline __u64 wakeup_flags(void)
+{
+	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= TLSSPY_WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP
+										      : BPF_RB_NO_WAKEUP;
+}
+
 /* ---- copying the plaintext out, split into events ---- */
 
 struct emit_ctx {
@@ -167,7 +205,7 @@ static long emit_one_chunk(__u32 index, void *data)
 		stat_add(TLSSPY_STAT_LOST_BYTES, len);
 		return 0;
 	}
-	if (bpf_ringbuf_output(&events, ev, sizeof(ev->hdr) + len, 0)) {
+	if (bpf_ringbuf_output(&events, ev, sizeof(ev->hdr) + len, wakeup_flags())) {
 		stat_add(TLSSPY_STAT_LOST_EVENTS, 1);
 		stat_add(TLSSPY_STAT_LOST_BYTES, len);
 	} else {
@@ -206,7 +244,7 @@ static __always_inline void emit_call(__u64 pid_tgid, const struct tls_call *cal
 	ev->hdr.direction = call->direction;
 	ev->hdr.source = source;
 	ev->hdr.library_id = call->library_id;
-	fill_tuple(&ev->hdr.tuple, fd);
+	tuple_of(&ev->hdr.tuple, tgid, fd);
 	bpf_get_current_comm(ev->hdr.comm, sizeof(ev->hdr.comm));
 	stat_add(TLSSPY_STAT_CALLS, 1);
 
@@ -311,6 +349,18 @@ int sys_enter_fd_io(struct trace_event_raw_sys_enter *ctx)
 	struct tls_call *call = bpf_map_lookup_elem(&active_calls, &pid_tgid);
 	if (call && call->fd < 0)
 		call->fd = (__s32)ctx->args[0];
+	return 0;
+}
+
+/* A target closing an fd: forget the socket it named. */
+SEC("tracepoint/syscalls/sys_enter_close")
+int sys_enter_close(struct trace_event_raw_sys_enter *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!is_target(tgid))
+		return 0;
+	struct fd_key key = { .tgid = tgid, .fd = (__s32)ctx->args[0] };
+	bpf_map_delete_elem(&fd_tuples, &key);
 	return 0;
 }
 

@@ -20,6 +20,12 @@
 #define TLSSPY_MAX_TARGETS 65536
 /* TLS calls in flight at once (one per thread inside SSL_read/SSL_write). */
 #define TLSSPY_MAX_ACTIVE_CALLS 65536
+/* Unread ring buffer bytes that wake the reader. Below it, events are
+ * written without a wakeup and the reader drains on a short timer: one
+ * wakeup per batch instead of one per TLS call. */
+#define TLSSPY_WAKEUP_BYTES (128 * 1024)
+/* Remembered (tgid, fd) -> socket 4-tuple pairs, dropped on close(). */
+#define TLSSPY_MAX_FD_TUPLES 65536
 /* Remembered SSL* -> socket fd pairs (reads served from OpenSSL's buffer
  * make no syscall, so the fd must be remembered from an earlier call). */
 #define TLSSPY_MAX_CONN_FDS 65536

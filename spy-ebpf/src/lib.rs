@@ -69,6 +69,7 @@ pub mod programs {
     pub const SSL_READ_EX_ENTER: &str = "ssl_read_ex_enter";
     pub const SSL_RETURN: &str = "ssl_return";
     pub const SYS_ENTER_FD_IO: &str = "sys_enter_fd_io";
+    pub const SYS_ENTER_CLOSE: &str = "sys_enter_close";
     pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
     pub const SCHED_PROCESS_EXEC: &str = "sched_process_exec";
     pub const SCHED_PROCESS_EXIT: &str = "sched_process_exit";

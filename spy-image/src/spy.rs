@@ -101,6 +101,9 @@ impl TargetState {
 /// How long after an exec a process is rescanned at every tick and a
 /// "no TLS library" verdict is held back.
 const YOUNG_PROCESS: Duration = Duration::from_secs(2);
+/// How often the ring buffer is drained when the kernel did not wake us:
+/// the most a small batch of events waits.
+const RING_DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 /// Rescans of settled processes happen every this many ticks.
 const SETTLED_RESCAN_EVERY: u32 = 8;
 
@@ -356,6 +359,10 @@ impl Spy {
         let mut rescan = tokio::time::interval(self.options.rescan_interval / SETTLED_RESCAN_EVERY);
         let mut ticks = 0u32;
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        // The kernel wakes us only for a full batch (TLSSPY_WAKEUP_BYTES);
+        // smaller ones are picked up on this tick.
+        let mut drain = tokio::time::interval(RING_DRAIN_INTERVAL);
+        drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let stats_every = self.options.stats_interval.unwrap_or(Duration::from_secs(3600));
         let mut stats_tick = tokio::time::interval(stats_every);
         stats_tick.tick().await;
@@ -369,6 +376,12 @@ impl Spy {
                         self.handle(&item);
                     }
                     guard.clear_ready();
+                }
+                _ = drain.tick() => {
+                    let ring = ring.get_mut();
+                    while let Some(item) = ring.next() {
+                        self.handle(&item);
+                    }
                 }
                 message = control.recv() => match message {
                     Some(Control::AddProcess { pid, pod }) => {

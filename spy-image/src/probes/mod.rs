@@ -167,14 +167,15 @@ impl Probes {
                 .attach("syscalls", syscall)
                 .map_err(|source| ProbeError::Program { name: programs::SYS_ENTER_FD_IO, source })?;
         }
-        for (name, event) in [
-            (programs::SCHED_PROCESS_FORK, "sched_process_fork"),
-            (programs::SCHED_PROCESS_EXEC, "sched_process_exec"),
-            (programs::SCHED_PROCESS_EXIT, "sched_process_exit"),
+        for (name, category, event) in [
+            (programs::SYS_ENTER_CLOSE, "syscalls", "sys_enter_close"),
+            (programs::SCHED_PROCESS_FORK, "sched", "sched_process_fork"),
+            (programs::SCHED_PROCESS_EXEC, "sched", "sched_process_exec"),
+            (programs::SCHED_PROCESS_EXIT, "sched", "sched_process_exit"),
         ] {
             let program = tracepoint(&mut ebpf, name)?;
             program.load().map_err(|source| ProbeError::Program { name, source })?;
-            program.attach("sched", event).map_err(|source| ProbeError::Program { name, source })?;
+            program.attach(category, event).map_err(|source| ProbeError::Program { name, source })?;
         }
 
         Ok(Probes {
