@@ -186,7 +186,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
             println!("{table}");
         }
     }
-    if session.attached_ever > 0 {
+    if !session.node_stats.is_empty() {
         eprintln!("{}", stats_line(&session.stats()));
     }
     Ok(if session.failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
@@ -218,7 +218,10 @@ async fn stop_signal() -> String {
 /// One node's spy, as the session sees it.
 struct NodeSpy {
     commands: mpsc::UnboundedSender<String>,
+    attached: bool,
     ended: bool,
+    /// "spying on …" lines to show once the spy is attached.
+    announcements: Vec<String>,
 }
 
 struct Session {
@@ -236,7 +239,6 @@ struct Session {
     progress: MultiProgress,
     /// Last stats (or bye stats) per node.
     node_stats: HashMap<String, Stats>,
-    attached_ever: usize,
     failed: bool,
     fatal: Option<String>,
 }
@@ -258,7 +260,6 @@ impl Session {
             live: HashMap::new(),
             progress,
             node_stats: HashMap::new(),
-            attached_ever: 0,
             failed: false,
             fatal: None,
         }
@@ -289,7 +290,7 @@ impl Session {
             self.events_tx.clone(),
             bar,
         ));
-        self.spies.entry(node.to_string()).or_insert(NodeSpy { commands, ended: false })
+        self.spies.entry(node.to_string()).or_insert(NodeSpy { commands, attached: false, ended: false, announcements: Vec::new() })
     }
 
     /// Hands a running target pod's new containers to its node's spy,
@@ -304,15 +305,22 @@ impl Session {
             if !self.spies.contains_key(&pod.node) {
                 self.start_spy(&pod.node);
             }
-            let Some(spy) = self.spies.get(&pod.node) else { continue };
+            let Some(spy) = self.spies.get_mut(&pod.node) else { continue };
             if spy.ended || spy.commands.send(line).is_err() {
-                self.say(format!(
+                let message = format!(
                     "tlsspy: cannot spy on {}/{} (container {container}): the spy on node {} has ended",
                     pod.namespace, pod.name, pod.node
-                ));
+                );
+                self.say(message);
                 continue;
             }
-            self.say(format!("tlsspy: spying on {}/{} (container {container}) on node {}", pod.namespace, pod.name, pod.node));
+            let message =
+                format!("tlsspy: spying on {}/{} (container {container}) on node {}", pod.namespace, pod.name, pod.node);
+            if spy.attached {
+                self.say(message);
+            } else {
+                spy.announcements.push(message);
+            }
         }
     }
 
@@ -348,8 +356,17 @@ impl Session {
     fn handle<W: std::io::Write>(&mut self, event: SpyEvent, renderer: &mut Renderer<W>) -> anyhow::Result<()> {
         match event {
             SpyEvent::Attached { node, pod } => {
-                self.attached_ever += 1;
                 self.say(format!("tlsspy: spy {}/{pod} attached on node {node}", self.config.namespace));
+                let announcements = match self.spies.get_mut(&node) {
+                    Some(spy) => {
+                        spy.attached = true;
+                        std::mem::take(&mut spy.announcements)
+                    }
+                    None => Vec::new(),
+                };
+                for line in announcements {
+                    self.say(line);
+                }
             }
             SpyEvent::Record { node, record } => {
                 match &record {
@@ -365,8 +382,11 @@ impl Session {
                 renderer.flush()?;
             }
             SpyEvent::Log { node, line } => {
-                let important = line.contains("ERROR") || line.contains("WARN") || line.starts_with("tlsspy-agent:");
-                if important || log::log_enabled!(log::Level::Info) {
+                // The agent's fatal error ("tlsspy-agent: …") becomes the spy's
+                // failure message: not shown twice.
+                let fatal = line.starts_with("tlsspy-agent:");
+                let important = line.contains("ERROR") || line.contains("WARN");
+                if !fatal && (important || log::log_enabled!(log::Level::Info)) {
                     self.say(format!("{node}: {line}"));
                 }
             }

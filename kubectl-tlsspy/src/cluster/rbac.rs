@@ -94,14 +94,19 @@ pub struct Missing {
     pub why: &'static str,
 }
 
+impl Missing {
+    /// "create pods/attach in namespace "default"".
+    fn what(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{} {} in namespace \"{ns}\"", self.verb, self.resource),
+            None => format!("{} {} in all namespaces", self.verb, self.resource),
+        }
+    }
+}
+
 impl std::fmt::Display for Missing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.verb, self.resource)?;
-        match &self.namespace {
-            Some(ns) => write!(f, " in namespace \"{ns}\"")?,
-            None => write!(f, " in all namespaces")?,
-        }
-        write!(f, " ({})", self.why)
+        write!(f, "{} ({})", self.what(), self.why)
     }
 }
 
@@ -168,16 +173,16 @@ pub async fn preflight(
         return Ok(());
     }
     let list: Vec<String> = missing.iter().map(|m| format!("  - {m}")).collect();
+    let more = match missing.len() {
+        1 => String::new(),
+        n => format!(" (and {} more)", n - 1),
+    };
     bail!(
-        "you are not allowed to {}:\n{}\nAsk a cluster admin for the permissions in deploy/rbac.yaml (it also \
-         makes a namespace for the spy pods: use it with --spy-namespace).",
-        summary(&missing[0]),
+        "you are not allowed to {}{more}; tlsspy needs:\n{}\nAsk a cluster admin for the permissions in \
+         deploy/rbac.yaml (it also makes a namespace for the spy pods: use it with --spy-namespace tlsspy).",
+        missing[0].what(),
         list.join("\n")
     )
-}
-
-fn summary(first: &Missing) -> String {
-    format!("{} {}", first.verb, first.resource)
 }
 
 /// `pods`, `pods/attach`, `deployments.apps`.
