@@ -385,7 +385,7 @@ fn a_frozen_plugin_loses_its_spy_and_cleanup_removes_the_pod() {
     // as when its network drops.
     plugin.signal(libc::SIGSTOP);
     let frozen = Instant::now();
-    wait_until("the spy kept going without heartbeats", Duration::from_secs(8), || !alive(spy));
+    wait_until("the spy kept going without heartbeats", Duration::from_secs(12), || !alive(spy));
     eprintln!("spy ended {:?} after its plugin froze", frozen.elapsed());
     plugin.signal(libc::SIGKILL);
     plugin.wait(WAIT);

@@ -88,7 +88,7 @@ pub async fn stream(
                             if let Record::Bye(b) = &record {
                                 bye = Some(b.reason.clone());
                             }
-                            let _ = events.send(SpyEvent::Record { node: node.to_string(), record }).await;
+                            let _ = events.send(SpyEvent::Record { node: node.to_string(), record: Box::new(record) }).await;
                         }
                         // A newer agent's record kinds are skipped, not fatal.
                         Err(err) => log::debug!("{node}: skipped a record line ({err})"),
@@ -118,10 +118,9 @@ pub async fn stream(
     };
     // The agent's last words come on stderr, maybe just after stdout ended.
     let tail_until = tokio::time::Instant::now() + STDERR_TAIL;
-    while stderr_open {
-        match tokio::time::timeout_at(tail_until, err_lines.next_line()).await {
-            Ok(Ok(Some(line))) => keep_log(&mut errors, node, line, events).await,
-            _ => break,
+    if stderr_open {
+        while let Ok(Ok(Some(line))) = tokio::time::timeout_at(tail_until, err_lines.next_line()).await {
+            keep_log(&mut errors, node, line, events).await;
         }
     }
     attached.abort();

@@ -52,7 +52,7 @@ const STOP_WAIT: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub enum SpyEvent {
     Attached { node: String, pod: String },
-    Record { node: String, record: Record },
+    Record { node: String, record: Box<Record> },
     /// One line of the agent's log (stderr).
     Log { node: String, line: String },
     /// The spy is over and its pod deleted. `Ok`: why it stopped.
@@ -369,7 +369,7 @@ impl Session {
                 }
             }
             SpyEvent::Record { node, record } => {
-                match &record {
+                match &*record {
                     Record::Stats(stats) => {
                         self.node_stats.insert(node, stats.clone());
                     }
@@ -378,7 +378,7 @@ impl Session {
                     }
                     _ => {}
                 }
-                renderer.record(record)?;
+                renderer.record(*record)?;
                 renderer.flush()?;
             }
             SpyEvent::Log { node, line } => {
