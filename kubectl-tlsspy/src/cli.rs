@@ -1,11 +1,29 @@
 //! The command line, with kubectl's conventions.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::cluster::DEFAULT_IMAGE;
+
 const EXAMPLES: &str = "\
 Examples:
+  # The TLS traffic of one pod, in clear text
+  kubectl tlsspy pod/api-7d9c5-x2x4q
+
+  # Every pod of a deployment, and the pods a rollout or scale-up adds later
+  kubectl tlsspy deploy/api --follow
+
+  # Pods by label in another namespace, as JSON lines, for one minute
+  kubectl tlsspy -n shop -l app=checkout -o json --duration 1m
+
+  # Run the spy pods in a namespace that allows privileged pods
+  kubectl tlsspy pod/web-0 --spy-namespace tlsspy
+
+  # Remove spy pods an earlier session left behind
+  kubectl tlsspy cleanup
+
   # Spy on a local process (no cluster needed; root)
   sudo kubectl-tlsspy local --pid 1234
 
@@ -28,6 +46,98 @@ Examples:
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
+
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+/// `kubectl tlsspy TARGET…`: spy on pods of a cluster.
+#[derive(Debug, Args)]
+pub struct ClusterArgs {
+    /// What to spy on: pod/NAME (or just NAME), deploy/NAME, sts/NAME, ds/NAME,
+    /// rs/NAME or job/NAME (repeatable).
+    #[arg(value_name = "TARGET")]
+    pub targets: Vec<String>,
+
+    /// Spy on the pods matching this label selector (e.g. app=api,tier!=db).
+    #[arg(short = 'l', long, value_name = "SELECTOR")]
+    pub selector: Option<String>,
+
+    /// Only this container of the target pods (default: all of them).
+    #[arg(short = 'c', long, value_name = "NAME")]
+    pub container: Option<String>,
+
+    /// Keep watching: pods that start matching later are spied on as they
+    /// start, pods that go away are let go.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+
+    /// Stop after this long (e.g. 30s, 5m).
+    #[arg(long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    #[command(flatten)]
+    pub kube: KubeArgs,
+
+    #[command(flatten)]
+    pub spy: SpyArgs,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// Which cluster, as kubectl's own flags say it (KUBECONFIG included).
+#[derive(Debug, Args, Clone, Default)]
+pub struct KubeArgs {
+    /// Path to the kubeconfig file (default: $KUBECONFIG, then ~/.kube/config).
+    #[arg(long, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// The kubeconfig context to use.
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+
+    /// The kubeconfig cluster to use.
+    #[arg(long, value_name = "NAME")]
+    pub cluster: Option<String>,
+
+    /// The kubeconfig user to use.
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// The namespace of the targets (default: the context's namespace).
+    #[arg(short = 'n', long, value_name = "NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Look for targets in every namespace.
+    #[arg(short = 'A', long, conflicts_with = "namespace")]
+    pub all_namespaces: bool,
+}
+
+/// How the spy pods run.
+#[derive(Debug, Args, Clone)]
+pub struct SpyArgs {
+    /// The spy image.
+    #[arg(long, value_name = "IMAGE", default_value = DEFAULT_IMAGE)]
+    pub image: String,
+
+    /// Where the spy pods run (default: the targets' namespace). Needs a
+    /// namespace that allows privileged pods.
+    #[arg(long, value_name = "NAMESPACE")]
+    pub spy_namespace: Option<String>,
+
+    /// How long a spy pod may take to start (image pull included).
+    #[arg(long, value_name = "DURATION", default_value = "2m", value_parser = parse_duration)]
+    pub timeout: Duration,
+
+    /// A spy that hears nothing from the plugin for this long ends itself.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, hide = true)]
+    pub heartbeat_timeout: Duration,
+
+    /// The spy pods' activeDeadlineSeconds: the cluster stops them after this
+    /// long whatever happens (default: --duration plus a margin, else 12h).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, hide = true)]
+    pub spy_deadline: Option<Duration>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -36,11 +146,23 @@ pub enum Command {
     /// Spy on processes of this machine (Linux, root), no cluster needed.
     #[command(after_help = EXAMPLES)]
     Local(LocalArgs),
+    /// Remove spy pods that earlier sessions left behind.
+    Cleanup(CleanupArgs),
     /// Print a shell completion script.
     Completion {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct CleanupArgs {
+    /// Also remove spy pods that are still running (this ends live sessions).
+    #[arg(long)]
+    pub all: bool,
+
+    #[command(flatten)]
+    pub kube: KubeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -173,6 +295,31 @@ mod tests {
         let Some(Command::Local(args)) = cli.command else { panic!("not local") };
         assert_eq!(args.command, ["curl", "-s", "https://x/"]);
         assert_eq!(args.output.format, OutputFormat::Json);
+    }
+
+    #[test]
+    fn cluster_targets_and_kubectl_flags() {
+        let cli = Cli::try_parse_from([
+            "kubectl-tlsspy", "pod/foo", "deploy/bar", "-n", "shop", "--context", "prod", "-c", "app", "--follow",
+        ])
+        .expect("parse");
+        assert!(cli.command.is_none());
+        assert_eq!(cli.cluster.targets, ["pod/foo", "deploy/bar"]);
+        assert_eq!(cli.cluster.kube.namespace.as_deref(), Some("shop"));
+        assert_eq!(cli.cluster.kube.context.as_deref(), Some("prod"));
+        assert_eq!(cli.cluster.container.as_deref(), Some("app"));
+        assert!(cli.cluster.follow);
+        assert_eq!(cli.cluster.spy.image, DEFAULT_IMAGE);
+        assert!(DEFAULT_IMAGE.ends_with(&format!(":v{}", env!("CARGO_PKG_VERSION"))));
+
+        let cli = Cli::try_parse_from(["kubectl-tlsspy", "-l", "app=api", "-A", "-o", "json"]).expect("parse");
+        assert_eq!(cli.cluster.selector.as_deref(), Some("app=api"));
+        assert!(cli.cluster.kube.all_namespaces);
+        assert!(Cli::try_parse_from(["kubectl-tlsspy", "-A", "-n", "x", "foo"]).is_err());
+
+        let cli = Cli::try_parse_from(["kubectl-tlsspy", "cleanup", "--kubeconfig", "/k", "-A"]).expect("parse");
+        let Some(Command::Cleanup(args)) = cli.command else { panic!("not cleanup") };
+        assert!(args.kube.all_namespaces);
     }
 
     #[test]

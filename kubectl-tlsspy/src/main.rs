@@ -1,6 +1,7 @@
 //! kubectl-tlsspy: show the TLS traffic of Kubernetes pods in clear text.
 
 mod cli;
+mod cluster;
 #[cfg(target_os = "linux")]
 mod local;
 mod render;
@@ -21,6 +22,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let log_level = match &cli.command {
         Some(Command::Local(args)) => args.output.log_level.clone(),
+        None => cli.cluster.output.log_level.clone(),
         _ => "warn".to_string(),
     };
     env_logger::Builder::new().parse_filters(&log_level).format_timestamp(None).init();
@@ -46,15 +48,22 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::Local(args)) => run_local(args),
+        Some(Command::Cleanup(args)) => run_async(cluster::cleanup::run(args)),
         Some(Command::Completion { shell }) => {
             clap_complete::generate(shell, &mut Cli::command(), "kubectl-tlsspy", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)
         }
-        None => {
+        None if cli.cluster.targets.is_empty() && cli.cluster.selector.is_none() => {
             Cli::command().print_help()?;
             Ok(ExitCode::from(2))
         }
+        None => run_async(cluster::run(cli.cluster)),
     }
+}
+
+fn run_async(future: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(future)
 }
 
 #[cfg(target_os = "linux")]

@@ -39,6 +39,10 @@ struct Args {
     /// Send a stats record this often, in seconds (0: only at the end).
     #[arg(long, default_value = "5")]
     stats_interval: u64,
+
+    /// No protocol parsing: plaintext as it moved, as chunk records.
+    #[arg(long)]
+    raw: bool,
 }
 
 fn main() -> ExitCode {
@@ -77,19 +81,6 @@ mod agent {
     use tokio::sync::mpsc;
 
     pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-        spy_image::probes::preflight()?;
-        let options = SpyOptions {
-            parse: ParseOptions { max_body: args.max_body, show_secrets: args.show_secrets },
-            stats_interval: (args.stats_interval > 0).then(|| Duration::from_secs(args.stats_interval)),
-            exit_when_targets_gone: !args.session,
-            node: args.node.clone(),
-            ..SpyOptions::default()
-        };
-        let mut spy = Spy::start(options)?;
-        for &pid in &args.pids {
-            spy.add_process(pid, None)?;
-        }
-
         let (control_tx, control_rx) = mpsc::channel(64);
         let (lines_tx, mut lines_rx) = mpsc::channel::<io::Result<String>>(64);
         if args.session {
@@ -105,7 +96,22 @@ mod agent {
             });
             // Nothing goes out before "go": what a container prints before
             // anyone attached is lost.
+            // Start-up errors (no BTF, not privileged) come after "go" too,
+            // so the plugin, attached by then, reads them on stderr.
             wait_for_go(&mut lines_rx, Duration::from_secs(args.heartbeat_timeout)).await?;
+        }
+        spy_image::probes::preflight()?;
+        let options = SpyOptions {
+            parse: ParseOptions { max_body: args.max_body, show_secrets: args.show_secrets },
+            raw: args.raw,
+            stats_interval: (args.stats_interval > 0).then(|| Duration::from_secs(args.stats_interval)),
+            exit_when_targets_gone: !args.session,
+            node: args.node.clone(),
+            ..SpyOptions::default()
+        };
+        let mut spy = Spy::start(options)?;
+        for &pid in &args.pids {
+            spy.add_process(pid, None)?;
         }
 
         let stdout = io::stdout();

@@ -1,0 +1,287 @@
+//! What the plugin may do, checked before it does anything: one
+//! SelfSubjectAccessReview per verb, so a missing permission is named
+//! up front instead of surfacing half-way through a session.
+//!
+//! [`PERMISSIONS`] is the one list; `deploy/rbac.yaml` grants exactly it
+//! (a test holds the two together).
+
+use anyhow::bail;
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
+use kube::api::PostParams;
+use kube::{Api, Client};
+
+use super::targets::WorkloadKind;
+
+/// Where a permission is needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Where the target pods are (a ClusterRole in deploy/rbac.yaml, so
+    /// `-A` and any `-n` work).
+    Targets,
+    /// In the spy namespace (a Role there in deploy/rbac.yaml).
+    Spies,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct Permission {
+    pub group: &'static str,
+    pub resource: &'static str,
+    /// "" or e.g. "attach".
+    pub subresource: &'static str,
+    pub verbs: &'static [&'static str],
+    pub scope: Scope,
+    /// Checked only when a target of this kind is named.
+    pub only_for: Option<WorkloadKind>,
+    /// What the plugin does with it, for the error message.
+    pub why: &'static str,
+}
+
+const fn targets(group: &'static str, resource: &'static str, kind: WorkloadKind) -> Permission {
+    Permission {
+        group,
+        resource,
+        subresource: "",
+        verbs: &["get"],
+        scope: Scope::Targets,
+        only_for: Some(kind),
+        why: "to find a workload's pods",
+    }
+}
+
+/// Every permission the plugin uses.
+pub const PERMISSIONS: &[Permission] = &[
+    Permission {
+        group: "",
+        resource: "pods",
+        subresource: "",
+        verbs: &["get", "list", "watch"],
+        scope: Scope::Targets,
+        only_for: None,
+        why: "to find the target pods and follow them",
+    },
+    Permission {
+        group: "",
+        resource: "pods",
+        subresource: "",
+        verbs: &["get", "list", "watch", "create", "delete"],
+        scope: Scope::Spies,
+        only_for: None,
+        why: "to run, watch and remove the spy pods",
+    },
+    Permission {
+        group: "",
+        resource: "pods",
+        subresource: "attach",
+        verbs: &["create", "get"],
+        scope: Scope::Spies,
+        only_for: None,
+        why: "to talk to the spy pods",
+    },
+    targets("apps", "deployments", WorkloadKind::Deployment),
+    targets("apps", "statefulsets", WorkloadKind::StatefulSet),
+    targets("apps", "daemonsets", WorkloadKind::DaemonSet),
+    targets("apps", "replicasets", WorkloadKind::ReplicaSet),
+    targets("batch", "jobs", WorkloadKind::Job),
+];
+
+/// One denied check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Missing {
+    pub verb: &'static str,
+    /// `pods/attach`, `deployments.apps`.
+    pub resource: String,
+    pub namespace: Option<String>,
+    pub why: &'static str,
+}
+
+impl Missing {
+    /// "create pods/attach in namespace "default"".
+    fn what(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{} {} in namespace \"{ns}\"", self.verb, self.resource),
+            None => format!("{} {} in all namespaces", self.verb, self.resource),
+        }
+    }
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.what(), self.why)
+    }
+}
+
+/// Checks every permission the session needs. `target_ns` is `None` for -A.
+pub async fn preflight(
+    client: &Client,
+    target_ns: Option<&str>,
+    spy_ns: &str,
+    kinds: &[WorkloadKind],
+) -> anyhow::Result<()> {
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let mut checks = Vec::new();
+    for permission in PERMISSIONS {
+        if permission.only_for.is_some_and(|kind| !kinds.contains(&kind)) {
+            continue;
+        }
+        let namespace = match permission.scope {
+            Scope::Targets => target_ns,
+            Scope::Spies => Some(spy_ns),
+        };
+        for &verb in permission.verbs {
+            checks.push((permission, verb, namespace.map(String::from)));
+        }
+    }
+    let answers = futures::future::join_all(checks.iter().map(|(permission, verb, namespace)| {
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some(permission.group.to_string()),
+                    resource: Some(permission.resource.to_string()),
+                    // kubectl auth can-i needs --subresource for this; we set it ourselves.
+                    subresource: Some(permission.subresource.to_string()).filter(|s| !s.is_empty()),
+                    verb: Some(verb.to_string()),
+                    namespace: namespace.clone(),
+                    ..ResourceAttributes::default()
+                }),
+                ..SelfSubjectAccessReviewSpec::default()
+            },
+            ..SelfSubjectAccessReview::default()
+        };
+        let reviews = reviews.clone();
+        async move { reviews.create(&PostParams::default(), &review).await }
+    }))
+    .await;
+    let mut missing = Vec::new();
+    for ((permission, verb, namespace), answer) in checks.iter().zip(answers) {
+        match answer {
+            Ok(review) if review.status.as_ref().is_some_and(|s| s.allowed) => {}
+            Ok(_) => missing.push(Missing {
+                verb,
+                resource: qualified(permission),
+                namespace: namespace.clone(),
+                why: permission.why,
+            }),
+            // A cluster that cannot answer (old, or reviews forbidden) is
+            // not a reason to stop: the real requests will tell.
+            Err(err) => {
+                log::debug!("cannot check permissions ({err}); going on without");
+                return Ok(());
+            }
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = missing.iter().map(|m| format!("  - {m}")).collect();
+    let more = match missing.len() {
+        1 => String::new(),
+        n => format!(" (and {} more)", n - 1),
+    };
+    bail!(
+        "you are not allowed to {}{more}; tlsspy needs:\n{}\nAsk a cluster admin for the permissions in \
+         deploy/rbac.yaml (it also makes a namespace for the spy pods: use it with --spy-namespace tlsspy).",
+        missing[0].what(),
+        list.join("\n")
+    )
+}
+
+/// `pods`, `pods/attach`, `deployments.apps`.
+pub fn qualified(permission: &Permission) -> String {
+    let mut name = permission.resource.to_string();
+    if !permission.group.is_empty() {
+        name = format!("{name}.{}", permission.group);
+    }
+    if !permission.subresource.is_empty() {
+        name = format!("{name}/{}", permission.subresource);
+    }
+    name
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use serde_json::Value;
+
+    use super::*;
+
+    /// (kind of role, group, resource incl. subresource, verb).
+    type Grant = (String, String, String, String);
+
+    fn granted_by_yaml() -> (BTreeSet<Grant>, Vec<Value>) {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac.yaml");
+        let text = std::fs::read_to_string(path).expect("deploy/rbac.yaml");
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&text).expect("deploy/rbac.yaml parses");
+        let mut grants = BTreeSet::new();
+        for doc in &docs {
+            let kind = doc["kind"].as_str().unwrap_or_default();
+            if kind != "ClusterRole" && kind != "Role" {
+                continue;
+            }
+            for rule in doc["rules"].as_array().expect("rules") {
+                let strings = |k: &str| -> Vec<String> {
+                    rule[k].as_array().into_iter().flatten().filter_map(|v| v.as_str().map(String::from)).collect()
+                };
+                for group in strings("apiGroups") {
+                    for resource in strings("resources") {
+                        for verb in strings("verbs") {
+                            grants.insert((kind.to_string(), group.clone(), resource.clone(), verb));
+                        }
+                    }
+                }
+            }
+        }
+        (grants, docs)
+    }
+
+    fn needed() -> BTreeSet<Grant> {
+        let mut needed = BTreeSet::new();
+        for p in PERMISSIONS {
+            let kind = match p.scope {
+                Scope::Targets => "ClusterRole",
+                Scope::Spies => "Role",
+            };
+            let resource =
+                if p.subresource.is_empty() { p.resource.to_string() } else { format!("{}/{}", p.resource, p.subresource) };
+            for verb in p.verbs {
+                needed.insert((kind.to_string(), p.group.to_string(), resource.clone(), verb.to_string()));
+            }
+        }
+        needed
+    }
+
+    #[test]
+    fn deploy_rbac_yaml_grants_exactly_what_preflight_checks() {
+        let (granted, docs) = granted_by_yaml();
+        assert_eq!(granted, needed(), "deploy/rbac.yaml and PERMISSIONS disagree");
+        // No wildcards sneak in through the back door.
+        assert!(granted.iter().all(|(_, g, r, v)| g != "*" && r != "*" && v != "*"));
+        // The spy namespace allows privileged pods, and the Role lives there.
+        let namespace = docs.iter().find(|d| d["kind"] == "Namespace").expect("a Namespace");
+        assert_eq!(namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "privileged");
+        let role = docs.iter().find(|d| d["kind"] == "Role").expect("a Role");
+        assert_eq!(role["metadata"]["namespace"], namespace["metadata"]["name"]);
+        // Every role is bound.
+        for role in docs.iter().filter(|d| d["kind"] == "Role" || d["kind"] == "ClusterRole") {
+            let name = &role["metadata"]["name"];
+            assert!(
+                docs.iter().any(|d| d["kind"].as_str().is_some_and(|k| k.ends_with("Binding"))
+                    && d["roleRef"]["name"] == *name
+                    && d["roleRef"]["kind"] == role["kind"]),
+                "{name} is not bound"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_permissions_read_well() {
+        let m = Missing {
+            verb: "create",
+            resource: qualified(&PERMISSIONS[2]),
+            namespace: Some("default".into()),
+            why: PERMISSIONS[2].why,
+        };
+        assert_eq!(m.to_string(), "create pods/attach in namespace \"default\" (to talk to the spy pods)");
+        assert_eq!(qualified(&PERMISSIONS[3]), "deployments.apps");
+    }
+}

@@ -1,0 +1,453 @@
+//! `kubectl-tlsspy` in cluster mode, end to end, against the test API
+//! server: its kubelet runs the spy pod's `tlsspy-agent` for real (root,
+//! eBPF) and the target pods as real processes in containerd-named cgroups.
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use spy_image::record::{Line, PodRef, Record};
+use tlsspy_tests::apiserver::{resources, ApiServer, Image, Rule};
+use tlsspy_tests::support::*;
+
+const WAIT: Duration = Duration::from_secs(30);
+/// The spy's heartbeat timeout in these tests (the default is 10 s).
+const HEARTBEAT_TIMEOUT: &str = "3s";
+const NO_BTF_IMAGE: &str = "ghcr.io/tlsspy/tlsspy-agent:no-btf";
+
+fn agent_image() -> String {
+    format!("ghcr.io/tlsspy/tlsspy-agent:v{}", spy_image::VERSION)
+}
+
+fn server() -> ApiServer {
+    let agent = workspace_bin("tlsspy-agent");
+    ApiServer::builder()
+        .image(&agent_image(), Image::executable(&agent))
+        // The same agent on a "node" whose kernel has no BTF.
+        .image(NO_BTF_IMAGE, Image::executable(&agent).with_env("TLSSPY_BTF_PATH", "/nonexistent/vmlinux"))
+        .image("python:3", Image::host())
+        .namespace("locked", &[("pod-security.kubernetes.io/enforce", "baseline")])
+        .user("viewer", &[Rule::new(&["get", "list", "watch"], &["pods"])])
+        .start()
+        .expect("test API server starts")
+}
+
+fn kubectl(server: &ApiServer, args: &[&str], stdin: &str) {
+    let mut child = Command::new(std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into()))
+        .env("HOME", server.dir())
+        .arg("--kubeconfig")
+        .arg(server.kubeconfig_path())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl runs");
+    child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write");
+    let out = child.wait_with_output().expect("kubectl");
+    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A pod running the python HTTPS server fixture on `port`.
+fn https_pod(server: &ApiServer, name: &str, labels: Value, cert: &Certificate, port: u16) {
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1, "containers": [{
+            "name": "main", "image": "python:3",
+            "command": ["python3", fixture("https_server.py"), port.to_string(), cert.cert(), cert.key()],
+        }]},
+    });
+    kubectl(server, &["create", "--validate=false", "-f", "-"], &pod.to_string());
+    let running = server.wait_pod("default", name, WAIT, |p| {
+        p.and_then(|p| p.pointer("/status/phase")).and_then(Value::as_str) == Some("Running")
+    });
+    assert!(running.is_some(), "pod {name} never ran");
+    wait_for_port(port, WAIT);
+}
+
+fn curl(cert: &Certificate, port: u16, path: &str) {
+    let out = Command::new("curl")
+        .args(["-s", "--http1.1", "--cacert"])
+        .arg(cert.cert())
+        .arg(format!("https://127.0.0.1:{port}/{path}"))
+        .output()
+        .expect("curl runs");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("hello {path}\n"));
+}
+
+/// Spy pods in the store (any namespace).
+fn spy_pods(server: &ApiServer) -> Vec<Value> {
+    let res = resources::by_name("", "pods").expect("pods");
+    server
+        .store()
+        .list(res, None, |p| p.pointer("/metadata/labels/app.kubernetes.io~1managed-by") == Some(&json!("kubectl-tlsspy")))
+        .0
+}
+
+fn spy_pid(server: &ApiServer) -> u32 {
+    let until = Instant::now() + WAIT;
+    loop {
+        if let Some(pid) = spy_pods(server).iter().find_map(|p| {
+            let ns = p.pointer("/metadata/namespace").and_then(Value::as_str)?;
+            let name = p.pointer("/metadata/name").and_then(Value::as_str)?;
+            server.container_pid(ns, name, "tlsspy")
+        }) {
+            return pid;
+        }
+        assert!(Instant::now() < until, "no spy process");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+fn wait_until(what: &str, timeout: Duration, cond: impl Fn() -> bool) {
+    let until = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < until, "{what} after {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The plugin running in the background, stdout and stderr collected.
+struct Plugin {
+    child: Option<Child>,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Plugin {
+    fn start(server: &ApiServer, kubeconfig: &Path, args: &[&str]) -> Plugin {
+        let mut child = Command::new(workspace_bin("kubectl-tlsspy"))
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["--heartbeat-timeout", HEARTBEAT_TIMEOUT, "--timeout", "20s"])
+            .args(args)
+            .env("HOME", server.dir())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl-tlsspy runs");
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                eprint!("{text}");
+                sink.lock().expect("lock").push_str(&text);
+            }
+        });
+        Plugin { child: Some(child), lines, seen: Vec::new(), stderr }
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().expect("lock").clone()
+    }
+
+    /// Waits for a record satisfying `cond`.
+    fn wait_record(&mut self, what: &str, cond: impl Fn(&Record) -> bool) -> Record {
+        let until = Instant::now() + WAIT;
+        let matches = |line: &str| serde_json::from_str::<Line>(line).ok().map(|l| l.record).filter(|r| cond(r));
+        if let Some(found) = self.seen.iter().find_map(|l| matches(l)) {
+            return found;
+        }
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let found = matches(&line);
+                    self.seen.push(line);
+                    if let Some(found) = found {
+                        return found;
+                    }
+                }
+                Err(_) => panic!("no {what} record; stderr:\n{}\nstdout:\n{}", self.stderr(), self.seen.join("\n")),
+            }
+        }
+    }
+
+    /// Collects the rest of stdout (after the plugin exited).
+    fn drain(&mut self) {
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(2)) {
+            self.seen.push(line);
+        }
+    }
+
+    fn wait_stderr(&self, needle: &str) {
+        let until = Instant::now() + WAIT;
+        while !self.stderr().contains(needle) {
+            assert!(Instant::now() < until, "stderr never said {needle:?}:\n{}", self.stderr());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().expect("running").id();
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(pid as i32, signal) };
+    }
+
+    fn wait(&mut self, timeout: Duration) -> ExitStatus {
+        let child = self.child.as_mut().expect("running");
+        let status = wait_timeout(child, timeout).unwrap_or_else(|| panic!("the plugin did not exit; stderr:\n{}", self.stderr()));
+        self.child = None;
+        status
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn target_in(pod: &str) -> impl Fn(&Record) -> bool + '_ {
+    move |r| matches!(r, Record::Target(t) if t.probed && t.pod.as_ref().is_some_and(|p| p.name == pod))
+}
+
+fn exchange_with(mark: &str) -> impl Fn(&Record) -> bool + '_ {
+    move |r| matches!(r, Record::Exchange(e) if e.request.as_ref().is_some_and(|q| q.path.contains(mark)))
+}
+
+fn pod_of(record: &Record) -> Option<PodRef> {
+    match record {
+        Record::Exchange(e) => e.conn.pod.clone(),
+        Record::Target(t) => t.pod.clone(),
+        _ => None,
+    }
+}
+
+fn main_of(name: &str) -> Option<PodRef> {
+    Some(PodRef { namespace: "default".into(), name: name.into(), container: Some("main".into()) })
+}
+
+#[test]
+fn pod_by_name_shows_its_https_exchange_with_pod_names() {
+    if !require_root("pod_by_name_shows_its_https_exchange_with_pod_names") {
+        return;
+    }
+    let s = server();
+    let cert = Certificate::new();
+    let port = free_port();
+    https_pod(&s, "web", json!({"app": "web"}), &cert, port);
+    let mut plugin = Plugin::start(&s, &s.kubeconfig_path(), &["pod/web", "-o", "json"]);
+    plugin.wait_record("target", target_in("web"));
+    let spy = spy_pid(&s);
+    let pod = &spy_pods(&s)[0];
+    assert_eq!(pod["spec"]["nodeName"], "node-1");
+    assert_eq!(pod["spec"]["hostPID"], true);
+    assert!(pod["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("tlsspy-")));
+
+    let mark = marker("cluster");
+    curl(&cert, port, &mark);
+    let exchange = plugin.wait_record("exchange", exchange_with(&mark));
+    assert_eq!(pod_of(&exchange), main_of("web"));
+    let Record::Exchange(exchange) = exchange else { unreachable!() };
+    assert_eq!(exchange.response.as_ref().map(|r| r.status), Some(200));
+
+    plugin.signal(libc::SIGINT);
+    let status = plugin.wait(WAIT);
+    assert!(status.success(), "{status:?}: {}", plugin.stderr());
+    plugin.drain();
+    assert!(plugin.seen.iter().any(|l| l.contains(r#""kind":"bye""#)), "the spy said bye");
+    wait_until("the spy process is still alive", WAIT, || !alive(spy));
+    wait_until("the spy pod is still there", WAIT, || spy_pods(&s).is_empty());
+    let stderr = plugin.stderr();
+    assert!(stderr.contains("spying on default/web (container main) on node node-1"), "{stderr}");
+}
+
+#[test]
+fn follow_picks_up_new_pods_and_lets_go_of_deleted_ones() {
+    if !require_root("follow_picks_up_new_pods_and_lets_go_of_deleted_ones") {
+        return;
+    }
+    let s = server();
+    let cert = Certificate::new();
+    let (port1, port2) = (free_port(), free_port());
+    https_pod(&s, "api-1", json!({"app": "api"}), &cert, port1);
+    https_pod(&s, "other", json!({"app": "other"}), &cert, free_port());
+    let mut plugin = Plugin::start(&s, &s.kubeconfig_path(), &["-l", "app=api", "--follow", "-o", "json"]);
+    plugin.wait_record("target api-1", target_in("api-1"));
+
+    // A pod that starts matching later is spied on by the same spy.
+    https_pod(&s, "api-2", json!({"app": "api"}), &cert, port2);
+    plugin.wait_record("target api-2", target_in("api-2"));
+    assert_eq!(spy_pods(&s).len(), 1, "one spy pod per node");
+    let mark2 = marker("second");
+    curl(&cert, port2, &mark2);
+    assert_eq!(pod_of(&plugin.wait_record("exchange on api-2", exchange_with(&mark2))), main_of("api-2"));
+
+    // A deleted pod is let go; the session goes on.
+    kubectl(&s, &["delete", "pod", "api-1", "--wait=false"], "");
+    plugin.wait_stderr("default/api-1 is gone");
+    let mark3 = marker("after");
+    curl(&cert, port2, &mark3);
+    assert_eq!(pod_of(&plugin.wait_record("exchange after the delete", exchange_with(&mark3))), main_of("api-2"));
+    assert!(!plugin.seen.iter().any(|l| l.contains("\"other\"")), "pods that do not match stay out");
+
+    plugin.signal(libc::SIGTERM);
+    assert!(plugin.wait(WAIT).success());
+    wait_until("the spy pod is still there", WAIT, || spy_pods(&s).is_empty());
+}
+
+#[test]
+fn spies_go_away_after_duration_sigint_sigterm_and_sigkill() {
+    if !require_root("spies_go_away_after_duration_sigint_sigterm_and_sigkill") {
+        return;
+    }
+    let s = server();
+    let cert = Certificate::new();
+    https_pod(&s, "web", json!({"app": "web"}), &cert, free_port());
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}},
+                 "spec": {"containers": [{"name": "main", "image": "python:3"}]}}},
+    });
+    kubectl(&s, &["create", "--validate=false", "-f", "-"], &deployment.to_string());
+    let kc = s.kubeconfig_path();
+
+    // --duration: a normal end. (A deployment's pods are its targets.)
+    let mut plugin = Plugin::start(&s, &kc, &["deploy/web", "-o", "json", "--duration", "3s"]);
+    plugin.wait_record("target", target_in("web"));
+    let spy = spy_pid(&s);
+    assert!(plugin.wait(WAIT).success(), "{}", plugin.stderr());
+    wait_until("the spy survived --duration", WAIT, || !alive(spy));
+    wait_until("the spy pod survived --duration", WAIT, || spy_pods(&s).is_empty());
+
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        let mut plugin = Plugin::start(&s, &kc, &["web", "-o", "json"]);
+        plugin.wait_record("target", target_in("web"));
+        let spy = spy_pid(&s);
+        plugin.signal(signal);
+        assert!(plugin.wait(WAIT).success(), "signal {signal}: {}", plugin.stderr());
+        wait_until("the spy survived a signal", WAIT, || !alive(spy));
+        wait_until("the spy pod survived a signal", WAIT, || spy_pods(&s).is_empty());
+    }
+
+    // SIGKILL: nobody deletes the pod, but the spy hears no more heartbeats
+    // (or its stdin closes) and ends itself within the heartbeat timeout.
+    let mut plugin = Plugin::start(&s, &kc, &["web", "-o", "json"]);
+    plugin.wait_record("target", target_in("web"));
+    let spy = spy_pid(&s);
+    let killed = Instant::now();
+    plugin.signal(libc::SIGKILL);
+    plugin.wait(WAIT);
+    wait_until("the spy outlived its plugin", Duration::from_secs(6), || !alive(spy));
+    eprintln!("spy ended {:?} after its plugin was killed", killed.elapsed());
+    wait_until("the spy pod did not end", WAIT, || {
+        spy_pods(&s).iter().all(|p| matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
+    });
+    // The next run removes the left-behind pod.
+    let mut plugin = Plugin::start(&s, &kc, &["web", "-o", "json", "--duration", "1s"]);
+    assert!(plugin.wait(WAIT).success(), "{}", plugin.stderr());
+    assert!(plugin.stderr().contains("removed 1 spy pod(s) left behind by earlier sessions"), "{}", plugin.stderr());
+    wait_until("spy pods remain", WAIT, || spy_pods(&s).is_empty());
+}
+
+#[test]
+fn a_frozen_plugin_loses_its_spy_and_cleanup_removes_the_pod() {
+    if !require_root("a_frozen_plugin_loses_its_spy_and_cleanup_removes_the_pod") {
+        return;
+    }
+    let s = server();
+    let cert = Certificate::new();
+    https_pod(&s, "web", json!({}), &cert, free_port());
+    let kc = s.kubeconfig_path();
+    let mut plugin = Plugin::start(&s, &kc, &["pod/web", "-o", "json"]);
+    plugin.wait_record("target", target_in("web"));
+    let spy = spy_pid(&s);
+    // A stopped plugin keeps its connection open but sends no heartbeat,
+    // as when its network drops.
+    plugin.signal(libc::SIGSTOP);
+    let frozen = Instant::now();
+    wait_until("the spy kept going without heartbeats", Duration::from_secs(12), || !alive(spy));
+    eprintln!("spy ended {:?} after its plugin froze", frozen.elapsed());
+    plugin.signal(libc::SIGKILL);
+    plugin.wait(WAIT);
+    wait_until("the spy pod did not end", WAIT, || {
+        spy_pods(&s).iter().all(|p| matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
+    });
+    assert_eq!(spy_pods(&s).len(), 1);
+
+    let out = Command::new(workspace_bin("kubectl-tlsspy"))
+        .arg("cleanup")
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .output()
+        .expect("cleanup runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.starts_with("pod/tlsspy-") && stdout.trim_end().ends_with(" deleted"), "{stdout}");
+    wait_until("cleanup left the pod", WAIT, || spy_pods(&s).is_empty());
+}
+
+/// Runs the plugin to its end; returns (exit status, stderr).
+fn run_to_end(server: &ApiServer, kubeconfig: &Path, args: &[&str]) -> (ExitStatus, String) {
+    let mut plugin = Plugin::start(server, kubeconfig, args);
+    let status = plugin.wait(WAIT);
+    (status, plugin.stderr())
+}
+
+#[test]
+fn failures_are_explained_in_one_sentence() {
+    if !require_root("failures_are_explained_in_one_sentence") {
+        return;
+    }
+    let s = server();
+    let cert = Certificate::new();
+    https_pod(&s, "web", json!({}), &cert, free_port());
+    let admin = s.kubeconfig_path();
+
+    let (status, err) = run_to_end(&s, &admin, &["pod/nope"]);
+    assert!(!status.success());
+    assert!(err.contains(r#"error: pod "nope" not found in namespace "default""#), "{err}");
+
+    let viewer = s.kubeconfig_for("viewer").expect("viewer");
+    let (status, err) = run_to_end(&s, &viewer, &["pod/web"]);
+    assert!(!status.success());
+    assert!(err.contains("you are not allowed to create pods in namespace \"default\""), "{err}");
+    assert!(err.contains("create pods/attach in namespace \"default\" (to talk to the spy pods)"), "{err}");
+    assert!(err.contains("deploy/rbac.yaml"), "{err}");
+
+    let (status, err) = run_to_end(&s, &admin, &["pod/web", "--spy-namespace", "locked"]);
+    assert!(!status.success());
+    assert!(err.contains("namespace \"locked\" does not allow the spy pod"), "{err}");
+    assert!(err.contains("violates PodSecurity \"baseline:latest\""), "{err}");
+    assert!(err.contains("--spy-namespace"), "{err}");
+
+    let (status, err) = run_to_end(&s, &admin, &["pod/web", "--image", "ghcr.io/nobody/missing:v1"]);
+    assert!(!status.success());
+    assert!(err.contains("node node-1 cannot pull the spy image ghcr.io/nobody/missing:v1 (ErrImagePull"), "{err}");
+
+    let (status, err) = run_to_end(&s, &admin, &["pod/web", "--image", NO_BTF_IMAGE]);
+    assert!(!status.success());
+    assert!(err.contains("error: the spy on node node-1 failed: this kernel has no BTF"), "{err}");
+
+    // None of these left a spy pod behind.
+    wait_until("spy pods remain", WAIT, || spy_pods(&s).is_empty());
+}
