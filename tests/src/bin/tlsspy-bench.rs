@@ -51,7 +51,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn human(bytes: usize) -> String {
-    if bytes % 1024 == 0 {
+    if bytes.is_multiple_of(1024) {
         format!("{} KiB", bytes / 1024)
     } else {
         format!("{bytes} B")
