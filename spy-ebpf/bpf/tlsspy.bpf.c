@@ -224,14 +224,15 @@ static __always_inline void emit_call(__u64 pid_tgid, const struct tls_call *cal
 	__u32 tgid = pid_tgid >> 32;
 	__s32 fd = call->fd;
 	struct conn_fd_key key = { .conn_ptr = call->conn_ptr, .tgid = tgid };
+	/* A lookup is much cheaper than an update: write only what changed. */
+	__s32 *known = bpf_map_lookup_elem(&conn_fds, &key);
 	if (fd >= 0) {
-		bpf_map_update_elem(&conn_fds, &key, &fd, BPF_ANY);
+		if (!known || *known != fd)
+			bpf_map_update_elem(&conn_fds, &key, &fd, BPF_ANY);
+	} else if (known) {
+		fd = *known;
 	} else {
-		__s32 *known = bpf_map_lookup_elem(&conn_fds, &key);
-		if (known)
-			fd = *known;
-		else
-			stat_add(TLSSPY_STAT_NO_FD, 1);
+		stat_add(TLSSPY_STAT_NO_FD, 1);
 	}
 
 	ev->hdr.kind = TLSSPY_EVENT_DATA;

@@ -72,6 +72,9 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 #[cfg(target_os = "linux")]
+const OUTPUT_BUFFER: usize = 64 * 1024;
+
+#[cfg(target_os = "linux")]
 mod agent {
     use super::*;
     use spy_image::proto::ParseOptions;
@@ -115,7 +118,8 @@ mod agent {
         }
 
         let stdout = io::stdout();
-        let mut sink = JsonLines::new(io::BufWriter::new(stdout.lock()));
+        // Large enough that a busy batch is a few write(2) calls, not hundreds.
+        let mut sink = JsonLines::new(io::BufWriter::with_capacity(OUTPUT_BUFFER, stdout.lock()));
         sink.record(spy.hello())?;
         if args.session {
             let timeout = Duration::from_secs(args.heartbeat_timeout);

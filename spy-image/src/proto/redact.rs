@@ -34,11 +34,25 @@ pub(crate) const SECRET_HEADERS: &[SecretName] = &[
     SecretName::Contains("session-id"),
 ];
 
+/// Header names longer than this are lowercased on the heap; shorter ones
+/// (nearly all) on the stack: this runs for every header of every message.
+const SHORT_NAME: usize = 64;
+
 pub(crate) fn is_secret(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
+    let mut buf = [0u8; SHORT_NAME];
+    let heap;
+    let lower: &[u8] = if name.len() <= SHORT_NAME {
+        let lower = &mut buf[..name.len()];
+        lower.copy_from_slice(name.as_bytes());
+        lower.make_ascii_lowercase();
+        lower
+    } else {
+        heap = name.to_ascii_lowercase();
+        heap.as_bytes()
+    };
     SECRET_HEADERS.iter().any(|secret| match secret {
-        SecretName::Exact(exact) => name == *exact,
-        SecretName::Contains(part) => name.contains(part),
+        SecretName::Exact(exact) => lower == exact.as_bytes(),
+        SecretName::Contains(part) => lower.windows(part.len()).any(|w| w == part.as_bytes()),
     })
 }
 
