@@ -211,7 +211,7 @@ pub struct OutputArgs {
     pub raw: bool,
 
     /// Body bytes kept per message (the true size is always shown).
-    #[arg(long, value_name = "BYTES", default_value = "65536")]
+    #[arg(long, value_name = "BYTES", default_value_t = spy_image::proto::DEFAULT_MAX_BODY)]
     pub max_body: usize,
 
     /// Show Authorization, Cookie and other secret header values.
@@ -227,7 +227,7 @@ pub struct OutputArgs {
     pub log_level: String,
 
     /// Ring buffer between kernel and spy, in MiB (a power of two).
-    #[arg(long, value_name = "MIB", default_value = "16", hide = true)]
+    #[arg(long, value_name = "MIB", default_value = "32", hide = true)]
     pub ring_buffer_mib: u32,
 
     #[command(flatten)]

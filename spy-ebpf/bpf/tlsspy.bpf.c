@@ -200,6 +200,25 @@ static long emit_one_chunk(__u32 index, void *data)
 	struct tlsspy_data_event *ev = ctx->ev;
 	ev->hdr.call_offset = offset;
 	ev->hdr.data_len = len;
+	if (len == TLSSPY_MAX_DATA) {
+		/* A full chunk fills a whole event: reserve it in the ring and read
+		 * the user memory straight into it, one copy instead of two. */
+		struct tlsspy_data_event *slot = bpf_ringbuf_reserve(&events, sizeof(*slot), 0);
+		if (!slot) {
+			stat_add(TLSSPY_STAT_LOST_EVENTS, 1);
+			stat_add(TLSSPY_STAT_LOST_BYTES, len);
+			return 0;
+		}
+		slot->hdr = ev->hdr;
+		if (bpf_probe_read_user(slot->data, TLSSPY_MAX_DATA, (void *)(ctx->buf + offset))) {
+			bpf_ringbuf_discard(slot, BPF_RB_NO_WAKEUP);
+			stat_add(TLSSPY_STAT_LOST_BYTES, len);
+			return 0;
+		}
+		bpf_ringbuf_submit(slot, wakeup_flags());
+		stat_add(TLSSPY_STAT_EVENTS, 1);
+		return 0;
+	}
 	if (bpf_probe_read_user(ev->data, len, (void *)(ctx->buf + offset))) {
 		/* Unreadable user memory (paged out): report the hole, go on. */
 		stat_add(TLSSPY_STAT_LOST_BYTES, len);

@@ -29,7 +29,7 @@ struct Args {
     node: Option<String>,
 
     /// Body bytes kept per message.
-    #[arg(long, default_value = "65536")]
+    #[arg(long, default_value_t = spy_image::proto::DEFAULT_MAX_BODY)]
     max_body: usize,
 
     /// Keep Authorization, Cookie and other secret header values.

@@ -25,6 +25,11 @@ mod tests;
 
 use crate::record::{Direction, Exchange};
 
+/// Body bytes kept per message unless told otherwise. Every kept byte is
+/// copied and JSON-escaped once more; 16 KiB shows any API payload a person
+/// reads, and the true size is always reported.
+pub const DEFAULT_MAX_BODY: usize = 16 * 1024;
+
 /// Limits and choices that shape parsing.
 #[derive(Clone, Debug)]
 pub struct ParseOptions {
@@ -37,7 +42,7 @@ pub struct ParseOptions {
 impl Default for ParseOptions {
     fn default() -> Self {
         ParseOptions {
-            max_body: 64 * 1024,
+            max_body: DEFAULT_MAX_BODY,
             show_secrets: false,
         }
     }
