@@ -138,7 +138,7 @@ for p in "${!sha_of[@]}"; do shas+="$p=${sha_of[$p]} "; done
   fi
   awk -v tag="$tag" -v shas="$shas" '
     BEGIN { n = split(shas, pairs, " "); for (i = 1; i <= n; i++) { split(pairs[i], kv, "="); sha[kv[1]] = kv[2] } }
-    # The template's own header comment is about the template.
+    # The template header comment is about the template: dropped.
     !started && /^#/ { next }
     { started = 1 }
     /^  version: / { sub(/v[0-9][^ ]*/, tag) }
