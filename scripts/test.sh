@@ -5,6 +5,8 @@
 #
 #   bash scripts/test.sh            everything
 #   TLSSPY_FUZZ_SECONDS=0 bash scripts/test.sh   no fuzzing
+#   TLSSPY_STATIC_AGENT=0 bash scripts/test.sh   no static agent build (slow);
+#                                                 its test then skips (fails with CI=true)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +17,18 @@ cargo build --workspace --bins --locked
 
 step "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "platforms the plugin must build for"
+bash scripts/check-platforms.sh
+
+if [ "${TLSSPY_STATIC_AGENT:-}" = 0 ]; then
+  unset TLSSPY_STATIC_AGENT
+else
+  step "static agent, as the spy image builds it (slow: release build with LTO)"
+  TLSSPY_STATIC_AGENT=$(bash scripts/build-agent.sh)
+  export TLSSPY_STATIC_AGENT
+  ls -l "$TLSSPY_STATIC_AGENT"
+fi
 
 step "tests"
 cargo test --workspace --locked

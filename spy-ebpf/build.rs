@@ -19,6 +19,14 @@ fn main() {
     println!("cargo:rerun-if-env-changed=TLSSPY_CLANG");
     println!("cargo:rerun-if-env-changed=TLSSPY_BPF_INCLUDE");
 
+    // Only Linux loads eBPF. spy-ebpf is a Linux-only dependency of
+    // spy-image, but `cargo build --workspace` on macOS or Windows still
+    // builds it: there, no clang or libbpf headers are needed.
+    if env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") {
+        write_object(&[]);
+        return;
+    }
+
     // The object targets the architecture we build for, which is where the
     // uprobes run: pt_regs differs between x86 and arm64.
     let arch = env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
@@ -26,8 +34,8 @@ fn main() {
         "x86_64" => "x86",
         "aarch64" => "arm64",
         other => {
-            // The plugin builds everywhere; the probes exist only where we
-            // can run them. An empty object makes loading fail clearly.
+            // The probes exist only where we can run them. An empty object
+            // makes loading fail clearly.
             println!("cargo:warning=tlsspy eBPF programs are not built for {other}");
             for (_, object) in OBJECTS {
                 write_object(object, &[]);
