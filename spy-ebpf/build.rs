@@ -23,7 +23,9 @@ fn main() {
     // spy-image, but `cargo build --workspace` on macOS or Windows still
     // builds it: there, no clang or libbpf headers are needed.
     if env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("linux") {
-        write_object(&[]);
+        for (_, object) in OBJECTS {
+            write_object(object, &[]);
+        }
         return;
     }
 
