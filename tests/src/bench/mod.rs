@@ -72,6 +72,8 @@ pub struct Round {
     /// Run time of the spy's eBPF programs during the round, microseconds.
     pub bpf_us: Option<f64>,
     pub peak_rss_kib: Option<u64>,
+    /// From starting the agent to its `target` record: probes are live.
+    pub attach: Option<Duration>,
 }
 
 pub struct CaseReport {
@@ -131,6 +133,7 @@ fn openssl_of(pid: u32) -> anyhow::Result<(PathBuf, tls_stack::OpensslProbes)> {
 }
 
 fn spy_round(agent: &PathBuf, worker: u32, run_load: impl FnOnce() -> load::LoadResult) -> anyhow::Result<Round> {
+    let started = std::time::Instant::now();
     let mut child = Command::new(agent)
         .args(["--pid", &worker.to_string(), "--stats-interval", "0"])
         .stdin(Stdio::null())
@@ -156,6 +159,7 @@ fn spy_round(agent: &PathBuf, worker: u32, run_load: impl FnOnce() -> load::Load
         (exchanges, last)
     });
     ready_rx.recv_timeout(Duration::from_secs(30)).context("the agent did not report its target")?;
+    let attach = started.elapsed();
 
     let bpf_before = spy_bpf_time();
     let load = run_load();
@@ -177,6 +181,7 @@ fn spy_round(agent: &PathBuf, worker: u32, run_load: impl FnOnce() -> load::Load
         spy_cpu_us: cpu_us,
         bpf_us: Some(bpf_after.saturating_sub(bpf_before).as_secs_f64() * 1e6),
         peak_rss_kib: rss,
+        attach: Some(attach),
     })
 }
 
@@ -267,11 +272,13 @@ pub fn render(hit_cost: &floor::HitCost, reports: &[CaseReport], options: &Optio
             ));
         }
         let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+        let attach = report.rounds.iter().filter_map(|(_, r)| r.attach).max();
         out.push_str(&format!(
-            "\nspy/none {:.3} · spy/floor {:.3} · floor/none {:.3}\n\n",
+            "\nspy/none {:.3} · spy/floor {:.3} · floor/none {:.3} · agent start to probes live: {} (slowest round)\n\n",
             ratio(medians[2], medians[0]),
             ratio(medians[2], medians[1]),
-            ratio(medians[1], medians[0])
+            ratio(medians[1], medians[0]),
+            attach.map_or("-".into(), |a| format!("{} ms", a.as_millis()))
         ));
     }
     out
