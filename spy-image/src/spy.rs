@@ -16,7 +16,8 @@ use crate::record::{Bye, Direction, Hello, PodRef, Record, Stats, Target, TlsLib
 use crate::sink::Sink;
 use crate::targets::container;
 use crate::targets::process::{self, FileId};
-use crate::targets::tls_stack::{self, OpensslProbes};
+use crate::record::Linkage;
+use crate::targets::tls_stack::{self, DetectedStack};
 
 #[derive(Clone, Debug)]
 pub struct SpyOptions {
@@ -109,8 +110,9 @@ pub struct Spy {
     tracker: Tracker,
     options: SpyOptions,
     targets: HashMap<u32, TargetState>,
-    /// What each file holds, examined once per (device, inode).
-    libraries: HashMap<FileId, Option<OpensslProbes>>,
+    /// What each file holds, examined once per (device, inode): a Go
+    /// executable is analysed once however many processes run it.
+    libraries: HashMap<FileId, Option<DetectedStack>>,
     /// CLOCK_REALTIME - CLOCK_MONOTONIC: kernel timestamps are monotonic.
     wall_offset_ns: i128,
     out: Vec<Record>,
@@ -143,12 +145,23 @@ impl Spy {
         })
     }
 
-    /// Probes a library file before any process maps it, so a command we
-    /// are about to start is traced from its first TLS call.
-    pub fn attach_library(&mut self, path: &Path) -> Result<bool, SpyError> {
+    /// Probes a library or executable file before any process maps it, so
+    /// a command we are about to start is traced from its first TLS call.
+    /// `Ok(false)`: nothing to probe in it (a Go program we cannot probe is
+    /// reported with its reason once it runs).
+    pub fn attach_library(&mut self, path: &Path, is_exe: bool) -> Result<bool, SpyError> {
         let Ok(file) = FileId::of(path) else { return Ok(false) };
-        let Some(Some(library)) = self.examine(file, path, false).cloned() else { return Ok(false) };
-        self.probes.attach_openssl(file, path, &library)?;
+        match self.examine(file, path, is_exe) {
+            Some(DetectedStack::Openssl(library)) => self.probes.attach_openssl(file, path, &library)?,
+            Some(DetectedStack::Go(bin)) => {
+                if let Err(err) = self.probes.attach_go(file, path, &bin) {
+                    // Not fatal: the target record says why once it runs.
+                    log::info!("{err}");
+                    return Ok(false);
+                }
+            }
+            Some(DetectedStack::GoUnsupported { .. }) | None => return Ok(false),
+        }
         Ok(true)
     }
 
@@ -226,21 +239,34 @@ impl Spy {
         }
         for file in found {
             let is_exe = exe.as_deref() == Some(file.path.as_str());
-            let Some(Some(library)) = self.examine(file.file_id, &file.host_path, is_exe).cloned() else {
+            let Some(detected) = self.examine(file.file_id, &file.host_path, is_exe) else {
                 continue;
             };
-            let (probed, reason) = match self.probes.attach_openssl(file.file_id, &file.host_path, &library) {
+            let outcome = |attached: Result<(), ProbeError>| match attached {
                 Ok(()) => (true, None),
                 Err(err) => (false, Some(err.to_string())),
             };
-            let stack = TlsStack {
-                library: library.library,
-                linkage: library.linkage,
-                path: file.path.clone(),
-                version: library.version.clone(),
-                probed,
-                reason,
+            let (library, linkage, version, (probed, reason)) = match detected {
+                DetectedStack::Openssl(library) => (
+                    library.library,
+                    library.linkage,
+                    library.version.clone(),
+                    outcome(self.probes.attach_openssl(file.file_id, &file.host_path, &library)),
+                ),
+                DetectedStack::Go(bin) => (
+                    TlsLibrary::GoCryptoTls,
+                    Linkage::Static,
+                    Some(bin.go_version.clone()),
+                    outcome(self.probes.attach_go(file.file_id, &file.host_path, &bin)),
+                ),
+                DetectedStack::GoUnsupported { version, reason } => (
+                    TlsLibrary::GoCryptoTls,
+                    Linkage::Static,
+                    version,
+                    (false, Some(format!("Go crypto/tls cannot be probed: {reason}"))),
+                ),
             };
+            let stack = TlsStack { library, linkage, path: file.path.clone(), version, probed, reason };
             if let Some(state) = self.targets.get_mut(&pid) {
                 state.stacks.push(stack);
                 report = true;
@@ -275,10 +301,10 @@ impl Spy {
             None => path,
         };
         state.stacks.push(TlsStack {
-            library: library.probes.library,
-            linkage: library.probes.linkage,
+            library: library.library,
+            linkage: library.linkage,
             path,
-            version: library.probes.version.clone(),
+            version: library.version.clone(),
             probed: true,
             reason: None,
         });
@@ -287,14 +313,19 @@ impl Spy {
         self.out.push(record);
     }
 
-    fn examine(&mut self, file: FileId, path: &Path, is_exe: bool) -> Option<&Option<OpensslProbes>> {
-        Some(self.libraries.entry(file).or_insert_with(|| match tls_stack::detect_openssl(path, is_exe) {
-            Ok(found) => found,
-            Err(err) => {
-                log::debug!("{err}");
-                None
-            }
-        }))
+    /// What TLS stack the file holds (cheap to clone: a Go analysis is
+    /// shared).
+    fn examine(&mut self, file: FileId, path: &Path, is_exe: bool) -> Option<DetectedStack> {
+        self.libraries
+            .entry(file)
+            .or_insert_with(|| match tls_stack::detect(path, is_exe) {
+                Ok(found) => found,
+                Err(err) => {
+                    log::debug!("{err}");
+                    None
+                }
+            })
+            .clone()
     }
 
     fn target_record(&self, pid: u32) -> Record {
@@ -307,8 +338,8 @@ impl Spy {
             Some(failed)
         } else {
             Some(
-                "no TLS library found: the process maps no libssl and its executable exports no \
-                 SSL_read/SSL_write"
+                "no TLS library found: the process maps no libssl, its executable exports no \
+                 SSL_read/SSL_write, and it is no Go program"
                     .to_string(),
             )
         };
