@@ -12,11 +12,12 @@ use crate::conn::{DataEvent, ProcessMeta, Tracker};
 use crate::probes::event::{self, KernelEvent};
 use crate::probes::{KernelStats, LoadOptions, ProbeError, Probes};
 use crate::proto::ParseOptions;
-use crate::record::{Bye, Direction, Hello, PodRef, Record, Stats, Target, TlsLibrary, TlsStack, Warning};
+use crate::record::{
+    Bye, Direction, Hello, Linkage, PodRef, Record, Stats, Target, TlsLibrary, TlsStack, Warning,
+};
 use crate::sink::Sink;
 use crate::targets::container;
 use crate::targets::process::{self, FileId};
-use crate::record::Linkage;
 use crate::targets::tls_stack::{self, DetectedStack};
 
 #[derive(Clone, Debug)]

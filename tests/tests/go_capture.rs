@@ -186,7 +186,7 @@ fn go_server(program: &Path, cert: &Certificate, h1: bool) -> (Guard, u16) {
         .strip_prefix("listening ")
         .and_then(|p| p.trim().parse().ok())
         .unwrap_or_else(|| panic!("unexpected first line from tlsprobe serve: {line:?}"));
-    wait_for_port(port, Duration::from_secs(10));
+    // It prints the port once listening: no probe connection needed.
     (guard, port)
 }
 
@@ -222,12 +222,12 @@ fn go_target(records: &[Record], pid: Option<u32>) -> &spy_image::record::Target
         .unwrap_or_else(|| panic!("no target record with a TLS stack in {records:#?}"))
 }
 
-fn assert_go_probed(records: &[Record], builds: &GoBuilds, pid: Option<u32>, what: &str) {
+fn assert_go_probed(records: &[Record], go_version: &str, pid: Option<u32>, what: &str) {
     let target = go_target(records, pid);
     assert!(target.probed, "{what}: {target:?}");
     let stack = target.tls.iter().find(|s| s.library == TlsLibrary::GoCryptoTls).expect("a Go stack");
     assert!(stack.probed, "{what}: {stack:?}");
-    assert_eq!(stack.version.as_deref(), Some(builds.version.as_str()), "{what}");
+    assert_eq!(stack.version.as_deref(), Some(go_version), "{what}");
 }
 
 fn assert_no_loss(records: &[Record], what: &str) {
@@ -255,6 +255,38 @@ fn exchange_summaries(records: &[Record]) -> Vec<(String, u16, String)> {
         .collect()
 }
 
+/// Spies on a Go HTTP/1.1 client fetching one URL from the raw peer at
+/// `port` and checks both directions byte for byte against the peer's record.
+fn check_client_http1(program: &Path, go_version: &str, cert: &Certificate, peer_out: &Path, port: u16, what: &str) {
+    let mark = marker("goclient");
+    let url = format!("https://127.0.0.1:{port}/{mark}");
+    let ca = cert.cert().display().to_string();
+    let (output, records) = spy_command(true, program, &["get", "-ca", &ca, "-h1", &url]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{what}: {stderr}");
+    assert!(stderr.contains(&format!("HTTP/1.1 hello /{mark}")), "{what}: the client's own output: {stderr}");
+    assert_go_probed(&records, go_version, None, what);
+
+    let request = read_peer(peer_out, "req");
+    let response = read_peer(peer_out, "resp");
+    assert!(contains(&request, mark.as_bytes()), "{what}: the peer saw this run's request");
+    let sent = stream_with(&records, Direction::Send, mark.as_bytes()).expect("the request was captured");
+    assert_eq!(String::from_utf8_lossy(&sent), String::from_utf8_lossy(&request), "{what}: request bytes");
+    let received = stream_with(&records, Direction::Recv, mark.as_bytes()).expect("the response was captured");
+    assert_eq!(String::from_utf8_lossy(&received), String::from_utf8_lossy(&response), "{what}: response bytes");
+
+    let chunk = records
+        .iter()
+        .find_map(|r| match r {
+            Record::Chunk(c) => Some(c),
+            _ => None,
+        })
+        .expect("a chunk");
+    assert_eq!(chunk.conn.remote.map(|a| a.port()), Some(port), "{what}: the socket was found");
+    assert_eq!(chunk.conn.tls_library, Some(TlsLibrary::GoCryptoTls), "{what}");
+    assert_no_loss(&records, what);
+}
+
 #[test]
 fn go_client_http1_request_and_response_bytes_are_exact() {
     let Some(builds) = setup("go_client_http1_request_and_response_bytes_are_exact") else { return };
@@ -264,34 +296,38 @@ fn go_client_http1_request_and_response_bytes_are_exact() {
     let (_peer, port) = raw_peer_server(&cert, &out);
     for variant in VARIANTS {
         let what = format!("{variant:?} Go client, HTTP/1.1");
-        let mark = marker(&format!("goclient-{variant:?}"));
-        let url = format!("https://127.0.0.1:{port}/{mark}");
-        let ca = cert.cert().display().to_string();
-        let (output, records) = spy_command(true, builds.tlsprobe(variant), &["get", "-ca", &ca, "-h1", &url]);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(output.status.success(), "{what}: {stderr}");
-        assert!(stderr.contains(&format!("HTTP/1.1 hello /{mark}")), "{what}: the client's own output: {stderr}");
-        assert_go_probed(&records, builds, None, &what);
-
-        let request = read_peer(&out, "req");
-        let response = read_peer(&out, "resp");
-        assert!(contains(&request, mark.as_bytes()), "{what}: the peer saw this run's request");
-        let sent = stream_with(&records, Direction::Send, mark.as_bytes()).expect("the request was captured");
-        assert_eq!(String::from_utf8_lossy(&sent), String::from_utf8_lossy(&request), "{what}: request bytes");
-        let received = stream_with(&records, Direction::Recv, mark.as_bytes()).expect("the response was captured");
-        assert_eq!(String::from_utf8_lossy(&received), String::from_utf8_lossy(&response), "{what}: response bytes");
-
-        let chunk = records
-            .iter()
-            .find_map(|r| match r {
-                Record::Chunk(c) => Some(c),
-                _ => None,
-            })
-            .expect("a chunk");
-        assert_eq!(chunk.conn.remote.map(|a| a.port()), Some(port), "{what}: the socket was found");
-        assert_eq!(chunk.conn.tls_library, Some(TlsLibrary::GoCryptoTls), "{what}");
-        assert_no_loss(&records, &what);
+        check_client_http1(builds.tlsprobe(variant), &builds.version, &cert, &out, port, &what);
     }
+}
+
+/// Every Go release installed here (Debian's 1.19, 1.21, 1.22, 1.23 after
+/// `.ci/install-deps`), stripped, so struct offsets come from the
+/// per-release table: each is captured byte for byte.
+#[test]
+fn every_installed_go_release_is_captured_when_stripped() {
+    let Some(_) = setup("every_installed_go_release_is_captured_when_stripped") else { return };
+    let cert = Certificate::new();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("peer");
+    let (_peer, port) = raw_peer_server(&cert, &out);
+    let mut toolchains: Vec<PathBuf> = std::fs::read_dir("/usr/lib")
+        .expect("/usr/lib")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("go-1."))
+        .map(|e| e.path().join("bin/go"))
+        .filter(|go| go.exists())
+        .collect();
+    toolchains.sort();
+    let mut checked = Vec::new();
+    for go in toolchains {
+        let version = go_command(&go).args(["env", "GOVERSION"]).output().expect("go env");
+        let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+        let program = work_dir().join(format!("bin/tlsprobe-{version}-stripped"));
+        go_build(&go, "tlsprobe", Variant::Stripped.flags(), &program);
+        check_client_http1(&program, &version, &cert, &out, port, &format!("{version} stripped Go client"));
+        checked.push(version);
+    }
+    eprintln!("captured Go clients built with: {}", checked.join(", "));
 }
 
 #[test]
@@ -323,7 +359,7 @@ fn go_server_http1_request_and_response_bytes_are_exact() {
         let (status, lines) = spy.interrupt();
         assert!(status.success(), "{what}: the spy exits cleanly: {status:?}");
         let records = parse_records(&lines.join("\n"));
-        assert_go_probed(&records, builds, Some(server.pid()), &what);
+        assert_go_probed(&records, &builds.version, Some(server.pid()), &what);
 
         let request = read_peer(&out, "req");
         let response = read_peer(&out, "resp");
@@ -359,7 +395,7 @@ fn go_client_http2_exchanges_carry_path_and_body() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(output.status.success(), "{what}: {stderr}");
         assert!(stderr.contains(&format!("HTTP/2.0 hello /{mark}-0")), "{what}: HTTP/2 was spoken: {stderr}");
-        assert_go_probed(&records, builds, None, &what);
+        assert_go_probed(&records, &builds.version, None, &what);
         let found = exchange_summaries(&records);
         for i in 0..3 {
             let path = format!("/{mark}-{i}");
@@ -399,7 +435,7 @@ fn go_server_http2_exchanges_carry_path_and_body() {
         let (status, lines) = spy.interrupt();
         assert!(status.success(), "{what}: the spy exits cleanly: {status:?}");
         let records = parse_records(&lines.join("\n"));
-        assert_go_probed(&records, builds, Some(server.pid()), &what);
+        assert_go_probed(&records, &builds.version, Some(server.pid()), &what);
         let found = exchange_summaries(&records);
         for i in 0..3 {
             let path = format!("/{mark}-{i}");
@@ -531,4 +567,45 @@ fn a_go_program_without_crypto_tls_is_reported_with_the_reason() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(stderr.contains("crypto/tls.(*Conn).Write is not in this binary"), "{stderr}");
+}
+
+#[test]
+fn a_go_binary_of_a_release_we_do_not_probe_is_reported_and_left_alone() {
+    let Some(builds) = setup("a_go_binary_of_a_release_we_do_not_probe_is_reported_and_left_alone") else { return };
+    // No pre-1.17 toolchain here: a real build whose version string (build
+    // info and runtime.Version) is rewritten to go1.16, same length, so the
+    // program still runs and the spy must refuse it by its release.
+    let version = &builds.version;
+    let old_release = format!("go1.16{}", &version["go1.23".len()..]);
+    assert_eq!(old_release.len(), version.len(), "{version}: a two-digit minor");
+    let mut bytes = std::fs::read(builds.tlsprobe(Variant::Stripped)).expect("read tlsprobe");
+    let mut patched = 0;
+    let mut at = 0;
+    while let Some(pos) = bytes[at..].windows(version.len()).position(|w| w == version.as_bytes()) {
+        bytes[at + pos..at + pos + version.len()].copy_from_slice(old_release.as_bytes());
+        at += pos + version.len();
+        patched += 1;
+    }
+    assert!(patched > 0, "the version string is in the binary");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let program = dir.path().join("tlsprobe-go116");
+    std::fs::write(&program, &bytes).expect("write");
+    std::fs::set_permissions(&program, std::os::unix::fs::PermissionsExt::from_mode(0o755)).expect("chmod");
+
+    let cert = Certificate::new();
+    let out = dir.path().join("peer");
+    let (_peer, port) = raw_peer_server(&cert, &out);
+    let ca = cert.cert().display().to_string();
+    let url = format!("https://127.0.0.1:{port}/{}", marker("go116"));
+    let (output, records) = spy_command(true, &program, &["get", "-ca", &ca, "-h1", &url]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "the target runs normally: {stderr}");
+    assert!(stderr.contains("HTTP/1.1 hello /go116"), "{stderr}");
+    let target = go_target(&records, None);
+    assert!(!target.probed, "{target:?}");
+    assert_eq!(target.tls[0].library, TlsLibrary::GoCryptoTls);
+    assert_eq!(target.tls[0].version.as_deref(), Some(old_release.as_str()));
+    let reason = target.reason.as_deref().unwrap_or_default();
+    assert!(reason.contains(&format!("Go version {old_release} is not supported")), "{reason}");
+    assert!(!records.iter().any(|r| matches!(r, Record::Chunk(_))), "nothing was captured from a refused binary");
 }

@@ -500,3 +500,59 @@ fn raise_memlock_limit() {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::targets::go::{GoStructOffsets, GoVersion, OffsetsSource, SymbolSource};
+
+    fn go_binary(arch: GoArch, abi: GoAbi, version: GoVersion) -> GoBinary {
+        let probe = |symbol| GoFunctionProbe {
+            symbol,
+            address: 0x40_1000,
+            size: 64,
+            entry_file_offset: 0x1000,
+            ret_file_offsets: vec![0x1030],
+            source: SymbolSource::Symtab,
+        };
+        GoBinary {
+            go_version: format!("go{}.{}.{}", version.major, version.minor, version.patch),
+            version,
+            module_path: None,
+            main_package: None,
+            arch,
+            abi,
+            pie: false,
+            stripped: false,
+            write: probe(crate::targets::go::TLS_WRITE_SYMBOL),
+            read: probe(crate::targets::go::TLS_READ_SYMBOL),
+            offsets: GoStructOffsets { g_goid: 160, tls_conn_conn: 0, tcp_conn_fd: 0, netfd_pfd: 0, pfd_sysfd: 16 },
+            offsets_source: OffsetsSource::Dwarf,
+            dwarf_problem: None,
+        }
+    }
+
+    #[test]
+    fn register_abi_binaries_of_this_machine_are_probed() {
+        let arch = HOST_GO_ARCH.expect("tests run on amd64 or arm64");
+        assert_eq!(go_unsupported(&go_binary(arch, GoAbi::Register, GoVersion::new(1, 23, 4))), None);
+    }
+
+    #[test]
+    fn abi0_binaries_get_a_reason_not_a_probe() {
+        // arm64 Go 1.17 still passed arguments on the stack.
+        let bin = go_binary(GoArch::Arm64, GoAbi::Stack, GoVersion::new(1, 17, 13));
+        let reason = go_unsupported(&bin).expect("unsupported");
+        assert!(reason.contains("go1.17.13 on arm64 passes arguments on the stack (ABI0)"), "{reason}");
+    }
+
+    #[test]
+    fn binaries_for_another_architecture_get_a_reason() {
+        let other = match HOST_GO_ARCH {
+            Some(GoArch::Amd64) => GoArch::Arm64,
+            _ => GoArch::Amd64,
+        };
+        let reason = go_unsupported(&go_binary(other, GoAbi::Register, GoVersion::new(1, 23, 4))).expect("unsupported");
+        assert!(reason.contains(&format!("the binary is for {other}")), "{reason}");
+    }
+}

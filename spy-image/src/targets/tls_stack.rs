@@ -184,6 +184,20 @@ mod tests {
     }
 
     #[test]
+    fn files_without_tls_are_no_stack() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = dir.path().join("script");
+        std::fs::write(&script, b"#!/bin/sh\necho hi\n").expect("write");
+        assert!(detect(&script, true).expect("readable").is_none());
+        // An ELF executable that is neither Go nor OpenSSL.
+        let ls = Path::new("/bin/ls");
+        if ls.exists() {
+            assert!(detect(ls, true).expect("readable").is_none());
+        }
+        assert!(matches!(detect(&dir.path().join("gone"), true), Err(DetectError::Read { .. })));
+    }
+
+    #[test]
     fn truncated_elf_is_a_clear_error() {
         let err = detect_openssl_in(b"\x7fELF\x02\x01", Path::new("/x"), false).expect_err("error");
         assert!(err.to_string().contains("/x is not an ELF file"), "{err}");
