@@ -68,7 +68,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
         // output goes to stderr so the stream stays parseable.
         let to_stderr = args.output.format == crate::cli::OutputFormat::Json;
         let started = start_gated(&program, &args.command, to_stderr)?;
-        spy.add_starting_process(started.pid)?;
+        spy.add_starting_process(started.pid, &program)?;
         child = Some(started.release()?);
     }
 

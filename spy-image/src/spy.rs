@@ -2,7 +2,7 @@
 //! kernel events into records for a sink.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
@@ -86,11 +86,27 @@ struct TargetState {
     since: Instant,
     /// A `target` record went out for the current program.
     reported: bool,
+    /// The program a starting process is about to exec: examined in its
+    /// place when the process is gone before its mappings could be read (a
+    /// short command), so its target record still names its TLS stack, or
+    /// why it has none.
+    program: Option<PathBuf>,
+    /// The name the kernel gave at the last exec: the process's name once
+    /// /proc no longer has it.
+    comm: Option<String>,
 }
 
 impl TargetState {
     fn new(pod: Option<PodRef>) -> Self {
-        TargetState { pod, examined: HashSet::new(), stacks: Vec::new(), since: Instant::now(), reported: false }
+        TargetState {
+            pod,
+            examined: HashSet::new(),
+            stacks: Vec::new(),
+            since: Instant::now(),
+            reported: false,
+            program: None,
+            comm: None,
+        }
     }
 
     /// Right after an exec the dynamic linker is still mapping libraries
@@ -205,15 +221,16 @@ impl Spy {
         }
     }
 
-    /// Starts tracing a process that is about to exec the program to spy
-    /// on: its report waits for the exec.
-    pub fn add_starting_process(&mut self, pid: u32) -> Result<(), SpyError> {
+    /// Starts tracing a process that is about to exec `program`, the
+    /// program to spy on: its report waits for the exec.
+    pub fn add_starting_process(&mut self, pid: u32, program: &Path) -> Result<(), SpyError> {
         if !process::exists(pid) {
             return Err(SpyError::NoSuchProcess(pid));
         }
         self.probes.add_target(pid, self.options.follow_children)?;
         let mut state = TargetState::new(None);
         state.reported = true; // the exec resets this
+        state.program = Some(program.to_path_buf());
         self.targets.insert(pid, state);
         Ok(())
     }
@@ -223,12 +240,19 @@ impl Spy {
     /// was found, or once it is settled without one.
     fn scan(&mut self, pid: u32) {
         let mut report = false;
-        let files = match process::mapped_files(pid) {
+        let (files, exe) = match process::mapped_files(pid) {
             // A zombie has no mappings: as good as gone.
-            Ok(files) if !files.is_empty() => files,
-            _ => return, // gone; its exit event cleans up
+            Ok(files) if !files.is_empty() => (files, process::exe(pid)),
+            // Gone; its exit event cleans up. A command we started is
+            // described from the program it was to run.
+            _ => match self.targets.get_mut(&pid).and_then(|s| s.program.take()).and_then(program_file) {
+                Some(file) => {
+                    let exe = Some(file.path.clone());
+                    (vec![file], exe)
+                }
+                None => return,
+            },
         };
-        let exe = process::exe(pid);
         let mut found = Vec::new();
         {
             let Some(state) = self.targets.get_mut(&pid) else { return };
@@ -360,7 +384,10 @@ impl Spy {
 
     fn process_meta(&self, pid: u32) -> ProcessMeta {
         ProcessMeta {
-            name: process::name(pid).unwrap_or_else(|_| "?".to_string()),
+            name: process::name(pid)
+                .ok()
+                .or_else(|| self.targets.get(&pid).and_then(|s| s.comm.clone()))
+                .unwrap_or_else(|| "?".to_string()),
             ns_pid: process::ns_pid(pid),
             pod: self.targets.get(&pid).and_then(|s| s.pod.clone()),
         }
@@ -525,6 +552,7 @@ impl Spy {
                     state.stacks.clear();
                     state.since = Instant::now();
                     state.reported = false;
+                    state.comm = Some(event::comm(&proc_event.comm).to_string());
                     let meta = self.process_meta(pid);
                     self.tracker.describe_process(pid, meta);
                     self.scan(pid);
@@ -591,6 +619,12 @@ impl Spy {
     fn wall_ns(&self, monotonic: u64) -> u64 {
         u64::try_from(i128::from(monotonic) + self.wall_offset_ns).unwrap_or(0)
     }
+}
+
+/// The program file as a mapping of its own (for a process already gone).
+fn program_file(path: PathBuf) -> Option<process::MappedFile> {
+    let file_id = FileId::of(&path).ok()?;
+    Some(process::MappedFile { path: path.to_string_lossy().into_owned(), host_path: path, file_id })
 }
 
 fn is_process(pid: u32) -> bool {
