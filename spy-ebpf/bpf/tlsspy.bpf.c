@@ -5,8 +5,9 @@
  *   uprobe    SSL_write/SSL_read/SSL_write_ex/SSL_read_ex  remember (ssl, buf) per thread
  *   tracepoint syscalls/sys_enter_{read,write,...}          the socket fd of the call in flight
  *   uretprobe SSL_*                                         copy the bytes actually moved
- *   uprobe    Go crypto/tls.(*Conn).Write/Read entry        remember (conn, buf, fd) per goroutine frame
- *   uprobe    every RET of those two Go functions           copy the bytes actually moved
+ *   uprobe    Go crypto/tls.(*Conn).Write entry             copy the bytes to write
+ *   uprobe    Go crypto/tls.(*Conn).Read entry              remember (conn, buf, fd) per goroutine frame
+ *   uprobe    every RET of those two Go functions           copy the bytes read; end the call
  *   tracepoint sched/sched_process_{fork,exec,exit}         follow targets' children
  *
  * Only processes in target_tgids are traced; everything else returns after one
@@ -327,8 +328,17 @@ int BPF_KRETPROBE(ssl_return, int ret)
  * again), and when the runtime copies the stack both SP and stack.hi move by
  * the same amount, so the distance stays. It also tells apart nested calls
  * on one goroutine (TLS inside TLS: a tls.Conn whose conn is a tls.Conn).
- * A stack copy for growth at the function's own prologue re-runs the entry:
- * same key, so the second entry simply replaces the first.
+ * The stack-bound check at the function's own prologue re-runs the entry
+ * after growing the stack or after a preemption request: same key, so the
+ * second entry replaces the first, or, for a Write, is known as a re-run.
+ *
+ * A Write's bytes are sent at its entry, a Read's at its RET. Go's HTTP/1
+ * client writes a request on one goroutine and reads the answer on another,
+ * so a Write's RET can come after the Read that returns the response; sent
+ * at the entry, what the target writes always comes before anything the
+ * peer says in reply, and parsers see each connection in causal order.
+ * The price: a Write that fails part-way (n < len: the connection broke) is
+ * reported whole. The RET probes of Write only end the call record.
  */
 
 #if defined(__TARGET_ARCH_x86)
@@ -453,7 +463,24 @@ static __always_inline int go_call_enter(struct pt_regs *ctx, __u8 direction)
 		call.buf = stack.hi - buf;
 		call.buf_on_stack = 1;
 	}
+	if (direction == TLSSPY_DIR_SEND) {
+		/* The same call again: its prologue re-ran the entry. Sent already. */
+		struct go_call *known = bpf_map_lookup_elem(&go_calls, &key);
+		if (known && known->direction == TLSSPY_DIR_SEND && known->conn_ptr == conn &&
+		    known->buf == call.buf && known->len == call.len)
+			return 0;
+	}
 	bpf_map_update_elem(&go_calls, &key, &call, BPF_ANY);
+	if (direction == TLSSPY_DIR_SEND && call.len > 0) {
+		struct tls_call out = {
+			.conn_ptr = conn,
+			.buf = buf,
+			.fd = call.fd,
+			.direction = direction,
+			.library_id = call.library_id,
+		};
+		emit_call(pid_tgid, &out, call.fd, call.len, TLSSPY_SOURCE_GO);
+	}
 	return 0;
 }
 
@@ -484,8 +511,8 @@ int go_return(struct pt_regs *ctx)
 	struct go_call call = *found;
 	bpf_map_delete_elem(&go_calls, &key);
 	__s64 n = (__s64)GO_RESULT_N(ctx);
-	if (n <= 0)
-		return 0;
+	if (call.direction == TLSSPY_DIR_SEND || n <= 0)
+		return 0; /* a Write was sent at its entry */
 	__u64 moved = (__u64)n > call.len ? call.len : (__u64)n;
 	struct tls_call out = {
 		.conn_ptr = call.conn_ptr,

@@ -471,6 +471,14 @@ fn concurrent_goroutines_never_mix_up(h1: bool) {
     assert!(output.status.success(), "{what}: {stderr}");
     assert!(stderr.contains("concurrent ok 200"), "{what}: the client checked its own bodies: {stderr}");
 
+    // Every exchange is whole: a response seen before its request (events
+    // out of causal order) would leave a half exchange here.
+    for exchange in exchanges(&records) {
+        assert!(
+            exchange.request.is_some() && exchange.response.is_some() && exchange.incomplete.is_none(),
+            "{what}: a half exchange: {exchange:?}"
+        );
+    }
     let mut by_id: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (path, status, body) in exchange_summaries(&records) {
         let Some(id) = path.strip_prefix(&format!("/{mark}-")) else { continue };
