@@ -56,19 +56,19 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
             bail!("nothing tlsspy can probe: {why}");
         }
     } else {
-        // Probe every OpenSSL the command could load before it starts, so
+        // Probe every TLS stack the command could use before it starts, so
         // its first TLS call is seen: the libssl copies the dynamic linker
-        // knows, and the executable itself (a static OpenSSL).
+        // knows, and the executable itself (a static OpenSSL, or Go).
         let program = resolve_program(&args.command[0])?;
         for library in libssl_candidates() {
-            spy.attach_library(&library)?;
+            spy.attach_library(&library, false)?;
         }
-        spy.attach_library(&program)?;
+        spy.attach_library(&program, true)?;
         // With -o json our stdout is the record stream: the command's own
         // output goes to stderr so the stream stays parseable.
         let to_stderr = args.output.format == crate::cli::OutputFormat::Json;
         let started = start_gated(&program, &args.command, to_stderr)?;
-        spy.add_starting_process(started.pid)?;
+        spy.add_starting_process(started.pid, &program)?;
         child = Some(started.release()?);
     }
 

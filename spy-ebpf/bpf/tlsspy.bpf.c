@@ -5,6 +5,9 @@
  *   uprobe    SSL_write/SSL_read/SSL_write_ex/SSL_read_ex  remember (ssl, buf) per thread
  *   tracepoint syscalls/sys_enter_{read,write,...}          the socket fd of the call in flight
  *   uretprobe SSL_*                                         copy the bytes actually moved
+ *   uprobe    Go crypto/tls.(*Conn).Write entry             copy the bytes to write
+ *   uprobe    Go crypto/tls.(*Conn).Read entry              remember (conn, buf, fd) per goroutine frame
+ *   uprobe    every RET of those two Go functions           copy the bytes read; end the call
  *   tracepoint sched/sched_process_{fork,exec,exit}         follow targets' children
  *
  * Only processes in target_tgids are traced; everything else returns after one
@@ -233,26 +236,34 @@ static long emit_one_chunk(__u32 index, void *data)
 	return 0;
 }
 
-static __always_inline void emit_call(__u64 pid_tgid, const struct tls_call *call, __u64 moved,
-				      __u8 source)
+/* The socket fd of an OpenSSL call: the one its syscalls touched, else the
+ * one this SSL* used before (a read served from OpenSSL's buffer makes no
+ * syscall). */
+static __always_inline __s32 openssl_call_fd(__u32 tgid, const struct tls_call *call)
+{
+	struct conn_fd_key key = { .conn_ptr = call->conn_ptr, .tgid = tgid };
+	/* A lookup is much cheaper than an update: write only what changed. */
+	__s32 *known = bpf_map_lookup_elem(&conn_fds, &key);
+	if (call->fd >= 0) {
+		if (!known || *known != call->fd)
+			bpf_map_update_elem(&conn_fds, &key, &call->fd, BPF_ANY);
+		return call->fd;
+	}
+	return known ? *known : -1;
+}
+
+/* Sends the `moved` bytes at call->buf as data events; fd is the call's
+ * socket (-1: unknown). */
+static __always_inline void emit_call(__u64 pid_tgid, const struct tls_call *call, __s32 fd,
+				      __u64 moved, __u8 source)
 {
 	__u32 zero = 0;
 	struct tlsspy_data_event *ev = bpf_map_lookup_elem(&scratch, &zero);
 	if (!ev)
 		return;
 	__u32 tgid = pid_tgid >> 32;
-	__s32 fd = call->fd;
-	struct conn_fd_key key = { .conn_ptr = call->conn_ptr, .tgid = tgid };
-	/* A lookup is much cheaper than an update: write only what changed. */
-	__s32 *known = bpf_map_lookup_elem(&conn_fds, &key);
-	if (fd >= 0) {
-		if (!known || *known != fd)
-			bpf_map_update_elem(&conn_fds, &key, &fd, BPF_ANY);
-	} else if (known) {
-		fd = *known;
-	} else {
+	if (fd < 0)
 		stat_add(TLSSPY_STAT_NO_FD, 1);
-	}
 
 	ev->hdr.kind = TLSSPY_EVENT_DATA;
 	ev->hdr.tgid = tgid;
@@ -316,7 +327,8 @@ static __always_inline int tls_call_return(int ret)
 		moved = (__u64)ret;
 	}
 	if (moved > 0)
-		emit_call(pid_tgid, call, moved, TLSSPY_SOURCE_OPENSSL);
+		emit_call(pid_tgid, call, openssl_call_fd(pid_tgid >> 32, call), moved,
+			  TLSSPY_SOURCE_OPENSSL);
 	else if (call->fd >= 0) {
 		/* A call that moved nothing (WANT_READ) still names the fd. */
 		struct conn_fd_key key = { .conn_ptr = call->conn_ptr, .tgid = pid_tgid >> 32 };
@@ -356,6 +368,224 @@ SEC("uretprobe/SSL_return")
 int BPF_KRETPROBE(ssl_return, int ret)
 {
 	return tls_call_return(ret);
+}
+
+/* ---- Go crypto/tls ----
+ *
+ * Probes sit on the entry of crypto/tls.(*Conn).Read and Write and on every
+ * RET instruction in them, never a uretprobe: the Go runtime copies
+ * goroutine stacks to grow or shrink them, and a return address rewritten
+ * by a uretprobe would then point nowhere.
+ *
+ * Register ABI (ABIInternal: amd64 from Go 1.17, arm64 from 1.18), for
+ * (c *Conn) Write/Read(b []byte) (n int, err error):
+ *   entry: c in RAX/R0, b.ptr in RBX/R1, b.len in RCX/R2
+ *   RET:   n in RAX/R0
+ *   always: the current g in R14/R28
+ * Older binaries (ABI0) are refused in user space, never guessed at.
+ *
+ * An entry is matched to its return by goroutine frame: (tgid, g,
+ * g.stack.hi - SP). SP at a RET equals SP at the entry (the frame is gone
+ * again), and when the runtime copies the stack both SP and stack.hi move by
+ * the same amount, so the distance stays. It also tells apart nested calls
+ * on one goroutine (TLS inside TLS: a tls.Conn whose conn is a tls.Conn).
+ * The stack-bound check at the function's own prologue re-runs the entry
+ * after growing the stack or after a preemption request: same key, so the
+ * second entry replaces the first, or, for a Write, is known as a re-run.
+ *
+ * A Write's bytes are sent at its entry, a Read's at its RET. Go's HTTP/1
+ * client writes a request on one goroutine and reads the answer on another,
+ * so a Write's RET can come after the Read that returns the response; sent
+ * at the entry, what the target writes always comes before anything the
+ * peer says in reply, and parsers see each connection in causal order.
+ * The price: a Write that fails part-way (n < len: the connection broke) is
+ * reported whole. The RET probes of Write only end the call record.
+ */
+
+#if defined(__TARGET_ARCH_x86)
+#define GO_ARG_CONN(r) ((r)->ax)
+#define GO_ARG_BUF(r) ((r)->bx)
+#define GO_ARG_LEN(r) ((r)->cx)
+#define GO_RESULT_N(r) ((r)->ax)
+#define GO_G(r) ((r)->r14)
+#define GO_SP(r) ((r)->sp)
+#elif defined(__TARGET_ARCH_arm64)
+#define GO_ARG_CONN(r) ((r)->regs[0])
+#define GO_ARG_BUF(r) ((r)->regs[1])
+#define GO_ARG_LEN(r) ((r)->regs[2])
+#define GO_RESULT_N(r) ((r)->regs[0])
+#define GO_G(r) ((r)->regs[28])
+#define GO_SP(r) ((r)->sp)
+#endif
+
+/* runtime.g starts with `stack stack` ({lo, hi uintptr}) in every Go
+ * release: the stack-bound check every function begins with reads
+ * g.stackguard0 right after it, at g+16. */
+struct go_stack {
+	__u64 lo;
+	__u64 hi;
+};
+
+struct go_call_key {
+	__u64 g;     /* the goroutine's runtime.g */
+	__u64 depth; /* g.stack.hi - SP at entry and at RET */
+	__u32 tgid;
+	__u32 _pad;
+};
+
+struct go_call {
+	__u64 conn_ptr; /* *tls.Conn */
+	__u64 buf;      /* b.ptr, or stack.hi - b.ptr when buf_on_stack */
+	__u64 len;      /* b.len: n is never more */
+	__s32 fd;       /* from conn at entry, -1 if the walk failed */
+	__u8 direction;
+	__u8 buf_on_stack; /* b lives on the goroutine stack, which may move */
+	__u16 library_id;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TLSSPY_MAX_GO_BINARIES);
+	__type(key, __u32); /* library id: the entry probes' attach cookie */
+	__type(value, struct tlsspy_go_config);
+} go_configs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, TLSSPY_MAX_GO_CALLS);
+	__type(key, struct go_call_key);
+	__type(value, struct go_call);
+} go_calls SEC(".maps");
+
+/* The goroutine frame's key, or false when g or SP make no sense (not a
+ * goroutine stack: then this is no Go call we understand). */
+static __always_inline bool go_frame(struct pt_regs *ctx, __u32 tgid, struct go_call_key *key,
+				     struct go_stack *stack)
+{
+	__u64 g = GO_G(ctx);
+	__u64 sp = GO_SP(ctx);
+	if (!g || bpf_probe_read_user(stack, sizeof(*stack), (void *)g))
+		return false;
+	if (sp < stack->lo || sp >= stack->hi)
+		return false;
+	key->g = g;
+	key->depth = stack->hi - sp;
+	key->tgid = tgid;
+	key->_pad = 0;
+	return true;
+}
+
+/* tls.Conn.conn (interface: the data word is the *net.TCPConn) -> .fd
+ * (*netFD) -> .pfd.Sysfd. A conn that is no net.TCPConn/UnixConn may yield
+ * a number that is no socket of this process; fill_tuple then finds none. */
+static __always_inline __s32 go_conn_fd(const struct tlsspy_go_config *cfg, __u64 conn)
+{
+	__u64 tcp_conn = 0, netfd = 0;
+	__s64 sysfd = -1;
+	if (bpf_probe_read_user(&tcp_conn, sizeof(tcp_conn), (void *)(conn + cfg->conn_iface + 8)) ||
+	    !tcp_conn)
+		return -1;
+	if (bpf_probe_read_user(&netfd, sizeof(netfd), (void *)(tcp_conn + cfg->tcpconn_fd)) || !netfd)
+		return -1;
+	if (bpf_probe_read_user(&sysfd, sizeof(sysfd), (void *)(netfd + cfg->netfd_sysfd)))
+		return -1;
+	if (sysfd < 0 || sysfd > 0x7fffffff)
+		return -1;
+	return (__s32)sysfd;
+}
+
+static __always_inline int go_call_enter(struct pt_regs *ctx, __u8 direction)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u32 tgid = pid_tgid >> 32;
+	if (!is_target(tgid))
+		return 0;
+	stat_add(TLSSPY_STAT_ENTRY_HITS, 1);
+	__u32 id = (__u32)bpf_get_attach_cookie(ctx);
+	const struct tlsspy_go_config *cfg = bpf_map_lookup_elem(&go_configs, &id);
+	if (!cfg)
+		return 0;
+	struct go_call_key key;
+	struct go_stack stack;
+	if (!go_frame(ctx, tgid, &key, &stack))
+		return 0;
+	__u64 conn = GO_ARG_CONN(ctx);
+	__u64 buf = GO_ARG_BUF(ctx);
+	struct go_call call = {
+		.conn_ptr = conn,
+		.buf = buf,
+		.len = GO_ARG_LEN(ctx),
+		.fd = go_conn_fd(cfg, conn),
+		.direction = direction,
+		.library_id = (__u16)id,
+	};
+	/* A buffer on the goroutine stack moves with it: keep its distance
+	 * from stack.hi, as for the key. */
+	if (buf >= stack.lo && buf < stack.hi) {
+		call.buf = stack.hi - buf;
+		call.buf_on_stack = 1;
+	}
+	if (direction == TLSSPY_DIR_SEND) {
+		/* The same call again: its prologue re-ran the entry. Sent already. */
+		struct go_call *known = bpf_map_lookup_elem(&go_calls, &key);
+		if (known && known->direction == TLSSPY_DIR_SEND && known->conn_ptr == conn &&
+		    known->buf == call.buf && known->len == call.len)
+			return 0;
+	}
+	bpf_map_update_elem(&go_calls, &key, &call, BPF_ANY);
+	if (direction == TLSSPY_DIR_SEND && call.len > 0) {
+		struct tls_call out = {
+			.conn_ptr = conn,
+			.buf = buf,
+			.fd = call.fd,
+			.direction = direction,
+			.library_id = call.library_id,
+		};
+		emit_call(pid_tgid, &out, call.fd, call.len, TLSSPY_SOURCE_GO);
+	}
+	return 0;
+}
+
+SEC("uprobe/go_tls_conn_write")
+int go_write_enter(struct pt_regs *ctx)
+{
+	return go_call_enter(ctx, TLSSPY_DIR_SEND);
+}
+
+SEC("uprobe/go_tls_conn_read")
+int go_read_enter(struct pt_regs *ctx)
+{
+	return go_call_enter(ctx, TLSSPY_DIR_RECV);
+}
+
+/* On every RET of both functions: the call record says which it was. */
+SEC("uprobe/go_tls_conn_ret")
+int go_return(struct pt_regs *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	struct go_call_key key;
+	struct go_stack stack;
+	if (!go_frame(ctx, pid_tgid >> 32, &key, &stack))
+		return 0;
+	struct go_call *found = bpf_map_lookup_elem(&go_calls, &key);
+	if (!found)
+		return 0;
+	struct go_call call = *found;
+	bpf_map_delete_elem(&go_calls, &key);
+	stat_add(TLSSPY_STAT_RETURN_HITS, 1);
+	__s64 n = (__s64)GO_RESULT_N(ctx);
+	if (call.direction == TLSSPY_DIR_SEND || n <= 0)
+		return 0; /* a Write was sent at its entry */
+	__u64 moved = (__u64)n > call.len ? call.len : (__u64)n;
+	struct tls_call out = {
+		.conn_ptr = call.conn_ptr,
+		.buf = call.buf_on_stack ? stack.hi - call.buf : call.buf,
+		.fd = call.fd,
+		.direction = call.direction,
+		.library_id = call.library_id,
+	};
+	emit_call(pid_tgid, &out, call.fd, moved, TLSSPY_SOURCE_GO);
+	return 0;
 }
 
 /* ---- the socket fd of the call in flight ---- */

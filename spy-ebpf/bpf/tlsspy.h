@@ -29,6 +29,12 @@
 /* Remembered SSL* -> socket fd pairs (reads served from OpenSSL's buffer
  * make no syscall, so the fd must be remembered from an earlier call). */
 #define TLSSPY_MAX_CONN_FDS 65536
+/* Go executables probed at once: one tlsspy_go_config each, keyed by the
+ * library id the Go entry probes carry as attach cookie. */
+#define TLSSPY_MAX_GO_BINARIES 4096
+/* Go crypto/tls calls in flight at once (one per goroutine frame inside
+ * (*Conn).Read/Write); LRU, so entries whose return was never seen age out. */
+#define TLSSPY_MAX_GO_CALLS 65536
 
 /* Every ring buffer record starts with a __u32 kind. */
 enum tlsspy_event_kind {
@@ -90,6 +96,16 @@ struct tlsspy_data_header {
 	char comm[TLSSPY_COMM_LEN];
 };
 
+/* Per Go executable: byte offsets from a *tls.Conn to its socket fd, from
+ * the binary's DWARF or the per-release table (spy-image targets/go). Set
+ * by user space before the binary's probes are attached. */
+struct tlsspy_go_config {
+	__u32 conn_iface;  /* crypto/tls.Conn.conn: a net.Conn interface (itab, data) */
+	__u32 tcpconn_fd;  /* net.TCPConn (embedded net.conn).fd: the *net.netFD */
+	__u32 netfd_sysfd; /* net.netFD.pfd + internal/poll.FD.Sysfd: the fd, an int */
+	__u32 _pad;
+};
+
 struct tlsspy_data_event {
 	struct tlsspy_data_header hdr;
 	__u8 data[TLSSPY_MAX_DATA];
@@ -122,6 +138,9 @@ TLSSPY_ASSERT_OFFSET(tlsspy_data_header, library_id, 54);
 TLSSPY_ASSERT_OFFSET(tlsspy_data_header, tuple, 56);
 TLSSPY_ASSERT_OFFSET(tlsspy_data_header, comm, 96);
 TLSSPY_ASSERT_OFFSET(tlsspy_data_event, data, 112);
+_Static_assert(sizeof(struct tlsspy_go_config) == 16, "tlsspy_go_config size");
+TLSSPY_ASSERT_OFFSET(tlsspy_go_config, tcpconn_fd, 4);
+TLSSPY_ASSERT_OFFSET(tlsspy_go_config, netfd_sysfd, 8);
 _Static_assert(sizeof(struct tlsspy_proc_event) == 40, "tlsspy_proc_event size");
 TLSSPY_ASSERT_OFFSET(tlsspy_proc_event, ts_ns, 16);
 TLSSPY_ASSERT_OFFSET(tlsspy_proc_event, comm, 24);

@@ -59,7 +59,11 @@ pub mod maps {
     pub const TARGET_TGIDS: &str = "target_tgids";
     pub const EVENTS: &str = "events";
     pub const STATS: &str = "stats";
+    pub const GO_CONFIGS: &str = "go_configs";
 }
+
+/// Go executables probed at once (`TLSSPY_MAX_GO_BINARIES`).
+pub const MAX_GO_BINARIES: u32 = 4096;
 
 /// Program names (the C function names).
 pub mod programs {
@@ -68,6 +72,9 @@ pub mod programs {
     pub const SSL_WRITE_EX_ENTER: &str = "ssl_write_ex_enter";
     pub const SSL_READ_EX_ENTER: &str = "ssl_read_ex_enter";
     pub const SSL_RETURN: &str = "ssl_return";
+    pub const GO_WRITE_ENTER: &str = "go_write_enter";
+    pub const GO_READ_ENTER: &str = "go_read_enter";
+    pub const GO_RETURN: &str = "go_return";
     pub const SYS_ENTER_FD_IO: &str = "sys_enter_fd_io";
     pub const SYS_ENTER_CLOSE: &str = "sys_enter_close";
     pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
@@ -113,6 +120,20 @@ pub struct DataHeader {
     pub comm: [u8; COMM_LEN],
 }
 
+/// `struct tlsspy_go_config`: how to get from a Go `*tls.Conn` to its
+/// socket fd in one executable.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GoConfig {
+    /// `crypto/tls.Conn.conn` (a `net.Conn` interface: itab, then data).
+    pub conn_iface: u32,
+    /// `net.TCPConn` → `net.conn.fd` (`*net.netFD`).
+    pub tcpconn_fd: u32,
+    /// `net.netFD.pfd` + `internal/poll.FD.Sysfd`.
+    pub netfd_sysfd: u32,
+    pub _pad: u32,
+}
+
 /// `struct tlsspy_proc_event`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -139,5 +160,7 @@ assert_layout!(DataHeader, size = 112,
     kind = 0, tgid = 4, tid = 8, fd = 12, ts_ns = 16, conn_ptr = 24, call_len = 32,
     call_offset = 40, data_len = 48, direction = 52, source = 53, library_id = 54, tuple = 56,
     comm = 96);
+assert_layout!(GoConfig, size = 16,
+    conn_iface = 0, tcpconn_fd = 4, netfd_sysfd = 8, _pad = 12);
 assert_layout!(ProcEvent, size = 40,
     kind = 0, tgid = 4, parent_tgid = 8, _pad = 12, ts_ns = 16, comm = 24);

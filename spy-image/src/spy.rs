@@ -2,7 +2,7 @@
 //! kernel events into records for a sink.
 
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use tokio::io::unix::AsyncFd;
@@ -12,11 +12,13 @@ use crate::conn::{DataEvent, ProcessMeta, Tracker};
 use crate::probes::event::{self, KernelEvent};
 use crate::probes::{KernelStats, LoadOptions, ProbeError, Probes};
 use crate::proto::ParseOptions;
-use crate::record::{Bye, Direction, Hello, PodRef, Record, Stats, Target, TlsLibrary, TlsStack, Warning};
+use crate::record::{
+    Bye, Direction, Hello, Linkage, PodRef, Record, Stats, Target, TlsLibrary, TlsStack, Warning,
+};
 use crate::sink::Sink;
 use crate::targets::container;
 use crate::targets::process::{self, FileId};
-use crate::targets::tls_stack::{self, OpensslProbes};
+use crate::targets::tls_stack::{self, DetectedStack};
 
 #[derive(Clone, Debug)]
 pub struct SpyOptions {
@@ -84,11 +86,27 @@ struct TargetState {
     since: Instant,
     /// A `target` record went out for the current program.
     reported: bool,
+    /// The program a starting process is about to exec: examined in its
+    /// place when the process is gone before its mappings could be read (a
+    /// short command), so its target record still names its TLS stack, or
+    /// why it has none.
+    program: Option<PathBuf>,
+    /// The name the kernel gave at the last exec: the process's name once
+    /// /proc no longer has it.
+    comm: Option<String>,
 }
 
 impl TargetState {
     fn new(pod: Option<PodRef>) -> Self {
-        TargetState { pod, examined: HashSet::new(), stacks: Vec::new(), since: Instant::now(), reported: false }
+        TargetState {
+            pod,
+            examined: HashSet::new(),
+            stacks: Vec::new(),
+            since: Instant::now(),
+            reported: false,
+            program: None,
+            comm: None,
+        }
     }
 
     /// Right after an exec the dynamic linker is still mapping libraries
@@ -112,8 +130,9 @@ pub struct Spy {
     tracker: Tracker,
     options: SpyOptions,
     targets: HashMap<u32, TargetState>,
-    /// What each file holds, examined once per (device, inode).
-    libraries: HashMap<FileId, Option<OpensslProbes>>,
+    /// What each file holds, examined once per (device, inode): a Go
+    /// executable is analysed once however many processes run it.
+    libraries: HashMap<FileId, Option<DetectedStack>>,
     /// CLOCK_REALTIME - CLOCK_MONOTONIC: kernel timestamps are monotonic.
     wall_offset_ns: i128,
     out: Vec<Record>,
@@ -146,12 +165,23 @@ impl Spy {
         })
     }
 
-    /// Probes a library file before any process maps it, so a command we
-    /// are about to start is traced from its first TLS call.
-    pub fn attach_library(&mut self, path: &Path) -> Result<bool, SpyError> {
+    /// Probes a library or executable file before any process maps it, so
+    /// a command we are about to start is traced from its first TLS call.
+    /// `Ok(false)`: nothing to probe in it (a Go program we cannot probe is
+    /// reported with its reason once it runs).
+    pub fn attach_library(&mut self, path: &Path, is_exe: bool) -> Result<bool, SpyError> {
         let Ok(file) = FileId::of(path) else { return Ok(false) };
-        let Some(Some(library)) = self.examine(file, path, false).cloned() else { return Ok(false) };
-        self.probes.attach_openssl(file, path, &library)?;
+        match self.examine(file, path, is_exe) {
+            Some(DetectedStack::Openssl(library)) => self.probes.attach_openssl(file, path, &library)?,
+            Some(DetectedStack::Go(bin)) => {
+                if let Err(err) = self.probes.attach_go(file, path, &bin) {
+                    // Not fatal: the target record says why once it runs.
+                    log::info!("{err}");
+                    return Ok(false);
+                }
+            }
+            Some(DetectedStack::GoUnsupported { .. }) | None => return Ok(false),
+        }
         Ok(true)
     }
 
@@ -194,15 +224,16 @@ impl Spy {
         }
     }
 
-    /// Starts tracing a process that is about to exec the program to spy
-    /// on: its report waits for the exec.
-    pub fn add_starting_process(&mut self, pid: u32) -> Result<(), SpyError> {
+    /// Starts tracing a process that is about to exec `program`, the
+    /// program to spy on: its report waits for the exec.
+    pub fn add_starting_process(&mut self, pid: u32, program: &Path) -> Result<(), SpyError> {
         if !process::exists(pid) {
             return Err(SpyError::NoSuchProcess(pid));
         }
         self.probes.add_target(pid, self.options.follow_children)?;
         let mut state = TargetState::new(None);
         state.reported = true; // the exec resets this
+        state.program = Some(program.to_path_buf());
         self.targets.insert(pid, state);
         Ok(())
     }
@@ -212,12 +243,19 @@ impl Spy {
     /// was found, or once it is settled without one.
     fn scan(&mut self, pid: u32) {
         let mut report = false;
-        let files = match process::mapped_files(pid) {
+        let (files, exe) = match process::mapped_files(pid) {
             // A zombie has no mappings: as good as gone.
-            Ok(files) if !files.is_empty() => files,
-            _ => return, // gone; its exit event cleans up
+            Ok(files) if !files.is_empty() => (files, process::exe(pid)),
+            // Gone; its exit event cleans up. A command we started is
+            // described from the program it was to run.
+            _ => match self.targets.get_mut(&pid).and_then(|s| s.program.take()).and_then(program_file) {
+                Some(file) => {
+                    let exe = Some(file.path.clone());
+                    (vec![file], exe)
+                }
+                None => return,
+            },
         };
-        let exe = process::exe(pid);
         let mut found = Vec::new();
         {
             let Some(state) = self.targets.get_mut(&pid) else { return };
@@ -229,21 +267,34 @@ impl Spy {
         }
         for file in found {
             let is_exe = exe.as_deref() == Some(file.path.as_str());
-            let Some(Some(library)) = self.examine(file.file_id, &file.host_path, is_exe).cloned() else {
+            let Some(detected) = self.examine(file.file_id, &file.host_path, is_exe) else {
                 continue;
             };
-            let (probed, reason) = match self.probes.attach_openssl(file.file_id, &file.host_path, &library) {
+            let outcome = |attached: Result<(), ProbeError>| match attached {
                 Ok(()) => (true, None),
                 Err(err) => (false, Some(err.to_string())),
             };
-            let stack = TlsStack {
-                library: library.library,
-                linkage: library.linkage,
-                path: file.path.clone(),
-                version: library.version.clone(),
-                probed,
-                reason,
+            let (library, linkage, version, (probed, reason)) = match detected {
+                DetectedStack::Openssl(library) => (
+                    library.library,
+                    library.linkage,
+                    library.version.clone(),
+                    outcome(self.probes.attach_openssl(file.file_id, &file.host_path, &library)),
+                ),
+                DetectedStack::Go(bin) => (
+                    TlsLibrary::GoCryptoTls,
+                    Linkage::Static,
+                    Some(bin.go_version.clone()),
+                    outcome(self.probes.attach_go(file.file_id, &file.host_path, &bin)),
+                ),
+                DetectedStack::GoUnsupported { version, reason } => (
+                    TlsLibrary::GoCryptoTls,
+                    Linkage::Static,
+                    version,
+                    (false, Some(format!("Go crypto/tls cannot be probed: {reason}"))),
+                ),
             };
+            let stack = TlsStack { library, linkage, path: file.path.clone(), version, probed, reason };
             if let Some(state) = self.targets.get_mut(&pid) {
                 state.stacks.push(stack);
                 report = true;
@@ -278,10 +329,10 @@ impl Spy {
             None => path,
         };
         state.stacks.push(TlsStack {
-            library: library.probes.library,
-            linkage: library.probes.linkage,
+            library: library.library,
+            linkage: library.linkage,
             path,
-            version: library.probes.version.clone(),
+            version: library.version.clone(),
             probed: true,
             reason: None,
         });
@@ -290,14 +341,19 @@ impl Spy {
         self.out.push(record);
     }
 
-    fn examine(&mut self, file: FileId, path: &Path, is_exe: bool) -> Option<&Option<OpensslProbes>> {
-        Some(self.libraries.entry(file).or_insert_with(|| match tls_stack::detect_openssl(path, is_exe) {
-            Ok(found) => found,
-            Err(err) => {
-                log::debug!("{err}");
-                None
-            }
-        }))
+    /// What TLS stack the file holds (cheap to clone: a Go analysis is
+    /// shared).
+    fn examine(&mut self, file: FileId, path: &Path, is_exe: bool) -> Option<DetectedStack> {
+        self.libraries
+            .entry(file)
+            .or_insert_with(|| match tls_stack::detect(path, is_exe) {
+                Ok(found) => found,
+                Err(err) => {
+                    log::debug!("{err}");
+                    None
+                }
+            })
+            .clone()
     }
 
     fn target_record(&self, pid: u32) -> Record {
@@ -310,8 +366,8 @@ impl Spy {
             Some(failed)
         } else {
             Some(
-                "no TLS library found: the process maps no libssl and its executable exports no \
-                 SSL_read/SSL_write"
+                "no TLS library found: the process maps no libssl, its executable exports no \
+                 SSL_read/SSL_write, and it is no Go program"
                     .to_string(),
             )
         };
@@ -331,7 +387,10 @@ impl Spy {
 
     fn process_meta(&self, pid: u32) -> ProcessMeta {
         ProcessMeta {
-            name: process::name(pid).unwrap_or_else(|_| "?".to_string()),
+            name: process::name(pid)
+                .ok()
+                .or_else(|| self.targets.get(&pid).and_then(|s| s.comm.clone()))
+                .unwrap_or_else(|| "?".to_string()),
             ns_pid: process::ns_pid(pid),
             pod: self.targets.get(&pid).and_then(|s| s.pod.clone()),
         }
@@ -506,6 +565,7 @@ impl Spy {
                     state.stacks.clear();
                     state.since = Instant::now();
                     state.reported = false;
+                    state.comm = Some(event::comm(&proc_event.comm).to_string());
                     let meta = self.process_meta(pid);
                     self.tracker.describe_process(pid, meta);
                     self.scan(pid);
@@ -573,6 +633,12 @@ impl Spy {
     fn wall_ns(&self, monotonic: u64) -> u64 {
         u64::try_from(i128::from(monotonic) + self.wall_offset_ns).unwrap_or(0)
     }
+}
+
+/// The program file as a mapping of its own (for a process already gone).
+fn program_file(path: PathBuf) -> Option<process::MappedFile> {
+    let file_id = FileId::of(&path).ok()?;
+    Some(process::MappedFile { path: path.to_string_lossy().into_owned(), host_path: path, file_id })
 }
 
 fn is_process(pid: u32) -> bool {

@@ -12,13 +12,18 @@ use std::time::{Duration, Instant};
 
 use spy_image::record::{Direction, Line, Record};
 
+/// Where [`workspace_bin`] looks instead of next to the test executable:
+/// worktrees that share one target dir overwrite each other's binaries
+/// there, so each can copy its own builds aside.
+pub const BIN_DIR_ENV: &str = "TLSSPY_BIN_DIR";
+
 /// A built binary of this workspace (scripts/test.sh builds them first).
 /// `TLSSPY_BIN_DIR` points elsewhere: a shared target dir whose binaries
 /// another worktree's build may replace at any moment.
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = match std::env::var_os("TLSSPY_BIN_DIR") {
+    let dir = match std::env::var_os(BIN_DIR_ENV) {
         Some(dir) => PathBuf::from(dir),
         None => exe.parent().and_then(Path::parent).expect("target dir").to_path_buf(),
     };

@@ -8,11 +8,13 @@ use std::collections::HashMap as StdHashMap;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
 use aya::programs::{ProgramError, TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use spy_ebpf::{globals, maps, programs, stat};
 
+use crate::record::{Linkage, TlsLibrary};
+use crate::targets::go::{GoAbi, GoArch, GoBinary, GoFunctionProbe};
 use crate::targets::process::FileId;
 use crate::targets::tls_stack::{OpensslFunction, OpensslProbes};
 
@@ -61,6 +63,8 @@ pub enum ProbeError {
     Program { name: &'static str, source: ProgramError },
     #[error("cannot attach a uprobe to {function} in {path}: {source}")]
     Uprobe { function: &'static str, path: PathBuf, source: ProgramError },
+    #[error("Go crypto/tls in {path} cannot be probed: {reason}")]
+    GoUnsupported { path: PathBuf, reason: String },
 }
 
 /// Kernel-side counters, summed over CPUs.
@@ -82,6 +86,8 @@ pub struct Probes {
     targets: HashMap<MapData, u32, u32>,
     stats: PerCpuArray<MapData, u64>,
     ring: Option<RingBuf<MapData>>,
+    /// Per Go executable (by library id): the offsets its probes need.
+    go_configs: HashMap<MapData, u32, GoConfigValue>,
     /// Libraries already probed: uprobes live on inodes, so one attach
     /// serves every process that maps the file. The value is the library id
     /// the probes carry as their attach cookie.
@@ -92,11 +98,59 @@ pub struct Probes {
     cookies: bool,
 }
 
-/// A library file with probes on it.
+/// A file with probes on it: a TLS library, or an executable with one
+/// linked in (a static OpenSSL, Go's crypto/tls).
 #[derive(Clone, Debug)]
 pub struct AttachedLibrary {
     pub path: PathBuf,
-    pub probes: OpensslProbes,
+    pub library: TlsLibrary,
+    pub linkage: Linkage,
+    pub version: Option<String>,
+}
+
+/// The Go architecture the probes run on: a Go binary for another one runs
+/// emulated (qemu-user), where uprobes on its file never fire.
+#[cfg(target_arch = "x86_64")]
+const HOST_GO_ARCH: Option<GoArch> = Some(GoArch::Amd64);
+#[cfg(target_arch = "aarch64")]
+const HOST_GO_ARCH: Option<GoArch> = Some(GoArch::Arm64);
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const HOST_GO_ARCH: Option<GoArch> = None;
+
+/// The `go_configs` map's value: [`spy_ebpf::GoConfig`] as aya plain data.
+#[derive(Clone, Copy)]
+#[repr(transparent)]
+struct GoConfigValue(spy_ebpf::GoConfig);
+
+// SAFETY: GoConfig is repr(C), four u32 fields and no padding (its layout
+// is asserted in spy-ebpf); every bit pattern is a valid value.
+unsafe impl aya::Pod for GoConfigValue {}
+
+/// Why a Go binary cannot be probed here, before anything is attached.
+fn go_unsupported(bin: &GoBinary) -> Option<String> {
+    if bin.abi != GoAbi::Register {
+        // ABI0 puts arguments on the stack and g in thread-local storage;
+        // the probes read registers only, and a wrong guess would copy
+        // the wrong bytes.
+        return Some(format!(
+            "{} on {} passes arguments on the stack (ABI0); only the register ABI (amd64 \
+             from go1.17, arm64 from go1.18) is probed",
+            bin.go_version, bin.arch
+        ));
+    }
+    if HOST_GO_ARCH != Some(bin.arch) {
+        return Some(format!(
+            "the binary is for {} but this machine runs {}: an emulated program never hits uprobes",
+            bin.arch,
+            std::env::consts::ARCH
+        ));
+    }
+    None
+}
+
+/// A byte offset the eBPF side takes as u32.
+fn offset_u32(value: u64, what: &str) -> Result<u32, String> {
+    u32::try_from(value).map_err(|_| format!("{what} offset {value} is implausibly large"))
 }
 
 /// Room for bursts while user space is descheduled: at 200 MB/s of
@@ -133,6 +187,12 @@ impl Probes {
     /// Loads the programs and attaches the tracepoints. No uprobe yet: those
     /// come per library with [`Probes::attach_openssl`].
     pub fn load(options: &LoadOptions) -> Result<Probes, ProbeError> {
+        Self::load_programs(options, true)
+    }
+
+    /// Loads the programs; with `tracepoints` false nothing is attached yet
+    /// (benchmarks time uprobe attaching alone).
+    pub fn load_programs(options: &LoadOptions, tracepoints: bool) -> Result<Probes, ProbeError> {
         preflight()?;
         if spy_ebpf::OBJECT.is_empty() {
             return Err(ProbeError::NoObject);
@@ -153,6 +213,8 @@ impl Probes {
             .map_err(|source| ProbeError::Map { name: maps::STATS, source })?;
         let ring = RingBuf::try_from(take_map(&mut ebpf, maps::EVENTS)?)
             .map_err(|source| ProbeError::Map { name: maps::EVENTS, source })?;
+        let go_configs = HashMap::try_from(take_map(&mut ebpf, maps::GO_CONFIGS)?)
+            .map_err(|source| ProbeError::Map { name: maps::GO_CONFIGS, source })?;
 
         for name in [
             programs::SSL_WRITE_ENTER,
@@ -160,8 +222,14 @@ impl Probes {
             programs::SSL_WRITE_EX_ENTER,
             programs::SSL_READ_EX_ENTER,
             programs::SSL_RETURN,
+            programs::GO_WRITE_ENTER,
+            programs::GO_READ_ENTER,
+            programs::GO_RETURN,
         ] {
             uprobe(&mut ebpf, name)?.load().map_err(|source| ProbeError::Program { name, source })?;
+        }
+        if !tracepoints {
+            return Ok(Probes::new(ebpf, targets, stats, ring, go_configs));
         }
 
         let fd_io = tracepoint(&mut ebpf, programs::SYS_ENTER_FD_IO)?;
@@ -182,15 +250,26 @@ impl Probes {
             program.attach(category, event).map_err(|source| ProbeError::Program { name, source })?;
         }
 
-        Ok(Probes {
+        Ok(Probes::new(ebpf, targets, stats, ring, go_configs))
+    }
+
+    fn new(
+        ebpf: Ebpf,
+        targets: HashMap<MapData, u32, u32>,
+        stats: PerCpuArray<MapData, u64>,
+        ring: RingBuf<MapData>,
+        go_configs: HashMap<MapData, u32, GoConfigValue>,
+    ) -> Probes {
+        Probes {
             ebpf,
             targets,
             stats,
             ring: Some(ring),
+            go_configs,
             attached: StdHashMap::new(),
             libraries: Vec::new(),
             cookies: true,
-        })
+        }
     }
 
     /// Starts tracing `tgid` (and, with `follow_children`, what it forks).
@@ -242,7 +321,7 @@ impl Probes {
                     Err(err)
                 }
             });
-            let attached = attached.and_then(|()| self.attach_one(programs::SSL_RETURN, offset, host_path, None));
+            let attached = attached.and_then(|_| self.attach_one(programs::SSL_RETURN, offset, host_path, None));
             attached.map_err(|source| ProbeError::Uprobe {
                 function: function.symbol(),
                 path: host_path.to_path_buf(),
@@ -250,7 +329,95 @@ impl Probes {
             })?;
         }
         self.attached.insert(file, id);
-        self.libraries.push(AttachedLibrary { path: host_path.to_path_buf(), probes: library.clone() });
+        self.libraries.push(AttachedLibrary {
+            path: host_path.to_path_buf(),
+            library: library.library,
+            linkage: library.linkage,
+            version: library.version.clone(),
+        });
+        Ok(())
+    }
+
+    /// Puts probes on a Go executable's `crypto/tls.(*Conn).Write` and
+    /// `Read`: one at each entry, one at each RET (never a uretprobe). The
+    /// returns go first, so every call whose entry is recorded has its
+    /// return probed. On any failure nothing stays attached.
+    pub fn attach_go(&mut self, file: FileId, host_path: &Path, bin: &GoBinary) -> Result<(), ProbeError> {
+        if self.attached.contains_key(&file) {
+            return Ok(());
+        }
+        let unsupported = |reason: String| ProbeError::GoUnsupported { path: host_path.to_path_buf(), reason };
+        if let Some(reason) = go_unsupported(bin) {
+            return Err(unsupported(reason));
+        }
+        if !self.cookies {
+            return Err(unsupported(
+                "the kernel refused uprobe attach cookies (Linux 5.15+), which carry the \
+                 binary's offsets to the Go probes"
+                    .into(),
+            ));
+        }
+        let o = &bin.offsets;
+        let config = (|| {
+            Ok::<_, String>(spy_ebpf::GoConfig {
+                conn_iface: offset_u32(o.tls_conn_conn, "tls.Conn.conn")?,
+                tcpconn_fd: offset_u32(o.tcp_conn_fd, "net.TCPConn.fd")?,
+                netfd_sysfd: offset_u32(o.netfd_pfd.saturating_add(o.pfd_sysfd), "netFD.pfd.Sysfd")?,
+                _pad: 0,
+            })
+        })()
+        .map_err(unsupported)?;
+        let id = u16::try_from(self.libraries.len() + 1)
+            .map_err(|_| unsupported(format!("more than {} probed files", u16::MAX)))?;
+        self.go_configs
+            .insert(u32::from(id), GoConfigValue(config), 0)
+            .map_err(|source| ProbeError::Map { name: maps::GO_CONFIGS, source })?;
+
+        let mut links: Vec<(&'static str, UProbeLinkId)> = Vec::new();
+        let result = self.attach_go_function_probes(host_path, id, [&bin.write, &bin.read], &mut links);
+        if let Err(err) = result {
+            for (program, link) in links {
+                if let Ok(probe) = uprobe(&mut self.ebpf, program) {
+                    let _ = probe.detach(link);
+                }
+            }
+            let _ = self.go_configs.remove(&u32::from(id));
+            return Err(err);
+        }
+        self.attached.insert(file, id);
+        self.libraries.push(AttachedLibrary {
+            path: host_path.to_path_buf(),
+            library: TlsLibrary::GoCryptoTls,
+            linkage: Linkage::Static,
+            version: Some(bin.go_version.clone()),
+        });
+        Ok(())
+    }
+
+    fn attach_go_function_probes(
+        &mut self,
+        path: &Path,
+        id: u16,
+        functions: [&GoFunctionProbe; 2],
+        links: &mut Vec<(&'static str, UProbeLinkId)>,
+    ) -> Result<(), ProbeError> {
+        let failed = |function: &GoFunctionProbe, source| ProbeError::Uprobe {
+            function: function.symbol,
+            path: path.to_path_buf(),
+            source,
+        };
+        for function in functions {
+            for &ret in &function.ret_file_offsets {
+                let link = self.attach_one(programs::GO_RETURN, ret, path, None).map_err(|e| failed(function, e))?;
+                links.push((programs::GO_RETURN, link));
+            }
+        }
+        for (function, program) in functions.into_iter().zip([programs::GO_WRITE_ENTER, programs::GO_READ_ENTER]) {
+            let link = self
+                .attach_one(program, function.entry_file_offset, path, Some(u64::from(id)))
+                .map_err(|e| failed(function, e))?;
+            links.push((program, link));
+        }
         Ok(())
     }
 
@@ -260,13 +427,13 @@ impl Probes {
         offset: u64,
         path: &Path,
         cookie: Option<u64>,
-    ) -> Result<(), ProgramError> {
+    ) -> Result<UProbeLinkId, ProgramError> {
         let probe = uprobe(&mut self.ebpf, program).map_err(|e| match e {
             ProbeError::Program { source, .. } => source,
             other => ProgramError::IOError(std::io::Error::other(other.to_string())),
         })?;
         let point = UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(offset), cookie };
-        probe.attach(point, path, UProbeScope::AllProcesses).map(|_| ())
+        probe.attach(point, path, UProbeScope::AllProcesses)
     }
 
     /// The library whose probes carry `id` as cookie.
@@ -341,5 +508,61 @@ fn raise_memlock_limit() {
             "could not raise RLIMIT_MEMLOCK ({}); kernels with memcg accounting do not need it",
             std::io::Error::last_os_error()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::targets::go::{GoStructOffsets, GoVersion, OffsetsSource, SymbolSource};
+
+    fn go_binary(arch: GoArch, abi: GoAbi, version: GoVersion) -> GoBinary {
+        let probe = |symbol| GoFunctionProbe {
+            symbol,
+            address: 0x40_1000,
+            size: 64,
+            entry_file_offset: 0x1000,
+            ret_file_offsets: vec![0x1030],
+            source: SymbolSource::Symtab,
+        };
+        GoBinary {
+            go_version: format!("go{}.{}.{}", version.major, version.minor, version.patch),
+            version,
+            module_path: None,
+            main_package: None,
+            arch,
+            abi,
+            pie: false,
+            stripped: false,
+            write: probe(crate::targets::go::TLS_WRITE_SYMBOL),
+            read: probe(crate::targets::go::TLS_READ_SYMBOL),
+            offsets: GoStructOffsets { g_goid: 160, tls_conn_conn: 0, tcp_conn_fd: 0, netfd_pfd: 0, pfd_sysfd: 16 },
+            offsets_source: OffsetsSource::Dwarf,
+            dwarf_problem: None,
+        }
+    }
+
+    #[test]
+    fn register_abi_binaries_of_this_machine_are_probed() {
+        let arch = HOST_GO_ARCH.expect("tests run on amd64 or arm64");
+        assert_eq!(go_unsupported(&go_binary(arch, GoAbi::Register, GoVersion::new(1, 23, 4))), None);
+    }
+
+    #[test]
+    fn abi0_binaries_get_a_reason_not_a_probe() {
+        // arm64 Go 1.17 still passed arguments on the stack.
+        let bin = go_binary(GoArch::Arm64, GoAbi::Stack, GoVersion::new(1, 17, 13));
+        let reason = go_unsupported(&bin).expect("unsupported");
+        assert!(reason.contains("go1.17.13 on arm64 passes arguments on the stack (ABI0)"), "{reason}");
+    }
+
+    #[test]
+    fn binaries_for_another_architecture_get_a_reason() {
+        let other = match HOST_GO_ARCH {
+            Some(GoArch::Amd64) => GoArch::Arm64,
+            _ => GoArch::Amd64,
+        };
+        let reason = go_unsupported(&go_binary(other, GoAbi::Register, GoVersion::new(1, 23, 4))).expect("unsupported");
+        assert!(reason.contains(&format!("the binary is for {other}")), "{reason}");
     }
 }

@@ -6,10 +6,12 @@
 //! when its symbols were kept.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use object::{Object, ObjectSegment, ObjectSymbol};
 
 use crate::record::{Linkage, TlsLibrary};
+use crate::targets::go::{self, GoBinary};
 
 /// The functions we probe, in the order of [`OpensslProbes::offsets`].
 pub const OPENSSL_FUNCTIONS: [OpensslFunction; 4] = [
@@ -55,6 +57,44 @@ pub enum DetectError {
     Read { path: String, source: std::io::Error },
     #[error("{path} is not an ELF file we can parse: {source}")]
     Parse { path: String, source: object::Error },
+}
+
+/// A TLS stack found in a file, with what its probes need.
+#[derive(Clone, Debug)]
+pub enum DetectedStack {
+    /// SSL_read/SSL_write(_ex), shared or linked into an executable.
+    Openssl(OpensslProbes),
+    /// A Go executable whose crypto/tls the analysis located.
+    Go(Arc<GoBinary>),
+    /// A Go executable we cannot probe, and the analysis' reason.
+    GoUnsupported { version: Option<String>, reason: String },
+}
+
+/// What TLS stack `path` carries, reading the file once. Executables are
+/// asked first whether they are Go programs (Go links crypto/tls in and
+/// exports no SSL_* symbols), then, like libraries, for OpenSSL.
+/// `Ok(None)`: no TLS stack.
+pub fn detect(path: &Path, is_executable: bool) -> Result<Option<DetectedStack>, DetectError> {
+    let data = std::fs::read(path)
+        .map_err(|source| DetectError::Read { path: path.display().to_string(), source })?;
+    if is_executable {
+        match go::analyze_bytes(&data) {
+            Ok(bin) => return Ok(Some(DetectedStack::Go(Arc::new(bin)))),
+            Err(err) if err.is_go_binary() => {
+                // A Go program without usable crypto/tls may still link
+                // OpenSSL through cgo: then that is its TLS stack.
+                if let Some(openssl) = detect_openssl_in(&data, path, is_executable)? {
+                    return Ok(Some(DetectedStack::Openssl(openssl)));
+                }
+                return Ok(Some(DetectedStack::GoUnsupported {
+                    version: go::go_version(&data),
+                    reason: err.to_string(),
+                }));
+            }
+            Err(err) => log::debug!("{}: not a Go program we analyse: {err}", path.display()),
+        }
+    }
+    Ok(detect_openssl_in(&data, path, is_executable)?.map(DetectedStack::Openssl))
 }
 
 /// Looks for SSL_read/SSL_write in `path`. `Ok(None)`: not a TLS library.
@@ -141,6 +181,20 @@ mod tests {
     fn non_elf_is_not_a_tls_library() {
         let found = detect_openssl_in(b"#!/bin/sh\n", Path::new("/x"), true).expect("no error");
         assert!(found.is_none());
+    }
+
+    #[test]
+    fn files_without_tls_are_no_stack() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let script = dir.path().join("script");
+        std::fs::write(&script, b"#!/bin/sh\necho hi\n").expect("write");
+        assert!(detect(&script, true).expect("readable").is_none());
+        // An ELF executable that is neither Go nor OpenSSL.
+        let ls = Path::new("/bin/ls");
+        if ls.exists() {
+            assert!(detect(ls, true).expect("readable").is_none());
+        }
+        assert!(matches!(detect(&dir.path().join("gone"), true), Err(DetectError::Read { .. })));
     }
 
     #[test]

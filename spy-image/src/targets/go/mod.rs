@@ -266,6 +266,31 @@ pub(crate) fn read_bounded(file: std::fs::File, path: &Path) -> Result<Vec<u8>, 
     Ok(data)
 }
 
+/// The Go version an executable was built with (`go1.23.4`), when it is a
+/// Go executable with readable build info. Cheap next to [`analyze_bytes`]:
+/// for naming a binary whose analysis failed.
+pub fn go_version(data: &[u8]) -> Option<String> {
+    let image = ElfImage::parse(data).ok()?;
+    buildinfo::read(&image).ok().flatten().map(|info| info.version)
+}
+
+impl GoAnalysisError {
+    /// Whether the file is a Go executable (that could not be analysed)
+    /// rather than something else entirely.
+    pub fn is_go_binary(&self) -> bool {
+        !matches!(
+            self,
+            GoAnalysisError::Io { .. }
+                | GoAnalysisError::TooLarge { .. }
+                | GoAnalysisError::Empty
+                | GoAnalysisError::NotElf { .. }
+                | GoAnalysisError::MalformedElf { .. }
+                | GoAnalysisError::UnsupportedArch { .. }
+                | GoAnalysisError::NotGo
+        )
+    }
+}
+
 /// Analyses an executable held in memory.
 pub fn analyze_bytes(data: &[u8]) -> Result<GoBinary, GoAnalysisError> {
     let image = ElfImage::parse(data)?;
