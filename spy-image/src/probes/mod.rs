@@ -8,7 +8,8 @@ use std::collections::HashMap as StdHashMap;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope};
+use aya::programs::trace_point::TracePointLinkId;
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
 use aya::programs::{ProgramError, TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use spy_ebpf::{globals, maps, programs, stat};
@@ -90,6 +91,14 @@ pub struct Probes {
     libraries: Vec<AttachedLibrary>,
     /// The kernel takes attach cookies (5.15+); turned off at the first refusal.
     cookies: bool,
+    /// Every attachment, to detach them all at once on drop.
+    links: Vec<(&'static str, LinkId)>,
+}
+
+#[derive(Debug)]
+enum LinkId {
+    TracePoint(TracePointLinkId),
+    UProbe(UProbeLinkId),
 }
 
 /// A library file with probes on it.
@@ -160,12 +169,14 @@ impl Probes {
             uprobe(&mut ebpf, name)?.load().map_err(|source| ProbeError::Program { name, source })?;
         }
 
+        let mut links = Vec::new();
         let fd_io = tracepoint(&mut ebpf, programs::SYS_ENTER_FD_IO)?;
         fd_io.load().map_err(|source| ProbeError::Program { name: programs::SYS_ENTER_FD_IO, source })?;
         for syscall in FD_IO_SYSCALLS {
-            fd_io
+            let link = fd_io
                 .attach("syscalls", syscall)
                 .map_err(|source| ProbeError::Program { name: programs::SYS_ENTER_FD_IO, source })?;
+            links.push((programs::SYS_ENTER_FD_IO, LinkId::TracePoint(link)));
         }
         for (name, category, event) in [
             (programs::SYS_ENTER_CLOSE, "syscalls", "sys_enter_close"),
@@ -175,7 +186,8 @@ impl Probes {
         ] {
             let program = tracepoint(&mut ebpf, name)?;
             program.load().map_err(|source| ProbeError::Program { name, source })?;
-            program.attach(category, event).map_err(|source| ProbeError::Program { name, source })?;
+            let link = program.attach(category, event).map_err(|source| ProbeError::Program { name, source })?;
+            links.push((name, LinkId::TracePoint(link)));
         }
 
         Ok(Probes {
@@ -186,6 +198,7 @@ impl Probes {
             attached: StdHashMap::new(),
             libraries: Vec::new(),
             cookies: true,
+            links,
         })
     }
 
@@ -262,7 +275,9 @@ impl Probes {
             other => ProgramError::IOError(std::io::Error::other(other.to_string())),
         })?;
         let point = UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(offset), cookie };
-        probe.attach(point, path, UProbeScope::AllProcesses).map(|_| ())
+        let link = probe.attach(point, path, UProbeScope::AllProcesses)?;
+        self.links.push((program, LinkId::UProbe(link)));
+        Ok(())
     }
 
     /// The library whose probes carry `id` as cookie.
@@ -289,6 +304,35 @@ impl Probes {
             entry_hits: sum(stat::ENTRY_HITS),
             return_hits: sum(stat::RETURN_HITS),
         }
+    }
+}
+
+/// Detaching one probe makes the kernel wait out a grace period (50–130 ms
+/// each, measured on 6.18): twenty in a row kept a stopped spy, and its pod,
+/// alive 1.6 s longer. Detached side by side, the waits overlap.
+impl Drop for Probes {
+    fn drop(&mut self) {
+        let mut links: Vec<Box<dyn Send>> = Vec::with_capacity(self.links.len());
+        for (name, id) in std::mem::take(&mut self.links) {
+            let link: Option<Box<dyn Send>> = match id {
+                LinkId::TracePoint(id) => tracepoint(&mut self.ebpf, name)
+                    .ok()
+                    .and_then(|p| p.take_link(id).ok())
+                    .map(|link| Box::new(link) as Box<dyn Send>),
+                LinkId::UProbe(id) => uprobe(&mut self.ebpf, name)
+                    .ok()
+                    .and_then(|p| p.take_link(id).ok())
+                    .map(|link| Box::new(link) as Box<dyn Send>),
+            };
+            // A link not taken goes with its program, when `ebpf` drops.
+            links.extend(link);
+        }
+        std::thread::scope(|scope| {
+            for link in links {
+                // No thread to spare: the closure, link and all, drops here instead.
+                let _ = std::thread::Builder::new().name("detach".into()).spawn_scoped(scope, move || drop(link));
+            }
+        });
     }
 }
 
