@@ -14,7 +14,7 @@
 //! not the reaper, which must outlive it. It deletes by the session label,
 //! so pods a `--follow` session created later are covered too.
 
-use std::io::{BufReader, Write as _};
+use std::io::Write as _;
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 use std::time::Duration;
 
@@ -132,7 +132,7 @@ fn detach(_command: &mut Command) {}
 /// `kubectl-tlsspy __reap`: waits for the plugin to end; deletes its
 /// session's pods unless it said it did.
 pub fn run(args: ReapArgs) -> anyhow::Result<ExitCode> {
-    if plugin_said_done(BufReader::new(std::io::stdin().lock())) {
+    if plugin_said_done(std::io::stdin().lock()) {
         return Ok(ExitCode::SUCCESS);
     }
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
