@@ -153,6 +153,24 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// The reaper a cluster session starts (not for people): deletes the
+    /// session's spy pods if the plugin dies without doing it.
+    #[command(name = crate::cluster::reaper::SUBCOMMAND, hide = true)]
+    Reap(ReapArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReapArgs {
+    /// The session whose pods to delete.
+    #[arg(long, value_name = "ID")]
+    pub session: String,
+
+    /// Where the session's spy pods run (repeatable).
+    #[arg(long = "spy-namespace", value_name = "NAMESPACE", required = true)]
+    pub namespaces: Vec<String>,
+
+    #[command(flatten)]
+    pub kube: KubeArgs,
 }
 
 #[derive(Debug, Args)]
@@ -320,6 +338,14 @@ mod tests {
         let cli = Cli::try_parse_from(["kubectl-tlsspy", "cleanup", "--kubeconfig", "/k", "-A"]).expect("parse");
         let Some(Command::Cleanup(args)) = cli.command else { panic!("not cleanup") };
         assert!(args.kube.all_namespaces);
+
+        let cli = Cli::try_parse_from([
+            "kubectl-tlsspy", "__reap", "--session", "abc", "--spy-namespace", "tlsspy", "--context", "prod",
+        ])
+        .expect("parse");
+        let Some(Command::Reap(args)) = cli.command else { panic!("not the reaper") };
+        assert_eq!((args.session.as_str(), args.namespaces.as_slice()), ("abc", &["tlsspy".to_string()][..]));
+        assert_eq!(args.kube.context.as_deref(), Some("prod"));
     }
 
     #[test]

@@ -49,6 +49,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::Local(args)) => run_local(args),
         Some(Command::Cleanup(args)) => run_async(cluster::cleanup::run(args)),
+        Some(Command::Reap(args)) => cluster::reaper::run(args),
         Some(Command::Completion { shell }) => {
             clap_complete::generate(shell, &mut Cli::command(), "kubectl-tlsspy", &mut std::io::stdout());
             Ok(ExitCode::SUCCESS)

@@ -15,7 +15,9 @@ use tlsspy_tests::support::*;
 
 const WAIT: Duration = Duration::from_secs(30);
 /// The spy's heartbeat timeout in these tests (the default is 10 s).
-const HEARTBEAT_TIMEOUT: &str = "3s";
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
+/// A reaper told "done" exits at once; this is "at once" with scheduling slack.
+const REAPER_DONE: Duration = Duration::from_millis(500);
 const NO_BTF_IMAGE: &str = "ghcr.io/tlsspy/tlsspy-agent:no-btf";
 
 fn agent_image() -> String {
@@ -103,6 +105,33 @@ fn spy_pid(server: &ApiServer) -> u32 {
     }
 }
 
+/// The session id of the (one) spy pod.
+fn session_of(server: &ApiServer) -> String {
+    let pods = spy_pods(server);
+    let session = pods.first().and_then(|p| p.pointer("/metadata/labels/tlsspy.io~1session")).and_then(Value::as_str);
+    session.expect("a spy pod with a session label").to_string()
+}
+
+/// Live reaper processes of `session`.
+fn reapers(session: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let words: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+            alive(pid) && words.contains(&&b"__reap"[..]) && words.contains(&session.as_bytes())
+        })
+        .collect()
+}
+
+/// (session id, controlling terminal) of a process, from /proc/PID/stat.
+fn session_and_tty(pid: u32) -> (u32, u64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // After "(comm)": state ppid pgrp session tty_nr …
+    let fields: Vec<&str> = stat.rsplit_once(") ").expect("comm").1.split(' ').collect();
+    (fields[3].parse().expect("session"), fields[4].parse().expect("tty_nr"))
+}
+
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
@@ -128,7 +157,7 @@ impl Plugin {
         let mut child = Command::new(workspace_bin("kubectl-tlsspy"))
             .arg("--kubeconfig")
             .arg(kubeconfig)
-            .args(["--heartbeat-timeout", HEARTBEAT_TIMEOUT, "--timeout", "20s"])
+            .args(["--heartbeat-timeout", &format!("{}s", HEARTBEAT_TIMEOUT.as_secs()), "--timeout", "20s"])
             .args(args)
             .env("HOME", server.dir())
             .stdin(Stdio::null())
@@ -335,7 +364,10 @@ fn spies_go_away_after_duration_sigint_sigterm_and_sigkill() {
     let mut plugin = Plugin::start(&s, &kc, &["deploy/web", "-o", "json", "--duration", "3s"]);
     plugin.wait_record("target", target_in("web"));
     let spy = spy_pid(&s);
+    let session = session_of(&s);
     assert!(plugin.wait(WAIT).success(), "{}", plugin.stderr());
+    // The plugin removed its pods and said so: its reaper ends at once.
+    wait_until("the reaper outlived a normal end", REAPER_DONE, || reapers(&session).is_empty());
     wait_until("the spy survived --duration", WAIT, || !alive(spy));
     wait_until("the spy pod survived --duration", WAIT, || spy_pods(&s).is_empty());
 
@@ -343,57 +375,87 @@ fn spies_go_away_after_duration_sigint_sigterm_and_sigkill() {
         let mut plugin = Plugin::start(&s, &kc, &["web", "-o", "json"]);
         plugin.wait_record("target", target_in("web"));
         let spy = spy_pid(&s);
+        let session = session_of(&s);
         plugin.signal(signal);
         assert!(plugin.wait(WAIT).success(), "signal {signal}: {}", plugin.stderr());
+        wait_until("the reaper outlived a signal", REAPER_DONE, || reapers(&session).is_empty());
         wait_until("the spy survived a signal", WAIT, || !alive(spy));
         wait_until("the spy pod survived a signal", WAIT, || spy_pods(&s).is_empty());
     }
 
-    // SIGKILL: nobody deletes the pod, but the spy hears no more heartbeats
-    // (or its stdin closes) and ends itself within the heartbeat timeout.
+    // SIGKILL: the plugin cannot clean up; its reaper sees their pipe close
+    // and deletes the pod, and the spy ends with its pod (or on stdin EOF).
     let mut plugin = Plugin::start(&s, &kc, &["web", "-o", "json"]);
     plugin.wait_record("target", target_in("web"));
     let spy = spy_pid(&s);
+    let session = session_of(&s);
+    let reaper = reapers(&session);
+    assert_eq!(reaper.len(), 1, "one reaper per session");
+    // Its own session, no terminal: Ctrl-C and a closed terminal reach the
+    // plugin, which cleans up by itself, and not its reaper.
+    let (sid, tty) = session_and_tty(reaper[0]);
+    assert_eq!((sid, tty), (reaper[0], 0), "the reaper leads a session of its own, without a terminal");
     let killed = Instant::now();
     plugin.signal(libc::SIGKILL);
     plugin.wait(WAIT);
-    wait_until("the spy outlived its plugin", Duration::from_secs(6), || !alive(spy));
-    eprintln!("spy ended {:?} after its plugin was killed", killed.elapsed());
-    wait_until("the spy pod did not end", WAIT, || {
-        spy_pods(&s).iter().all(|p| matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
-    });
-    // The next run removes the left-behind pod.
-    let mut plugin = Plugin::start(&s, &kc, &["web", "-o", "json", "--duration", "1s"]);
-    assert!(plugin.wait(WAIT).success(), "{}", plugin.stderr());
-    assert!(plugin.stderr().contains("removed 1 spy pod(s) left behind by earlier sessions"), "{}", plugin.stderr());
-    wait_until("spy pods remain", WAIT, || spy_pods(&s).is_empty());
+    wait_until("the spy outlived its plugin", HEARTBEAT_TIMEOUT, || !alive(spy));
+    let left = HEARTBEAT_TIMEOUT.saturating_sub(killed.elapsed());
+    wait_until("the spy pod outlived its plugin", left, || spy_pods(&s).is_empty());
+    eprintln!("spy and spy pod gone {:?} after the plugin was killed", killed.elapsed());
+    wait_until("the reaper did not end", WAIT, || reapers(&session).is_empty());
+    assert!(!plugin.stderr().contains("cannot remove"), "the reaper had no trouble: {}", plugin.stderr());
 }
 
 #[test]
-fn a_frozen_plugin_loses_its_spy_and_cleanup_removes_the_pod() {
-    if !require_root("a_frozen_plugin_loses_its_spy_and_cleanup_removes_the_pod") {
+fn a_frozen_plugin_loses_its_spy_and_left_behind_pods_are_removed() {
+    if !require_root("a_frozen_plugin_loses_its_spy_and_left_behind_pods_are_removed") {
         return;
     }
     let s = server();
     let cert = Certificate::new();
     https_pod(&s, "web", json!({}), &cert, free_port());
     let kc = s.kubeconfig_path();
-    let mut plugin = Plugin::start(&s, &kc, &["pod/web", "-o", "json"]);
-    plugin.wait_record("target", target_in("web"));
+    let mut frozen_plugin = Plugin::start(&s, &kc, &["pod/web", "-o", "json"]);
+    frozen_plugin.wait_record("target", target_in("web"));
     let spy = spy_pid(&s);
+    let session = session_of(&s);
     // A stopped plugin keeps its connection open but sends no heartbeat,
-    // as when its network drops.
-    plugin.signal(libc::SIGSTOP);
+    // as when its network drops; its reaper waits, the pipe still open.
+    frozen_plugin.signal(libc::SIGSTOP);
     let frozen = Instant::now();
-    wait_until("the spy kept going without heartbeats", Duration::from_secs(12), || !alive(spy));
+    // The timeout, then the probes' detach (about 1 s), with slack for a busy machine.
+    let ends_within = HEARTBEAT_TIMEOUT + Duration::from_secs(4);
+    wait_until("the spy kept going without heartbeats", ends_within, || !alive(spy));
     eprintln!("spy ended {:?} after its plugin froze", frozen.elapsed());
-    plugin.signal(libc::SIGKILL);
-    plugin.wait(WAIT);
     wait_until("the spy pod did not end", WAIT, || {
         spy_pods(&s).iter().all(|p| matches!(p["status"]["phase"].as_str(), Some("Succeeded" | "Failed")))
     });
     assert_eq!(spy_pods(&s).len(), 1);
 
+    // The next run removes the left-behind pod.
+    let mut plugin = Plugin::start(&s, &kc, &["web", "-o", "json", "--duration", "1s"]);
+    assert!(plugin.wait(WAIT).success(), "{}", plugin.stderr());
+    assert!(plugin.stderr().contains("removed 1 spy pod(s) left behind by earlier sessions"), "{}", plugin.stderr());
+    wait_until("spy pods remain", WAIT, || spy_pods(&s).is_empty());
+    // The frozen plugin's reaper then has nothing to do, and says nothing.
+    assert_eq!(reapers(&session).len(), 1, "the frozen plugin's reaper waits");
+    frozen_plugin.signal(libc::SIGKILL);
+    frozen_plugin.wait(WAIT);
+    wait_until("the reaper did not end", WAIT, || reapers(&session).is_empty());
+    assert!(!frozen_plugin.stderr().contains("cannot remove"), "{}", frozen_plugin.stderr());
+
+    // `cleanup` removes ended spy pods.
+    let left_behind = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "tlsspy-old", "labels": {
+            "app.kubernetes.io/managed-by": "kubectl-tlsspy", "tlsspy.io/session": "0123456789ab"}},
+        "spec": {"restartPolicy": "Never", "containers": [{"name": "tlsspy", "image": "python:3", "command": ["/bin/true"]}]},
+    });
+    kubectl(&s, &["create", "--validate=false", "-f", "-"], &left_behind.to_string());
+    let ended = s.wait_pod("default", "tlsspy-old", WAIT, |p| {
+        p.and_then(|p| p.pointer("/status/phase")).and_then(Value::as_str) == Some("Succeeded")
+    });
+    assert!(ended.is_some(), "the left-behind pod never ended");
     let out = Command::new(workspace_bin("kubectl-tlsspy"))
         .arg("cleanup")
         .arg("--kubeconfig")
@@ -402,7 +464,7 @@ fn a_frozen_plugin_loses_its_spy_and_cleanup_removes_the_pod() {
         .expect("cleanup runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.starts_with("pod/tlsspy-") && stdout.trim_end().ends_with(" deleted"), "{stdout}");
+    assert_eq!(stdout, "pod/tlsspy-old deleted\n");
     wait_until("cleanup left the pod", WAIT, || spy_pods(&s).is_empty());
 }
 

@@ -10,6 +10,7 @@
 mod attach;
 pub mod cleanup;
 pub mod rbac;
+pub mod reaper;
 mod spy_pod;
 mod targets;
 
@@ -140,10 +141,14 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     if args.output.raw {
         agent_args.push("--raw".into());
     }
+    let session_id = session_id();
+    // Started before the first spy pod exists: from here on, whatever ends
+    // this process, the session's pods go.
+    let reaper = reaper::Reaper::spawn(&args.kube, std::slice::from_ref(&spy_ns), &session_id);
     let config = Arc::new(SpyConfig {
         image: args.spy.image.clone(),
         namespace: spy_ns.clone(),
-        session: session_id(),
+        session: session_id,
         startup_timeout: args.spy.timeout,
         heartbeat_timeout: args.spy.heartbeat_timeout,
         deadline,
@@ -177,8 +182,14 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     };
     log::info!("ending the session: {reason}");
     session.stop(&mut renderer).await?;
-    if let Err(err) = cleanup::remove_session(&spy_api, &config.session).await {
-        eprintln!("tlsspy: cannot remove the spy pods ({err}); run `kubectl tlsspy cleanup -n {spy_ns}`");
+    match cleanup::remove_session(&spy_api, &config.session).await {
+        // Without "done" the reaper tries once more when this process ends.
+        Ok(_) => {
+            if let Some(reaper) = reaper {
+                reaper.done();
+            }
+        }
+        Err(err) => eprintln!("tlsspy: cannot remove the spy pods ({err}); run `kubectl tlsspy cleanup -n {spy_ns}`"),
     }
     renderer.flush()?;
     if !args.output.no_summary && args.output.format == OutputFormat::Live {

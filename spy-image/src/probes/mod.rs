@@ -8,6 +8,7 @@ use std::collections::HashMap as StdHashMap;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::trace_point::TracePointLinkId;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
 use aya::programs::{ProgramError, TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
@@ -96,6 +97,14 @@ pub struct Probes {
     libraries: Vec<AttachedLibrary>,
     /// The kernel takes attach cookies (5.15+); turned off at the first refusal.
     cookies: bool,
+    /// Every attachment, to detach them all at once on drop.
+    links: Vec<(&'static str, LinkId)>,
+}
+
+#[derive(Debug)]
+enum LinkId {
+    TracePoint(TracePointLinkId),
+    UProbe(UProbeLinkId),
 }
 
 /// A file with probes on it: a TLS library, or an executable with one
@@ -229,15 +238,17 @@ impl Probes {
             uprobe(&mut ebpf, name)?.load().map_err(|source| ProbeError::Program { name, source })?;
         }
         if !tracepoints {
-            return Ok(Probes::new(ebpf, targets, stats, ring, go_configs));
+            return Ok(Probes::new(ebpf, targets, stats, ring, go_configs, Vec::new()));
         }
 
+        let mut links = Vec::new();
         let fd_io = tracepoint(&mut ebpf, programs::SYS_ENTER_FD_IO)?;
         fd_io.load().map_err(|source| ProbeError::Program { name: programs::SYS_ENTER_FD_IO, source })?;
         for syscall in FD_IO_SYSCALLS {
-            fd_io
+            let link = fd_io
                 .attach("syscalls", syscall)
                 .map_err(|source| ProbeError::Program { name: programs::SYS_ENTER_FD_IO, source })?;
+            links.push((programs::SYS_ENTER_FD_IO, LinkId::TracePoint(link)));
         }
         for (name, category, event) in [
             (programs::SYS_ENTER_CLOSE, "syscalls", "sys_enter_close"),
@@ -247,10 +258,11 @@ impl Probes {
         ] {
             let program = tracepoint(&mut ebpf, name)?;
             program.load().map_err(|source| ProbeError::Program { name, source })?;
-            program.attach(category, event).map_err(|source| ProbeError::Program { name, source })?;
+            let link = program.attach(category, event).map_err(|source| ProbeError::Program { name, source })?;
+            links.push((name, LinkId::TracePoint(link)));
         }
 
-        Ok(Probes::new(ebpf, targets, stats, ring, go_configs))
+        Ok(Probes::new(ebpf, targets, stats, ring, go_configs, links))
     }
 
     fn new(
@@ -259,6 +271,7 @@ impl Probes {
         stats: PerCpuArray<MapData, u64>,
         ring: RingBuf<MapData>,
         go_configs: HashMap<MapData, u32, GoConfigValue>,
+        links: Vec<(&'static str, LinkId)>,
     ) -> Probes {
         Probes {
             ebpf,
@@ -269,6 +282,7 @@ impl Probes {
             attached: StdHashMap::new(),
             libraries: Vec::new(),
             cookies: true,
+            links,
         }
     }
 
@@ -321,12 +335,16 @@ impl Probes {
                     Err(err)
                 }
             });
-            let attached = attached.and_then(|_| self.attach_one(programs::SSL_RETURN, offset, host_path, None));
-            attached.map_err(|source| ProbeError::Uprobe {
+            let entry_link = attached.map_err(|source| ProbeError::Uprobe {
                 function: function.symbol(),
                 path: host_path.to_path_buf(),
                 source,
             })?;
+            self.links.push((entry, LinkId::UProbe(entry_link)));
+            let return_link = self.attach_one(programs::SSL_RETURN, offset, host_path, None).map_err(|source| {
+                ProbeError::Uprobe { function: function.symbol(), path: host_path.to_path_buf(), source }
+            })?;
+            self.links.push((programs::SSL_RETURN, LinkId::UProbe(return_link)));
         }
         self.attached.insert(file, id);
         self.libraries.push(AttachedLibrary {
@@ -384,6 +402,8 @@ impl Probes {
             let _ = self.go_configs.remove(&u32::from(id));
             return Err(err);
         }
+        // Kept for the parallel detach at drop.
+        self.links.extend(links.into_iter().map(|(program, link)| (program, LinkId::UProbe(link))));
         self.attached.insert(file, id);
         self.libraries.push(AttachedLibrary {
             path: host_path.to_path_buf(),
@@ -460,6 +480,35 @@ impl Probes {
             entry_hits: sum(stat::ENTRY_HITS),
             return_hits: sum(stat::RETURN_HITS),
         }
+    }
+}
+
+/// Detaching one probe makes the kernel wait out a grace period (50–130 ms
+/// each, measured on 6.18): twenty in a row kept a stopped spy, and its pod,
+/// alive 1.6 s longer. Detached side by side, the waits overlap.
+impl Drop for Probes {
+    fn drop(&mut self) {
+        let mut links: Vec<Box<dyn Send>> = Vec::with_capacity(self.links.len());
+        for (name, id) in std::mem::take(&mut self.links) {
+            let link: Option<Box<dyn Send>> = match id {
+                LinkId::TracePoint(id) => tracepoint(&mut self.ebpf, name)
+                    .ok()
+                    .and_then(|p| p.take_link(id).ok())
+                    .map(|link| Box::new(link) as Box<dyn Send>),
+                LinkId::UProbe(id) => uprobe(&mut self.ebpf, name)
+                    .ok()
+                    .and_then(|p| p.take_link(id).ok())
+                    .map(|link| Box::new(link) as Box<dyn Send>),
+            };
+            // A link not taken goes with its program, when `ebpf` drops.
+            links.extend(link);
+        }
+        std::thread::scope(|scope| {
+            for link in links {
+                // No thread to spare: the closure, link and all, drops here instead.
+                let _ = std::thread::Builder::new().name("detach".into()).spawn_scoped(scope, move || drop(link));
+            }
+        });
     }
 }
 
