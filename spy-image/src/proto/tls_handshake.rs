@@ -143,6 +143,11 @@ impl HelloReader {
         self.state == ReaderState::Done
     }
 
+    /// Stops reading: the stream can no longer be followed.
+    pub fn stop(&mut self) {
+        self.done();
+    }
+
     /// Feeds the next bytes of the stream; events go to `out`.
     pub fn feed(&mut self, data: &[u8], out: &mut Vec<HelloEvent>) {
         if self.state == ReaderState::Done || data.is_empty() {
@@ -522,4 +527,4 @@ fn hash12(text: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -112,6 +112,18 @@ fn server_hello_bytes(version_ext: Option<u16>, cipher: u16, alpn: Option<&[u8]>
     records(CONTENT_HANDSHAKE, &handshake_message(HANDSHAKE_SERVER_HELLO, &body), 1 << 14)
 }
 
+/// A ClientHello record like a TLS 1.3 client's (SNI example.com, ALPN h2
+/// and http/1.1), with a key share of `key_share_len` bytes.
+pub(crate) fn sample_client_hello(key_share_len: usize) -> Vec<u8> {
+    let spec = HelloSpec { key_share_len, ..spec_example() };
+    records(CONTENT_HANDSHAKE, &client_hello_message(&spec), 1 << 14)
+}
+
+/// A TLS 1.3 ServerHello record (TLS_AES_256_GCM_SHA384).
+pub(crate) fn sample_server_hello() -> Vec<u8> {
+    server_hello_bytes(Some(0x0304), 0x1302, None, [1; 32])
+}
+
 fn read_all(pieces: &[&[u8]]) -> Vec<HelloEvent> {
     let mut reader = HelloReader::new();
     let mut out = Vec::new();
