@@ -8,11 +8,14 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
-use crate::conn::{DataEvent, ProcessMeta, Tracker};
+use crate::capture::{CaptureEvent, CaptureStats, Captures};
+use crate::conn::{DataEvent, Plaintext, ProcessMeta, Tracker, WireHandshake};
 use crate::probes::event::{self, KernelEvent};
 use crate::probes::{KernelStats, LoadOptions, ProbeError, Probes};
 use crate::proto::ParseOptions;
-use crate::record::{Bye, Direction, Hello, PodRef, Record, Stats, Target, TlsLibrary, TlsStack, Warning};
+use crate::record::{
+    Bye, Direction, Handshake, HandshakeStats, Hello, PodRef, Record, Stats, Target, TlsLibrary, TlsStack, Warning,
+};
 use crate::sink::Sink;
 use crate::targets::container;
 use crate::targets::process::{self, FileId};
@@ -35,6 +38,12 @@ pub struct SpyOptions {
     pub exit_when_targets_gone: bool,
     /// The node name for the `hello` record.
     pub node: Option<String>,
+    /// Watch each target's network namespace for TLS handshakes, so every
+    /// TLS connection is shown, decrypted or not.
+    pub handshakes: bool,
+    /// How long a handshake of a probed process waits for the first
+    /// plaintext before it is reported as not decrypted.
+    pub plaintext_wait: Duration,
 }
 
 impl Default for SpyOptions {
@@ -48,6 +57,8 @@ impl Default for SpyOptions {
             stats_interval: None,
             exit_when_targets_gone: false,
             node: None,
+            handshakes: true,
+            plaintext_wait: Duration::from_secs(5),
         }
     }
 }
@@ -84,11 +95,20 @@ struct TargetState {
     since: Instant,
     /// A `target` record went out for the current program.
     reported: bool,
+    /// A TLS stack tlsspy recognises but does not probe, once looked for.
+    unprobed: Option<Option<&'static str>>,
 }
 
 impl TargetState {
     fn new(pod: Option<PodRef>) -> Self {
-        TargetState { pod, examined: HashSet::new(), stacks: Vec::new(), since: Instant::now(), reported: false }
+        TargetState {
+            pod,
+            examined: HashSet::new(),
+            stacks: Vec::new(),
+            since: Instant::now(),
+            reported: false,
+            unprobed: None,
+        }
     }
 
     /// Right after an exec the dynamic linker is still mapping libraries
@@ -115,13 +135,25 @@ pub struct Spy {
     wall_offset_ns: i128,
     out: Vec<Record>,
     decode_errors: u64,
+    /// Packet captures of the targets' network namespaces (None when
+    /// handshakes are not watched).
+    captures: Option<Captures>,
+    capture_events: Option<mpsc::Receiver<CaptureEvent>>,
 }
 
 impl Spy {
     /// Loads the probes. Nothing is traced until processes are added.
     pub fn start(options: SpyOptions) -> Result<Spy, SpyError> {
         let probes = Probes::load(&options.load)?;
+        let (captures, capture_events) = if options.handshakes {
+            let (captures, events) = Captures::new();
+            (Some(captures), Some(events))
+        } else {
+            (None, None)
+        };
         Ok(Spy {
+            captures,
+            capture_events,
             probes,
             tracker: Tracker::new(options.parse.clone(), options.raw),
             options,
@@ -159,6 +191,7 @@ impl Spy {
             return Err(SpyError::NoSuchProcess(pid));
         }
         self.probes.add_target(pid, self.options.follow_children)?;
+        self.watch_network(pid);
         let mut state = TargetState::new(pod);
         // A running process has its libraries mapped: report at once.
         state.since = Instant::now() - YOUNG_PROCESS;
@@ -198,10 +231,66 @@ impl Spy {
             return Err(SpyError::NoSuchProcess(pid));
         }
         self.probes.add_target(pid, self.options.follow_children)?;
+        self.watch_network(pid);
         let mut state = TargetState::new(None);
         state.reported = true; // the exec resets this
         self.targets.insert(pid, state);
         Ok(())
+    }
+
+    /// Starts watching the network namespace of `pid` for handshakes (a
+    /// namespace already watched just gains a process).
+    fn watch_network(&mut self, pid: u32) {
+        let Some(captures) = self.captures.as_mut() else { return };
+        if let Err(err) = captures.watch(pid) {
+            self.out.push(Record::Warning(Warning { message: err.to_string(), pid: Some(pid) }));
+        }
+    }
+
+    /// A handshake seen on the wire: tied to its connection, decrypted or
+    /// not, and why not.
+    fn on_capture(&mut self, event: CaptureEvent) {
+        match event {
+            CaptureEvent::Handshake(seen) => {
+                let mut record = Handshake { ts_ns: seen.ts_ns, ..Handshake::default() };
+                if let Some(hello) = &seen.client_hello {
+                    hello.describe(&mut record);
+                }
+                if let Some(hello) = &seen.server_hello {
+                    hello.describe(&mut record);
+                }
+                let owner = seen.owner;
+                let plaintext = self.plaintext_of(owner.pid);
+                let handshake =
+                    WireHandshake { pid: owner.pid, local: owner.local, remote: owner.remote, role: owner.role, record };
+                let now = self.wall_ns(monotonic_ns());
+                self.tracker.on_handshake(handshake, plaintext, now, &mut self.out);
+            }
+            CaptureEvent::Failed { pid, message } => {
+                self.out.push(Record::Warning(Warning { message, pid: Some(pid) }));
+            }
+        }
+    }
+
+    /// Whether plaintext of `pid` can be captured; the reason from its
+    /// target record when not.
+    fn plaintext_of(&mut self, pid: u32) -> Plaintext {
+        let probed = |spy: &Spy| spy.targets.get(&pid).is_some_and(|s| s.stacks.iter().any(|t| t.probed));
+        if !probed(self) && self.targets.contains_key(&pid) {
+            // It made a TLS connection: whatever library did it is mapped
+            // by now.
+            self.scan(pid);
+            if !probed(self) {
+                self.look_for_unprobed_tls(pid);
+            }
+        }
+        if probed(self) {
+            return Plaintext::Expected { wait_ns: self.options.plaintext_wait.as_nanos() as u64 };
+        }
+        match self.target_record(pid) {
+            Record::Target(target) => Plaintext::NotProbed(target.reason.unwrap_or_else(|| "not probed".into())),
+            _ => Plaintext::NotProbed("not probed".into()),
+        }
     }
 
     /// Examines the process's mapped files for TLS stacks it has not
@@ -255,8 +344,24 @@ impl Spy {
             }
         }
         if report {
+            self.look_for_unprobed_tls(pid);
             let record = self.target_record(pid);
             self.out.push(record);
+        }
+    }
+
+    /// Names the TLS stack tlsspy cannot probe in a process without a
+    /// probed one (once per program).
+    fn look_for_unprobed_tls(&mut self, pid: u32) {
+        let Some(state) = self.targets.get(&pid) else { return };
+        if state.unprobed.is_some() || state.stacks.iter().any(|s| s.probed) {
+            return;
+        }
+        let files = process::mapped_files(pid).unwrap_or_default();
+        let exe = process::proc_dir(pid).join("exe");
+        let found = crate::targets::unprobed::unprobed_tls(&files, Some(&exe));
+        if let Some(state) = self.targets.get_mut(&pid) {
+            state.unprobed = Some(found);
         }
     }
 
@@ -305,6 +410,8 @@ impl Spy {
             None
         } else if let Some(failed) = tls.iter().find_map(|s| s.reason.clone()) {
             Some(failed)
+        } else if let Some(what) = state.and_then(|s| s.unprobed.flatten()) {
+            Some(format!("no TLS library tlsspy can probe in this process: it uses {what}"))
         } else {
             Some(
                 "no TLS library found: the process maps no libssl and its executable exports no \
@@ -359,6 +466,7 @@ impl Spy {
         let stats_every = self.options.stats_interval.unwrap_or(Duration::from_secs(3600));
         let mut stats_tick = tokio::time::interval(stats_every);
         stats_tick.tick().await;
+        let mut capture_events = self.capture_events.take();
 
         let reason = loop {
             tokio::select! {
@@ -369,6 +477,13 @@ impl Spy {
                         self.handle(&item);
                     }
                     guard.clear_ready();
+                }
+                Some(event) = next_capture_event(&mut capture_events) => {
+                    self.on_capture(event);
+                    // Take what else is queued in the same turn.
+                    while let Some(event) = capture_events.as_mut().and_then(|rx| rx.try_recv().ok()) {
+                        self.on_capture(event);
+                    }
                 }
                 message = control.recv() => match message {
                     Some(Control::AddProcess { pid, pod }) => {
@@ -395,6 +510,8 @@ impl Spy {
                     for pid in due {
                         self.scan(pid);
                     }
+                    let now = self.wall_ns(monotonic_ns());
+                    self.tracker.expire_handshakes(now, &mut self.out);
                 }
                 _ = stats_tick.tick(), if self.options.stats_interval.is_some() => {
                     let stats = self.stats();
@@ -413,6 +530,13 @@ impl Spy {
             while let Some(item) = ring.next() {
                 self.handle(&item);
             }
+        }
+        // So do the handshakes the captures still hold.
+        if let Some(captures) = self.captures.as_mut() {
+            captures.stop();
+        }
+        while let Some(event) = capture_events.as_mut().and_then(|rx| rx.try_recv().ok()) {
+            self.on_capture(event);
         }
         let mut tail = Vec::new();
         self.tracker.finish(&mut tail);
@@ -481,6 +605,7 @@ impl Spy {
                     let mut state = TargetState::new(pod);
                     state.reported = true;
                     self.targets.insert(pid, state);
+                    self.watch_network(pid);
                     let meta = self.process_meta(pid);
                     self.tracker.describe_process(pid, meta);
                 }
@@ -493,6 +618,7 @@ impl Spy {
                     state.stacks.clear();
                     state.since = Instant::now();
                     state.reported = false;
+                    state.unprobed = None;
                     let meta = self.process_meta(pid);
                     self.tracker.describe_process(pid, meta);
                     self.scan(pid);
@@ -502,6 +628,9 @@ impl Spy {
                 let pid = proc_event.tgid;
                 if self.targets.remove(&pid).is_some() {
                     self.tracker.process_exited(pid, &mut self.out);
+                    if let Some(captures) = self.captures.as_mut() {
+                        captures.unwatch(pid);
+                    }
                 }
             }
         }
@@ -553,11 +682,39 @@ impl Spy {
             exchanges: t.exchanges,
             chunks: t.chunks,
             parse_errors: t.parse_errors,
+            handshakes: handshake_stats(t.handshakes, t.handshakes_decrypted, self.capture_stats()),
         }
+    }
+
+    pub fn capture_stats(&self) -> CaptureStats {
+        self.captures.as_ref().map(Captures::stats).unwrap_or_default()
     }
 
     fn wall_ns(&self, monotonic: u64) -> u64 {
         u64::try_from(i128::from(monotonic) + self.wall_offset_ns).unwrap_or(0)
+    }
+}
+
+async fn next_capture_event(events: &mut Option<mpsc::Receiver<CaptureEvent>>) -> Option<CaptureEvent> {
+    match events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn handshake_stats(handshakes: u64, decrypted: u64, capture: CaptureStats) -> HandshakeStats {
+    HandshakeStats {
+        handshakes,
+        decrypted,
+        namespaces: capture.namespaces,
+        packets: capture.packets,
+        dropped_packets: capture.dropped_packets,
+        not_tls_flows: capture.flows.not_tls,
+        malformed_flows: capture.flows.malformed,
+        joined_midway_flows: capture.flows.joined_midway,
+        other_flows: capture.flows.others,
+        evicted_flows: capture.flows.evicted,
+        dropped_handshakes: capture.dropped_handshakes,
     }
 }
 

@@ -38,6 +38,8 @@ mod linux {
     pub const CAPTURE_QUEUE: usize = 1024;
     /// How often a capture checks timeouts and kernel drop counters.
     const TICK: Duration = Duration::from_millis(250);
+    /// Packets still read after a stop request (what was queued before it).
+    const MAX_PACKETS_AFTER_STOP: u32 = 10_000;
 
     /// What captures tell the spy.
     #[derive(Debug)]
@@ -217,8 +219,15 @@ mod linux {
             let mut out = Vec::new();
             let mut local = CaptureStats::default();
             let mut last_tick = Instant::now();
+            let mut after_stop = 0u32;
             loop {
                 let stopping = self.stop.load(Ordering::Relaxed);
+                if stopping {
+                    after_stop += 1;
+                    if after_stop > MAX_PACKETS_AFTER_STOP {
+                        break;
+                    }
+                }
                 // When stopping, take what is queued without waiting.
                 match socket.recv(&mut buf, !stopping) {
                     Ok(Some(received)) => {
