@@ -116,7 +116,12 @@ mod linux {
                 return Ok(());
             }
             let path = format!("/proc/{pid}/ns/net");
-            let ns = File::open(&path).map_err(|source| CaptureError::Namespace { pid, source })?;
+            let ns = match File::open(&path) {
+                Ok(ns) => ns,
+                // Gone already (a short-lived child): nothing to watch.
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(source) => return Err(CaptureError::Namespace { pid, source }),
+            };
             let netns = ns.metadata().map_err(|source| CaptureError::Namespace { pid, source })?.ino();
             self.netns_of.insert(pid, netns);
             if let Some(capture) = self.by_netns.get(&netns) {
