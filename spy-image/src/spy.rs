@@ -139,7 +139,14 @@ pub struct Spy {
     /// handshakes are not watched).
     captures: Option<Captures>,
     capture_events: Option<mpsc::Receiver<CaptureEvent>>,
+    /// Executables searched for a built-in TLS stack tlsspy cannot probe.
+    built_in_tls: HashMap<FileId, Option<&'static str>>,
+    /// What exited targets allowed, for handshakes read after they ended.
+    gone: HashMap<u32, Plaintext>,
 }
+
+/// Exited targets remembered for late handshakes.
+const MAX_GONE: usize = 1024;
 
 impl Spy {
     /// Loads the probes. Nothing is traced until processes are added.
@@ -154,6 +161,8 @@ impl Spy {
         Ok(Spy {
             captures,
             capture_events,
+            built_in_tls: HashMap::new(),
+            gone: HashMap::new(),
             probes,
             tracker: Tracker::new(options.parse.clone(), options.raw),
             options,
@@ -275,6 +284,11 @@ impl Spy {
     /// Whether plaintext of `pid` can be captured; the reason from its
     /// target record when not.
     fn plaintext_of(&mut self, pid: u32) -> Plaintext {
+        if !self.targets.contains_key(&pid) {
+            return self.gone.get(&pid).cloned().unwrap_or_else(|| {
+                Plaintext::NotProbed("the process exited before its TLS library could be identified".into())
+            });
+        }
         let probed = |spy: &Spy| spy.targets.get(&pid).is_some_and(|s| s.stacks.iter().any(|t| t.probed));
         if !probed(self) && self.targets.contains_key(&pid) {
             // It made a TLS connection: whatever library did it is mapped
@@ -284,7 +298,20 @@ impl Spy {
                 self.look_for_unprobed_tls(pid);
             }
         }
-        if probed(self) {
+        // Its connection is shown: so is what the spy found in it.
+        if let Some(state) = self.targets.get_mut(&pid) {
+            if !state.reported {
+                state.reported = true;
+                let record = self.target_record(pid);
+                self.out.push(record);
+            }
+        }
+        self.verdict(pid)
+    }
+
+    /// Plaintext expected, or why not, from what is known of `pid` now.
+    fn verdict(&self, pid: u32) -> Plaintext {
+        if self.targets.get(&pid).is_some_and(|s| s.stacks.iter().any(|t| t.probed)) {
             return Plaintext::Expected { wait_ns: self.options.plaintext_wait.as_nanos() as u64 };
         }
         match self.target_record(pid) {
@@ -351,15 +378,23 @@ impl Spy {
     }
 
     /// Names the TLS stack tlsspy cannot probe in a process without a
-    /// probed one (once per program).
+    /// probed one (a library it maps, or one built into its executable).
     fn look_for_unprobed_tls(&mut self, pid: u32) {
         let Some(state) = self.targets.get(&pid) else { return };
-        if state.unprobed.is_some() || state.stacks.iter().any(|s| s.probed) {
+        if matches!(state.unprobed, Some(Some(_))) || state.stacks.iter().any(|s| s.probed) {
             return;
         }
         let files = process::mapped_files(pid).unwrap_or_default();
-        let exe = process::proc_dir(pid).join("exe");
-        let found = crate::targets::unprobed::unprobed_tls(&files, Some(&exe));
+        let mut found = crate::targets::unprobed::library_hint(&files);
+        if found.is_none() {
+            let exe = process::proc_dir(pid).join("exe");
+            if let Ok(id) = FileId::of(&exe) {
+                found = *self
+                    .built_in_tls
+                    .entry(id)
+                    .or_insert_with(|| crate::targets::unprobed::built_in_hint(&exe));
+            }
+        }
         if let Some(state) = self.targets.get_mut(&pid) {
             state.unprobed = Some(found);
         }
@@ -479,6 +514,15 @@ impl Spy {
                     guard.clear_ready();
                 }
                 Some(event) = next_capture_event(&mut capture_events) => {
+                    // Kernel events first: the exec, the library's first
+                    // call and the plaintext of this connection happened
+                    // before its handshake was read off the wire.
+                    {
+                        let ring = ring.get_mut();
+                        while let Some(item) = ring.next() {
+                            self.handle(&item);
+                        }
+                    }
                     self.on_capture(event);
                     // Take what else is queued in the same turn.
                     while let Some(event) = capture_events.as_mut().and_then(|rx| rx.try_recv().ok()) {
@@ -622,10 +666,20 @@ impl Spy {
                     let meta = self.process_meta(pid);
                     self.tracker.describe_process(pid, meta);
                     self.scan(pid);
+                    // A short-lived program may be gone before anyone asks.
+                    self.look_for_unprobed_tls(pid);
                 }
             }
             KernelEvent::Exit(proc_event) => {
                 let pid = proc_event.tgid;
+                if self.targets.contains_key(&pid) {
+                    // Its handshakes may still be on their way from the capture.
+                    let verdict = self.verdict(pid);
+                    if self.gone.len() >= MAX_GONE {
+                        self.gone.clear();
+                    }
+                    self.gone.insert(pid, verdict);
+                }
                 if self.targets.remove(&pid).is_some() {
                     self.tracker.process_exited(pid, &mut self.out);
                     if let Some(captures) = self.captures.as_mut() {

@@ -13,10 +13,16 @@ use std::time::{Duration, Instant};
 use spy_image::record::{Direction, Line, Record};
 
 /// A built binary of this workspace (scripts/test.sh builds them first).
+/// `TLSSPY_BIN_DIR` names another directory to take them from (with a
+/// target dir shared by several worktrees, the binaries there may be
+/// another worktree's).
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let dir = match std::env::var_os("TLSSPY_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => exe.parent().and_then(Path::parent).expect("target dir").to_path_buf(),
+    };
     let path = dir.join(name);
     assert!(
         path.exists(),

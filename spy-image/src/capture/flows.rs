@@ -87,11 +87,19 @@ struct Side {
     out_of_order: BTreeMap<u32, Vec<u8>>,
     out_of_order_bytes: usize,
     reader: HelloReader,
+    /// Bytes went into the reader.
+    fed: bool,
 }
 
 impl Side {
     fn new() -> Side {
-        Side { next_seq: None, out_of_order: BTreeMap::new(), out_of_order_bytes: 0, reader: HelloReader::new() }
+        Side {
+            next_seq: None,
+            out_of_order: BTreeMap::new(),
+            out_of_order_bytes: 0,
+            reader: HelloReader::new(),
+            fed: false,
+        }
     }
 }
 
@@ -159,7 +167,14 @@ impl<O: Clone> FlowTable<O> {
             if self.flows.len() >= MAX_FLOWS {
                 self.evict_oldest(out);
             }
-            self.flows.insert(key, Flow::new(client, server, now_ns));
+            let mut flow = Flow::new(client, server, now_ns);
+            if syn_only {
+                // The client is inside connect() now, its socket certainly
+                // open: the best moment to find its owner (asked again at
+                // the hello if it is not a target's, e.g. a server's).
+                flow.owner = owners.owner(client, server);
+            }
+            self.flows.insert(key, flow);
         }
         let outcome = {
             let Some(flow) = self.flows.get_mut(&key) else { return };
@@ -183,7 +198,7 @@ impl<O: Clone> FlowTable<O> {
                             events.clear();
                         }
                     }
-                    Some(flow.apply(events, now_ns))
+                    Some(flow.apply(side, events, now_ns))
                 } else {
                     Some(Outcome::Pending)
                 }
@@ -380,6 +395,7 @@ impl<O: Clone> Flow<O> {
             side.out_of_order.insert(seq, data.to_vec());
             return;
         }
+        side.fed = true;
         side.reader.feed(data, events);
         let mut next = next.wrapping_add(data.len() as u32);
         if segment.truncated() {
@@ -412,7 +428,7 @@ impl<O: Clone> Flow<O> {
         }
     }
 
-    fn apply(&mut self, events: Vec<HelloEvent>, now_ns: u64) -> Outcome {
+    fn apply(&mut self, side: usize, events: Vec<HelloEvent>, now_ns: u64) -> Outcome {
         for event in events {
             match event {
                 HelloEvent::Client(hello) => {
@@ -430,10 +446,16 @@ impl<O: Clone> Flow<O> {
                     }
                 }
                 HelloEvent::NotTls(_) => {
-                    if self.client_hello.is_none() && self.server_hello.is_none() {
-                        return Outcome::NotTls;
+                    if self.client_hello.is_some() || self.server_hello.is_some() {
+                        return Outcome::Report;
                     }
-                    return Outcome::Report;
+                    // The client began a TLS record the server answers
+                    // with something else: a broken handshake, not plain text.
+                    let client = &self.sides[CLIENT];
+                    if side == SERVER && client.fed && !client.reader.is_done() {
+                        return Outcome::Malformed;
+                    }
+                    return Outcome::NotTls;
                 }
                 HelloEvent::Malformed(_) => return Outcome::Malformed,
             }

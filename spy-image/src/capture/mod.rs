@@ -38,6 +38,10 @@ mod linux {
     pub const CAPTURE_QUEUE: usize = 1024;
     /// How often a capture checks timeouts and kernel drop counters.
     const TICK: Duration = Duration::from_millis(250);
+    /// Scheduling priority of capture threads (root may raise it).
+    const CAPTURE_NICE: libc::c_int = -10;
+    /// How long `watch` waits for a new capture's socket to be open.
+    const OPEN_TIMEOUT: Duration = Duration::from_secs(5);
     /// Packets still read after a stop request (what was queued before it).
     const MAX_PACKETS_AFTER_STOP: u32 = 10_000;
 
@@ -98,6 +102,8 @@ mod linux {
     pub struct Captures {
         by_netns: HashMap<u64, NetnsCapture>,
         netns_of: HashMap<u32, u64>,
+        /// Captures told to stop whose last handshakes may still come.
+        stopping: Vec<JoinHandle<()>>,
         /// Every capture's counters, also of those that ended.
         stats: Vec<Arc<Mutex<CaptureStats>>>,
         events: mpsc::Sender<CaptureEvent>,
@@ -106,11 +112,22 @@ mod linux {
     impl Captures {
         pub fn new() -> (Captures, mpsc::Receiver<CaptureEvent>) {
             let (events, rx) = mpsc::channel(CAPTURE_QUEUE);
-            (Captures { by_netns: HashMap::new(), netns_of: HashMap::new(), stats: Vec::new(), events }, rx)
+            (
+                Captures {
+                    by_netns: HashMap::new(),
+                    netns_of: HashMap::new(),
+                    stopping: Vec::new(),
+                    stats: Vec::new(),
+                    events,
+                },
+                rx,
+            )
         }
 
         /// Watches the connections of `pid`: starts a capture in its
-        /// network namespace unless one runs there already.
+        /// network namespace unless one runs there already. Returns once
+        /// the capture's socket is open, so a connection the process makes
+        /// from then on is seen from its first packet.
         pub fn watch(&mut self, pid: u32) -> Result<(), CaptureError> {
             if self.netns_of.contains_key(&pid) {
                 return Ok(());
@@ -132,12 +149,15 @@ mod linux {
             let stop = Arc::new(AtomicBool::new(false));
             let stats = Arc::new(Mutex::new(CaptureStats { namespaces: 1, ..CaptureStats::default() }));
             self.stats.push(stats.clone());
+            let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
             let worker = Worker { pid, ns, pids: pids.clone(), stop: stop.clone(), stats, events: self.events.clone() };
             let thread = std::thread::Builder::new()
                 .name(format!("tlsspy-capture-{netns}"))
-                .spawn(move || worker.run())
+                .spawn(move || worker.run(ready_tx))
                 .map_err(CaptureError::Thread)?;
             self.by_netns.insert(netns, NetnsCapture { pids, stop, thread: Some(thread) });
+            // A failure to open is reported by the thread as an event.
+            let _ = ready.recv_timeout(OPEN_TIMEOUT);
             Ok(())
         }
 
@@ -151,9 +171,11 @@ mod linux {
                 pids.is_empty()
             };
             if empty {
-                if let Some(capture) = self.by_netns.remove(&netns) {
-                    // It reports what it holds and ends within one receive timeout.
+                if let Some(mut capture) = self.by_netns.remove(&netns) {
+                    // It reports what it holds and ends within one receive
+                    // timeout; `stop` waits for it.
                     capture.stop.store(true, Ordering::Relaxed);
+                    self.stopping.extend(capture.thread.take());
                 }
             }
         }
@@ -165,9 +187,10 @@ mod linux {
                 capture.stop.store(true, Ordering::Relaxed);
             }
             for (_, mut capture) in self.by_netns.drain() {
-                if let Some(thread) = capture.thread.take() {
-                    let _ = thread.join();
-                }
+                self.stopping.extend(capture.thread.take());
+            }
+            for thread in self.stopping.drain(..) {
+                let _ = thread.join();
             }
             self.netns_of.clear();
         }
@@ -207,9 +230,18 @@ mod linux {
     }
 
     impl Worker {
-        fn run(self) {
+        fn run(self, ready: std::sync::mpsc::SyncSender<()>) {
             // This thread lives in the target's namespace from here on.
             let opened = socket::enter_netns(&self.ns).and_then(|()| PacketSocket::open());
+            let _ = ready.send(());
+            // Who owns a connection is read from /proc while the process
+            // lives: a capture that falls behind a busy machine loses that
+            // race for short-lived clients. Ahead of ordinary work, then.
+            // SAFETY: setpriority on this thread's own id; no memory involved.
+            unsafe {
+                let tid = libc::gettid();
+                libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, CAPTURE_NICE);
+            }
             let socket = match opened {
                 Ok(socket) => socket,
                 Err(err) => {

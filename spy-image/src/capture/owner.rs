@@ -107,13 +107,14 @@ impl Owners<Owner> for OwnerResolver {
         let client_inode = sockets.get(&(client, server)).copied();
         let server_inode = sockets.get(&(server, client)).copied();
         if client_inode.is_none() && server_inode.is_none() {
+            log::debug!("no socket for {client} -> {server} in this namespace ({} sockets)", sockets.len());
             return None;
         }
         let pids = match self.pids.lock() {
             Ok(pids) => pids.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
         };
-        for pid in pids {
+        for &pid in &pids {
             let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { continue };
             for fd in fds.flatten() {
                 let Ok(link) = fs::read_link(fd.path()) else { continue };
@@ -126,6 +127,7 @@ impl Owners<Owner> for OwnerResolver {
                 }
             }
         }
+        log::debug!("{client} -> {server}: sockets {client_inode:?}/{server_inode:?} are not those of {pids:?}");
         None
     }
 }

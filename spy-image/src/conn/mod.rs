@@ -16,6 +16,8 @@ use crate::record::{Chunk, Connection, Direction, Handshake, Payload, PodRef, Re
 const RESERVATION_TTL_NS: u64 = 60_000_000_000;
 /// Reserved ids kept at most (a handshake storm must not grow memory).
 const MAX_RESERVATIONS: usize = 16 * 1024;
+/// Exited processes whose names are kept for handshakes that come late.
+const MAX_EXITED_REMEMBERED: usize = 1024;
 
 /// A TLS handshake seen on the wire, already tied to the target process
 /// that owns the socket.
@@ -50,6 +52,9 @@ struct TupleEntry {
     conn: Option<ConnKey>,
     /// A handshake waiting for plaintext, with its deadline.
     pending: Option<(Handshake, u64)>,
+    /// The decrypted connection that had this tuple and closed: its
+    /// handshake may still be on its way from the capture.
+    closed: Option<Connection>,
     reserved_ns: u64,
 }
 
@@ -126,6 +131,10 @@ pub struct Tracker {
     /// (local, remote) → the connection's id: how a handshake seen on the
     /// wire and the plaintext of the same connection meet.
     tuples: HashMap<(SocketAddr, SocketAddr), TupleEntry>,
+    /// Processes that exited lately, for handshakes that arrive after them.
+    exited: std::collections::VecDeque<(u32, ProcessMeta)>,
+    /// The latest wall-clock time seen in events.
+    last_ts_ns: u64,
     next_id: u64,
     pub stats: TrackerStats,
 }
@@ -138,6 +147,8 @@ impl Tracker {
             conns: HashMap::new(),
             processes: HashMap::new(),
             tuples: HashMap::new(),
+            exited: std::collections::VecDeque::new(),
+            last_ts_ns: 0,
             next_id: 1,
             stats: TrackerStats::default(),
         }
@@ -151,6 +162,7 @@ impl Tracker {
     /// Feeds one event; finished records are appended to `out`.
     pub fn on_data(&mut self, ev: &DataEvent<'_>, out: &mut Vec<Record>) {
         let key = ConnKey { tgid: ev.tgid, conn_ptr: ev.conn_ptr };
+        self.last_ts_ns = self.last_ts_ns.max(ev.ts_ns);
 
         // The library reuses a freed connection object for a new connection:
         // a different socket under the same pointer ends the old one.
@@ -224,7 +236,12 @@ impl Tracker {
         for key in keys {
             self.close(key, "process exited", out);
         }
-        self.processes.remove(&tgid);
+        if let Some(meta) = self.processes.remove(&tgid) {
+            if self.exited.len() >= MAX_EXITED_REMEMBERED {
+                self.exited.pop_front();
+            }
+            self.exited.push_back((tgid, meta));
+        }
     }
 
     /// A handshake seen on the wire: reported with the id of the
@@ -234,17 +251,17 @@ impl Tracker {
     /// the plaintext, when it comes, carries the same one.
     pub fn on_handshake(&mut self, hs: WireHandshake, plaintext: Plaintext, now_ns: u64, out: &mut Vec<Record>) {
         let tuple = (normalize(hs.local), normalize(hs.remote));
-        let decrypted_conn = self
-            .tuples
-            .get(&tuple)
-            .and_then(|e| e.conn)
-            .and_then(|key| self.conns.get_mut(&key))
-            .map(|state| {
+        self.last_ts_ns = self.last_ts_ns.max(now_ns);
+        let decrypted_conn = match self.tuples.get(&tuple) {
+            // The connection closed before its handshake came off the wire.
+            Some(TupleEntry { closed: Some(conn), .. }) => Some(conn.clone()),
+            entry => entry.and_then(|e| e.conn).and_then(|key| self.conns.get_mut(&key)).map(|state| {
                 if hs.role != Role::Unknown {
                     state.record.role = hs.role;
                 }
                 state.record.clone()
-            });
+            }),
+        };
         let mut record = hs.record;
         if let Some(conn) = decrypted_conn {
             // The plaintext came first.
@@ -260,7 +277,10 @@ impl Tracker {
         }
         let id = format!("c{}", self.next_id);
         self.next_id += 1;
-        let meta = self.processes.get(&hs.pid);
+        let meta = self
+            .processes
+            .get(&hs.pid)
+            .or_else(|| self.exited.iter().rev().find(|(pid, _)| *pid == hs.pid).map(|(_, meta)| meta));
         record.conn = Connection {
             id: id.clone(),
             pid: hs.pid,
@@ -282,7 +302,7 @@ impl Tracker {
                 None
             }
         };
-        self.tuples.insert(tuple, TupleEntry { id, conn: None, pending, reserved_ns: now_ns });
+        self.tuples.insert(tuple, TupleEntry { id, conn: None, pending, closed: None, reserved_ns: now_ns });
     }
 
     /// Handshakes whose plaintext did not come in time are reported as
@@ -318,7 +338,7 @@ impl Tracker {
         let Some(state) = self.conns.get_mut(&key) else { return };
         let Some(tuple) = tuple_of(&state.record) else { return };
         match self.tuples.get_mut(&tuple) {
-            Some(entry) if entry.conn.is_none() => {
+            Some(entry) if entry.conn.is_none() && entry.closed.is_none() => {
                 entry.conn = Some(key);
                 state.record.id = entry.id.clone();
                 if let Some((mut record, _)) = entry.pending.take() {
@@ -331,9 +351,17 @@ impl Tracker {
                     self.emit_handshake(record, out);
                 }
             }
-            Some(_) => {}
-            None => {
-                let entry = TupleEntry { id: state.record.id.clone(), conn: Some(key), pending: None, reserved_ns: 0 };
+            // A live connection has the tuple already: keep the first.
+            Some(entry) if entry.conn.is_some() => {}
+            // Unknown, or a closed connection's: this one takes it over.
+            _ => {
+                let entry = TupleEntry {
+                    id: state.record.id.clone(),
+                    conn: Some(key),
+                    pending: None,
+                    closed: None,
+                    reserved_ns: 0,
+                };
                 self.tuples.insert(tuple, entry);
             }
         }
@@ -364,8 +392,10 @@ impl Tracker {
     fn close(&mut self, key: ConnKey, reason: &str, out: &mut Vec<Record>) {
         if let Some(mut state) = self.conns.remove(&key) {
             if let Some(tuple) = tuple_of(&state.record) {
-                if self.tuples.get(&tuple).is_some_and(|e| e.conn == Some(key)) {
-                    self.tuples.remove(&tuple);
+                if let Some(entry) = self.tuples.get_mut(&tuple).filter(|e| e.conn == Some(key)) {
+                    entry.conn = None;
+                    entry.closed = Some(state.record.clone());
+                    entry.reserved_ns = self.last_ts_ns;
                 }
             }
             let mut parsed = Vec::new();
@@ -380,7 +410,7 @@ impl Tracker {
             (Some(local), Some(remote)) => self
                 .tuples
                 .get(&(normalize(local), normalize(remote)))
-                .filter(|e| e.conn.is_none())
+                .filter(|e| e.conn.is_none() && e.closed.is_none())
                 .map(|e| e.id.clone()),
             _ => None,
         };
@@ -531,6 +561,20 @@ mod tests {
         assert!(hs[0].decrypted);
         let Record::Chunk(c) = &out[0] else { panic!() };
         assert_eq!(hs[0].conn.id, c.conn.id);
+    }
+
+    #[test]
+    fn a_handshake_after_the_connection_closed_still_takes_its_id() {
+        let mut tracker = Tracker::new(ParseOptions::default(), true);
+        let mut out = Vec::new();
+        tracker.on_data(&event(1, Direction::Send, b"GET"), &mut out);
+        tracker.process_exited(10, &mut out);
+        tracker.on_handshake(wire("127.0.0.1:40000", "127.0.0.1:443", "a.test"), WAIT, 100, &mut out);
+        let hs = handshakes(&out);
+        assert_eq!(hs.len(), 1);
+        assert!(hs[0].decrypted);
+        assert_eq!(hs[0].conn.id, "c1");
+        assert_eq!(hs[0].conn.process, "curl");
     }
 
     #[test]

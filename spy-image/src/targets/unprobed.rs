@@ -9,7 +9,7 @@ use std::path::Path;
 use super::process::MappedFile;
 
 /// Bytes of an executable searched for a built-in TLS stack's traces.
-const MAX_EXE_SCAN: usize = 256 * 1024 * 1024;
+const MAX_EXE_SCAN: usize = 64 * 1024 * 1024;
 const SCAN_CHUNK: usize = 1024 * 1024;
 
 /// Shared libraries of TLS stacks tlsspy does not probe.
@@ -28,13 +28,19 @@ const BUILT_IN: &[(&[u8], &str)] =
 
 /// What the process uses for TLS that tlsspy cannot probe, when it can tell.
 pub fn unprobed_tls(files: &[MappedFile], exe: Option<&Path>) -> Option<&'static str> {
-    for file in files {
+    library_hint(files).or_else(|| exe.and_then(built_in_hint))
+}
+
+/// A mapped library of a TLS stack tlsspy does not probe.
+pub fn library_hint(files: &[MappedFile]) -> Option<&'static str> {
+    files.iter().find_map(|file| {
         let name = file.path.rsplit('/').next().unwrap_or(&file.path);
-        if let Some((_, what)) = LIBRARIES.iter().find(|(prefix, _)| name.starts_with(prefix)) {
-            return Some(what);
-        }
-    }
-    let exe = exe?;
+        LIBRARIES.iter().find(|(prefix, _)| name.starts_with(prefix)).map(|(_, what)| *what)
+    })
+}
+
+/// A TLS stack built into the executable at `exe`.
+pub fn built_in_hint(exe: &Path) -> Option<&'static str> {
     BUILT_IN.iter().find(|(needle, _)| file_contains(exe, needle).unwrap_or(false)).map(|(_, what)| *what)
 }
 

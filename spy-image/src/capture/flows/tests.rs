@@ -86,10 +86,21 @@ fn plain_http_on_443_is_counted_as_not_tls() {
 }
 
 #[test]
-fn flows_of_other_processes_are_ignored() {
+fn a_cut_hello_answered_by_junk_is_malformed() {
     let mut wire = Wire::new();
     wire.open();
+    wire.send(client(), server(), 101, TCP_ACK, &sample_client_hello(32)[..60]);
+    wire.send(server(), client(), 5001, TCP_ACK, b"NOT TLS\r\n");
+    assert!(wire.out.is_empty());
+    assert_eq!((wire.table.stats.malformed, wire.table.stats.not_tls), (1, 0));
+}
+
+#[test]
+fn flows_of_other_processes_are_ignored() {
+    let mut wire = Wire::new();
     let mut nobody = |_: SocketAddr, _: SocketAddr| -> Option<u32> { None };
+    wire.send_with(client(), server(), 100, TCP_SYN, b"", &mut nobody);
+    wire.send_with(server(), client(), 5000, TCP_SYN | TCP_ACK, b"", &mut nobody);
     wire.send_with(client(), server(), 101, TCP_ACK, &sample_client_hello(32), &mut nobody);
     wire.send(server(), client(), 5001, TCP_ACK, &sample_server_hello());
     assert!(wire.out.is_empty());
