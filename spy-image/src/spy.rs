@@ -143,6 +143,8 @@ pub struct Spy {
     built_in_tls: HashMap<FileId, Option<&'static str>>,
     /// What exited targets allowed, for handshakes read after they ended.
     gone: HashMap<u32, Plaintext>,
+    /// Exited targets whose target record never went out.
+    gone_unreported: HashSet<u32>,
 }
 
 /// Exited targets remembered for late handshakes.
@@ -163,6 +165,7 @@ impl Spy {
             capture_events,
             built_in_tls: HashMap::new(),
             gone: HashMap::new(),
+            gone_unreported: HashSet::new(),
             probes,
             tracker: Tracker::new(options.parse.clone(), options.raw),
             options,
@@ -269,7 +272,15 @@ impl Spy {
                     hello.describe(&mut record);
                 }
                 let owner = seen.owner;
-                let plaintext = self.plaintext_of(owner.pid);
+                if let (Some(what), Some(state)) = (owner.unprobed, self.targets.get_mut(&owner.pid)) {
+                    if !matches!(state.unprobed, Some(Some(_))) {
+                        state.unprobed = Some(Some(what));
+                    }
+                }
+                let plaintext = match self.targets.contains_key(&owner.pid) {
+                    true => self.plaintext_of(owner.pid),
+                    false => self.plaintext_of_gone(&owner),
+                };
                 let handshake =
                     WireHandshake { pid: owner.pid, local: owner.local, remote: owner.remote, role: owner.role, record };
                 let now = self.wall_ns(monotonic_ns());
@@ -279,6 +290,54 @@ impl Spy {
                 self.out.push(Record::Warning(Warning { message, pid: Some(pid) }));
             }
         }
+    }
+
+    /// A target that exited before its handshake was read: what was known
+    /// of it then, or what the capture saw while it lived. Its target
+    /// record goes out now if it never did.
+    fn plaintext_of_gone(&mut self, owner: &crate::capture::owner::Owner) -> Plaintext {
+        let known = self.gone.get(&owner.pid).cloned();
+        let reason = |what: &str| format!("no TLS library tlsspy can probe in this process: it uses {what}");
+        let mut unprobed = owner.unprobed;
+        if unprobed.is_none() && !matches!(known, Some(Plaintext::Expected { .. })) {
+            if let Some(exe) = &owner.exe {
+                let id = exe.metadata().ok().map(|m| {
+                    use std::os::unix::fs::MetadataExt as _;
+                    FileId { dev: m.dev(), ino: m.ino() }
+                });
+                unprobed = match id {
+                    Some(id) => *self
+                        .built_in_tls
+                        .entry(id)
+                        .or_insert_with(|| crate::targets::unprobed::built_in_hint_of(exe)),
+                    None => crate::targets::unprobed::built_in_hint_of(exe),
+                };
+            }
+        }
+        let plaintext = match (known, unprobed) {
+            (Some(Plaintext::Expected { wait_ns }), _) => Plaintext::Expected { wait_ns },
+            (_, Some(what)) => Plaintext::NotProbed(reason(what)),
+            (Some(known), None) => known,
+            (None, None) => {
+                Plaintext::NotProbed("the process exited before its TLS library could be identified".into())
+            }
+        };
+        if self.gone_unreported.remove(&owner.pid) {
+            let process = owner.process.clone().unwrap_or_else(|| "?".into());
+            let reason = match &plaintext {
+                Plaintext::NotProbed(reason) => Some(reason.clone()),
+                Plaintext::Expected { .. } => None,
+            };
+            let probed = reason.is_none();
+            self.out.push(Record::Target(Target {
+                pid: owner.pid,
+                process,
+                probed,
+                reason,
+                ..Target::default()
+            }));
+        }
+        plaintext
     }
 
     /// Whether plaintext of `pid` can be captured; the reason from its
@@ -677,8 +736,12 @@ impl Spy {
                     let verdict = self.verdict(pid);
                     if self.gone.len() >= MAX_GONE {
                         self.gone.clear();
+                        self.gone_unreported.clear();
                     }
                     self.gone.insert(pid, verdict);
+                    if self.targets.get(&pid).is_some_and(|s| !s.reported) {
+                        self.gone_unreported.insert(pid);
+                    }
                 }
                 if self.targets.remove(&pid).is_some() {
                     self.tracker.process_exited(pid, &mut self.out);

@@ -247,7 +247,10 @@ fn a_rustls_client_shows_with_a_closed_lock_and_the_reason() {
     assert!(line.contains("sni=- alpn=http/1.1 (offered) version=TLSv1.2"), "{line}");
     assert!(live.contains("not decrypted: no TLS library tlsspy can probe in this process: it uses rustls"), "{live}");
     assert!(!live.contains("🔓"), "{live}");
-    let row = live.lines().find(|l| l.contains("tlsspy-rustls")).unwrap_or_else(|| panic!("summary row:\n{live}"));
+    let row = live
+        .lines()
+        .find(|l| l.starts_with('│') && l.contains("tlsspy-rustls"))
+        .unwrap_or_else(|| panic!("summary row:\n{live}"));
     let cells: Vec<&str> = row.split(['│', '┆']).map(str::trim).filter(|c| !c.is_empty()).collect();
     assert_eq!(&cells[1..4], ["1", "0", "1"], "{row}");
 }
@@ -361,6 +364,9 @@ payloads = [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x00" + os.urandom(300), hel
 for payload in payloads:
     s = socket.create_connection(("127.0.0.1", 443))
     s.sendall(payload)
+    # Owners are read from /proc while a connection is open: give a busy
+    # machine's capture time to see this one's.
+    time.sleep(0.3)
     if payload is hello:
         s.recv(100)
     s.shutdown(socket.SHUT_WR)

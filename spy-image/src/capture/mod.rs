@@ -29,8 +29,10 @@ mod linux {
 
     use tokio::sync::mpsc;
 
-    use super::flows::{FlowStats, FlowTable, SeenHandshake};
+    use super::flows::{FlowStats, FlowTable, Owners, SeenHandshake};
     use super::owner::{Owner, OwnerResolver};
+    use crate::targets::process;
+    use crate::targets::unprobed;
     use super::packet;
     use super::socket::{self, PacketSocket};
 
@@ -220,6 +222,24 @@ mod linux {
         SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
     }
 
+    /// Owners, described while they live: name, libraries, executable
+    /// (what the reason of a closed lock names). Cheap: the capture must
+    /// keep up with the packets.
+    struct DescribedOwners {
+        resolver: OwnerResolver,
+    }
+
+    impl Owners<Owner> for DescribedOwners {
+        fn owner(&mut self, client: std::net::SocketAddr, server: std::net::SocketAddr) -> Option<Owner> {
+            let mut owner = self.resolver.owner(client, server)?;
+            owner.process = process::name(owner.pid).ok();
+            let files = process::mapped_files(owner.pid).unwrap_or_default();
+            owner.unprobed = unprobed::library_hint(&files);
+            owner.exe = File::open(process::proc_dir(owner.pid).join("exe")).ok().map(Arc::new);
+            Some(owner)
+        }
+    }
+
     struct Worker {
         pid: u32,
         ns: File,
@@ -251,7 +271,7 @@ mod linux {
                 }
             };
             let mut table: FlowTable<Owner> = FlowTable::new();
-            let mut owners = OwnerResolver::new(self.pids.clone());
+            let mut owners = DescribedOwners { resolver: OwnerResolver::new(self.pids.clone()) };
             let mut buf = vec![0u8; socket::SNAPLEN as usize];
             let mut out = Vec::new();
             let mut local = CaptureStats::default();

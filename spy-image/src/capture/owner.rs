@@ -12,12 +12,21 @@ use crate::record::Role;
 use super::flows::Owners;
 
 /// A target's end of a connection.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Owner {
     pub pid: u32,
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub role: Role,
+    /// The process's name, read while it was alive (a short-lived client
+    /// may be gone when its handshake is reported).
+    pub process: Option<String>,
+    /// A TLS stack tlsspy cannot probe, seen in the libraries the process
+    /// mapped then.
+    pub unprobed: Option<&'static str>,
+    /// Its executable, held open so it can be examined after the process
+    /// is gone.
+    pub exe: Option<std::sync::Arc<fs::File>>,
 }
 
 /// An IPv4 peer of an IPv6 socket shows as ::ffff:a.b.c.d; on the wire it
@@ -120,10 +129,10 @@ impl Owners<Owner> for OwnerResolver {
                 let Ok(link) = fs::read_link(fd.path()) else { continue };
                 let Some(inode) = socket_inode(&link.to_string_lossy()) else { continue };
                 if Some(inode) == client_inode {
-                    return Some(Owner { pid, local: client, remote: server, role: Role::Client });
+                    return Some(Owner { pid, local: client, remote: server, role: Role::Client, process: None, unprobed: None, exe: None });
                 }
                 if Some(inode) == server_inode {
-                    return Some(Owner { pid, local: server, remote: client, role: Role::Server });
+                    return Some(Owner { pid, local: server, remote: client, role: Role::Server, process: None, unprobed: None, exe: None });
                 }
             }
         }

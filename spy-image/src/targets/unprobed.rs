@@ -3,7 +3,7 @@
 //! person can act on.
 
 use std::fs::File;
-use std::io::{self, Read as _};
+use std::io;
 use std::path::Path;
 
 use super::process::MappedFile;
@@ -41,18 +41,23 @@ pub fn library_hint(files: &[MappedFile]) -> Option<&'static str> {
 
 /// A TLS stack built into the executable at `exe`.
 pub fn built_in_hint(exe: &Path) -> Option<&'static str> {
+    built_in_hint_of(&File::open(exe).ok()?)
+}
+
+/// The same, of an open executable (one whose process may be gone).
+pub fn built_in_hint_of(exe: &File) -> Option<&'static str> {
     BUILT_IN.iter().find(|(needle, _)| file_contains(exe, needle).unwrap_or(false)).map(|(_, what)| *what)
 }
 
 /// Searches the first [`MAX_EXE_SCAN`] bytes of a file for `needle`.
-fn file_contains(path: &Path, needle: &[u8]) -> io::Result<bool> {
-    let mut file = File::open(path)?;
+fn file_contains(file: &File, needle: &[u8]) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt as _;
     let finder = memchr::memmem::Finder::new(needle);
     let mut buf = vec![0u8; SCAN_CHUNK + needle.len()];
     let mut carried = 0;
     let mut scanned = 0;
     while scanned < MAX_EXE_SCAN {
-        let n = file.read(&mut buf[carried..])?;
+        let n = file.read_at(&mut buf[carried..], scanned as u64)?;
         if n == 0 {
             return Ok(false);
         }
