@@ -271,6 +271,7 @@ impl Spy {
                 if let Some(hello) = &seen.server_hello {
                     hello.describe(&mut record);
                 }
+                let seen = *seen;
                 let owner = seen.owner;
                 if let (Some(what), Some(state)) = (owner.unprobed, self.targets.get_mut(&owner.pid)) {
                     if !matches!(state.unprobed, Some(Some(_))) {

@@ -154,7 +154,7 @@ fn tls_versions_sni_and_alpn_combinations_are_reported() {
         assert_eq!(hs.len(), 1, "{case}: {hs:?}");
         let h = hs[0];
         assert!(h.decrypted, "{case}: {h:?}");
-        assert_eq!(plaintext_ids(&records, &mark), [h.conn.id.clone()], "{case}");
+        assert_eq!(plaintext_ids(&records, &mark), std::slice::from_ref(&h.conn.id), "{case}");
         let expected_sni = (sni != "-").then(|| sni.to_string());
         assert_eq!(h.sni, expected_sni, "{case}");
         assert_eq!(h.alpn_offered, [alpn], "{case}");

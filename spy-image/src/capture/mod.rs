@@ -50,7 +50,7 @@ mod linux {
     /// What captures tell the spy.
     #[derive(Debug)]
     pub enum CaptureEvent {
-        Handshake(SeenHandshake<Owner>),
+        Handshake(Box<SeenHandshake<Owner>>),
         /// A namespace could not be watched.
         Failed { pid: u32, message: String },
     }
@@ -319,7 +319,7 @@ mod linux {
 
         fn publish(&self, local: &mut CaptureStats, table: &FlowTable<Owner>, out: &mut Vec<SeenHandshake<Owner>>) {
             for handshake in out.drain(..) {
-                if self.events.try_send(CaptureEvent::Handshake(handshake)).is_err() {
+                if self.events.try_send(CaptureEvent::Handshake(Box::new(handshake))).is_err() {
                     local.dropped_handshakes += 1;
                 }
             }
