@@ -272,6 +272,10 @@ pub struct FilterArgs {
     /// Only this protocol (repeatable): http1, http2, grpc.
     #[arg(long = "protocol", value_name = "PROTOCOL")]
     pub protocols: Vec<String>,
+    /// Only TLS handshakes: every TLS connection, decrypted (open lock) or
+    /// not (closed lock, with the reason), without its plaintext.
+    #[arg(long)]
+    pub tls_only: bool,
 }
 
 pub fn parse_duration(text: &str) -> Result<Duration, String> {

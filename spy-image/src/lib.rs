@@ -6,6 +6,7 @@
 //! `record`, `proto` and `conn` are pure and build on every platform;
 //! everything that touches the kernel is Linux-only.
 
+pub mod capture;
 pub mod conn;
 pub mod proto;
 pub mod record;

@@ -382,6 +382,38 @@ pub struct Stats {
     /// its return costs one more).
     #[serde(default)]
     pub probe_hits: u64,
+    /// The wire capture of TLS handshakes.
+    #[serde(default)]
+    pub handshakes: HandshakeStats,
+}
+
+/// Counters of the handshake capture: every TLS connection, decrypted or not.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HandshakeStats {
+    /// `handshake` records sent.
+    pub handshakes: u64,
+    /// Of those, connections whose plaintext was captured too.
+    pub decrypted: u64,
+    /// Network namespaces watched.
+    pub namespaces: u64,
+    /// Packets the captures read.
+    pub packets: u64,
+    /// Packets the kernel dropped before we read them.
+    pub dropped_packets: u64,
+    /// Target connections whose first bytes are not TLS.
+    pub not_tls_flows: u64,
+    /// Target connections that start like TLS but whose hellos are broken,
+    /// cut or missing.
+    pub malformed_flows: u64,
+    /// Connections already open when the capture started.
+    pub joined_midway_flows: u64,
+    /// Connections of processes that are not targets (ignored).
+    pub other_flows: u64,
+    /// Connections forgotten because the flow table was full.
+    pub evicted_flows: u64,
+    /// Handshakes dropped because the spy fell behind the capture.
+    pub dropped_handshakes: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]

@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::mpsc;
 
-use crate::conn::{DataEvent, ProcessMeta, Tracker};
+use crate::capture::{CaptureEvent, CaptureStats, Captures};
+use crate::conn::{DataEvent, Plaintext, ProcessMeta, Tracker, WireHandshake};
 use crate::probes::event::{self, KernelEvent};
 use crate::probes::{KernelStats, LoadOptions, ProbeError, Probes};
 use crate::proto::ParseOptions;
 use crate::record::{
-    Bye, Direction, Hello, Linkage, PodRef, Record, Stats, Target, TlsLibrary, TlsStack, Warning,
+    Bye, Direction, Handshake, HandshakeStats, Hello, Linkage, PodRef, Record, Stats, Target, TlsLibrary, TlsStack,
+    Warning,
 };
 use crate::sink::Sink;
 use crate::targets::container;
@@ -37,6 +39,12 @@ pub struct SpyOptions {
     pub exit_when_targets_gone: bool,
     /// The node name for the `hello` record.
     pub node: Option<String>,
+    /// Watch each target's network namespace for TLS handshakes, so every
+    /// TLS connection is shown, decrypted or not.
+    pub handshakes: bool,
+    /// How long a handshake of a probed process waits for the first
+    /// plaintext before it is reported as not decrypted.
+    pub plaintext_wait: Duration,
 }
 
 impl Default for SpyOptions {
@@ -50,6 +58,8 @@ impl Default for SpyOptions {
             stats_interval: None,
             exit_when_targets_gone: false,
             node: None,
+            handshakes: true,
+            plaintext_wait: Duration::from_secs(5),
         }
     }
 }
@@ -94,6 +104,8 @@ struct TargetState {
     /// The name the kernel gave at the last exec: the process's name once
     /// /proc no longer has it.
     comm: Option<String>,
+    /// A TLS stack tlsspy recognises but does not probe, once looked for.
+    unprobed: Option<Option<&'static str>>,
 }
 
 impl TargetState {
@@ -106,6 +118,7 @@ impl TargetState {
             reported: false,
             program: None,
             comm: None,
+            unprobed: None,
         }
     }
 
@@ -137,13 +150,37 @@ pub struct Spy {
     wall_offset_ns: i128,
     out: Vec<Record>,
     decode_errors: u64,
+    /// Packet captures of the targets' network namespaces (None when
+    /// handshakes are not watched).
+    captures: Option<Captures>,
+    capture_events: Option<mpsc::Receiver<CaptureEvent>>,
+    /// Executables searched for a built-in TLS stack tlsspy cannot probe.
+    built_in_tls: HashMap<FileId, Option<&'static str>>,
+    /// What exited targets allowed, for handshakes read after they ended.
+    gone: HashMap<u32, Plaintext>,
+    /// Exited targets whose target record never went out.
+    gone_unreported: HashSet<u32>,
 }
+
+/// Exited targets remembered for late handshakes.
+const MAX_GONE: usize = 1024;
 
 impl Spy {
     /// Loads the probes. Nothing is traced until processes are added.
     pub fn start(options: SpyOptions) -> Result<Spy, SpyError> {
         let probes = Probes::load(&options.load)?;
+        let (captures, capture_events) = if options.handshakes {
+            let (captures, events) = Captures::new();
+            (Some(captures), Some(events))
+        } else {
+            (None, None)
+        };
         Ok(Spy {
+            captures,
+            capture_events,
+            built_in_tls: HashMap::new(),
+            gone: HashMap::new(),
+            gone_unreported: HashSet::new(),
             probes,
             tracker: Tracker::new(options.parse.clone(), options.raw),
             options,
@@ -192,6 +229,7 @@ impl Spy {
             return Err(SpyError::NoSuchProcess(pid));
         }
         self.probes.add_target(pid, self.options.follow_children)?;
+        self.watch_network(pid);
         let mut state = TargetState::new(pod);
         // A running process has its libraries mapped: report at once.
         state.since = Instant::now() - YOUNG_PROCESS;
@@ -231,11 +269,142 @@ impl Spy {
             return Err(SpyError::NoSuchProcess(pid));
         }
         self.probes.add_target(pid, self.options.follow_children)?;
+        self.watch_network(pid);
         let mut state = TargetState::new(None);
         state.reported = true; // the exec resets this
         state.program = Some(program.to_path_buf());
         self.targets.insert(pid, state);
         Ok(())
+    }
+
+    /// Starts watching the network namespace of `pid` for handshakes (a
+    /// namespace already watched just gains a process).
+    fn watch_network(&mut self, pid: u32) {
+        let Some(captures) = self.captures.as_mut() else { return };
+        if let Err(err) = captures.watch(pid) {
+            self.out.push(Record::Warning(Warning { message: err.to_string(), pid: Some(pid) }));
+        }
+    }
+
+    /// A handshake seen on the wire: tied to its connection, decrypted or
+    /// not, and why not.
+    fn on_capture(&mut self, event: CaptureEvent) {
+        match event {
+            CaptureEvent::Handshake(seen) => {
+                let mut record = Handshake { ts_ns: seen.ts_ns, ..Handshake::default() };
+                if let Some(hello) = &seen.client_hello {
+                    hello.describe(&mut record);
+                }
+                if let Some(hello) = &seen.server_hello {
+                    hello.describe(&mut record);
+                }
+                let seen = *seen;
+                let owner = seen.owner;
+                if let (Some(what), Some(state)) = (owner.unprobed, self.targets.get_mut(&owner.pid)) {
+                    if !matches!(state.unprobed, Some(Some(_))) {
+                        state.unprobed = Some(Some(what));
+                    }
+                }
+                let plaintext = match self.targets.contains_key(&owner.pid) {
+                    true => self.plaintext_of(owner.pid),
+                    false => self.plaintext_of_gone(&owner),
+                };
+                let handshake =
+                    WireHandshake { pid: owner.pid, local: owner.local, remote: owner.remote, role: owner.role, record };
+                let now = self.wall_ns(monotonic_ns());
+                self.tracker.on_handshake(handshake, plaintext, now, &mut self.out);
+            }
+            CaptureEvent::Failed { pid, message } => {
+                self.out.push(Record::Warning(Warning { message, pid: Some(pid) }));
+            }
+        }
+    }
+
+    /// A target that exited before its handshake was read: what was known
+    /// of it then, or what the capture saw while it lived. Its target
+    /// record goes out now if it never did.
+    fn plaintext_of_gone(&mut self, owner: &crate::capture::owner::Owner) -> Plaintext {
+        let known = self.gone.get(&owner.pid).cloned();
+        let reason = |what: &str| format!("no TLS library tlsspy can probe in this process: it uses {what}");
+        let mut unprobed = owner.unprobed;
+        if unprobed.is_none() && !matches!(known, Some(Plaintext::Expected { .. })) {
+            if let Some(exe) = &owner.exe {
+                let id = exe.metadata().ok().map(|m| {
+                    use std::os::unix::fs::MetadataExt as _;
+                    FileId { dev: m.dev(), ino: m.ino() }
+                });
+                unprobed = match id {
+                    Some(id) => *self
+                        .built_in_tls
+                        .entry(id)
+                        .or_insert_with(|| crate::targets::unprobed::built_in_hint_of(exe)),
+                    None => crate::targets::unprobed::built_in_hint_of(exe),
+                };
+            }
+        }
+        let plaintext = match (known, unprobed) {
+            (Some(Plaintext::Expected { wait_ns }), _) => Plaintext::Expected { wait_ns },
+            (_, Some(what)) => Plaintext::NotProbed(reason(what)),
+            (Some(known), None) => known,
+            (None, None) => {
+                Plaintext::NotProbed("the process exited before its TLS library could be identified".into())
+            }
+        };
+        if self.gone_unreported.remove(&owner.pid) {
+            let process = owner.process.clone().unwrap_or_else(|| "?".into());
+            let reason = match &plaintext {
+                Plaintext::NotProbed(reason) => Some(reason.clone()),
+                Plaintext::Expected { .. } => None,
+            };
+            let probed = reason.is_none();
+            self.out.push(Record::Target(Target {
+                pid: owner.pid,
+                process,
+                probed,
+                reason,
+                ..Target::default()
+            }));
+        }
+        plaintext
+    }
+
+    /// Whether plaintext of `pid` can be captured; the reason from its
+    /// target record when not.
+    fn plaintext_of(&mut self, pid: u32) -> Plaintext {
+        if !self.targets.contains_key(&pid) {
+            return self.gone.get(&pid).cloned().unwrap_or_else(|| {
+                Plaintext::NotProbed("the process exited before its TLS library could be identified".into())
+            });
+        }
+        let probed = |spy: &Spy| spy.targets.get(&pid).is_some_and(|s| s.stacks.iter().any(|t| t.probed));
+        if !probed(self) && self.targets.contains_key(&pid) {
+            // It made a TLS connection: whatever library did it is mapped
+            // by now.
+            self.scan(pid);
+            if !probed(self) {
+                self.look_for_unprobed_tls(pid);
+            }
+        }
+        // Its connection is shown: so is what the spy found in it.
+        if let Some(state) = self.targets.get_mut(&pid) {
+            if !state.reported {
+                state.reported = true;
+                let record = self.target_record(pid);
+                self.out.push(record);
+            }
+        }
+        self.verdict(pid)
+    }
+
+    /// Plaintext expected, or why not, from what is known of `pid` now.
+    fn verdict(&self, pid: u32) -> Plaintext {
+        if self.targets.get(&pid).is_some_and(|s| s.stacks.iter().any(|t| t.probed)) {
+            return Plaintext::Expected { wait_ns: self.options.plaintext_wait.as_nanos() as u64 };
+        }
+        match self.target_record(pid) {
+            Record::Target(target) => Plaintext::NotProbed(target.reason.unwrap_or_else(|| "not probed".into())),
+            _ => Plaintext::NotProbed("not probed".into()),
+        }
     }
 
     /// Examines the process's mapped files for TLS stacks it has not
@@ -309,8 +478,32 @@ impl Spy {
             }
         }
         if report {
+            self.look_for_unprobed_tls(pid);
             let record = self.target_record(pid);
             self.out.push(record);
+        }
+    }
+
+    /// Names the TLS stack tlsspy cannot probe in a process without a
+    /// probed one (a library it maps, or one built into its executable).
+    fn look_for_unprobed_tls(&mut self, pid: u32) {
+        let Some(state) = self.targets.get(&pid) else { return };
+        if matches!(state.unprobed, Some(Some(_))) || state.stacks.iter().any(|s| s.probed) {
+            return;
+        }
+        let files = process::mapped_files(pid).unwrap_or_default();
+        let mut found = crate::targets::unprobed::library_hint(&files);
+        if found.is_none() {
+            let exe = process::proc_dir(pid).join("exe");
+            if let Ok(id) = FileId::of(&exe) {
+                found = *self
+                    .built_in_tls
+                    .entry(id)
+                    .or_insert_with(|| crate::targets::unprobed::built_in_hint(&exe));
+            }
+        }
+        if let Some(state) = self.targets.get_mut(&pid) {
+            state.unprobed = Some(found);
         }
     }
 
@@ -364,6 +557,8 @@ impl Spy {
             None
         } else if let Some(failed) = tls.iter().find_map(|s| s.reason.clone()) {
             Some(failed)
+        } else if let Some(what) = state.and_then(|s| s.unprobed.flatten()) {
+            Some(format!("no TLS library tlsspy can probe in this process: it uses {what}"))
         } else {
             Some(
                 "no TLS library found: the process maps no libssl, its executable exports no \
@@ -425,6 +620,7 @@ impl Spy {
         let stats_every = self.options.stats_interval.unwrap_or(Duration::from_secs(3600));
         let mut stats_tick = tokio::time::interval(stats_every);
         stats_tick.tick().await;
+        let mut capture_events = self.capture_events.take();
 
         let reason = loop {
             tokio::select! {
@@ -440,6 +636,22 @@ impl Spy {
                     let ring = ring.get_mut();
                     while let Some(item) = ring.next() {
                         self.handle(&item);
+                    }
+                }
+                Some(event) = next_capture_event(&mut capture_events) => {
+                    // Kernel events first: the exec, the library's first
+                    // call and the plaintext of this connection happened
+                    // before its handshake was read off the wire.
+                    {
+                        let ring = ring.get_mut();
+                        while let Some(item) = ring.next() {
+                            self.handle(&item);
+                        }
+                    }
+                    self.on_capture(event);
+                    // Take what else is queued in the same turn.
+                    while let Some(event) = capture_events.as_mut().and_then(|rx| rx.try_recv().ok()) {
+                        self.on_capture(event);
                     }
                 }
                 message = control.recv() => match message {
@@ -467,6 +679,8 @@ impl Spy {
                     for pid in due {
                         self.scan(pid);
                     }
+                    let now = self.wall_ns(monotonic_ns());
+                    self.tracker.expire_handshakes(now, &mut self.out);
                 }
                 _ = stats_tick.tick(), if self.options.stats_interval.is_some() => {
                     let stats = self.stats();
@@ -485,6 +699,13 @@ impl Spy {
             while let Some(item) = ring.next() {
                 self.handle(&item);
             }
+        }
+        // So do the handshakes the captures still hold.
+        if let Some(captures) = self.captures.as_mut() {
+            captures.stop();
+        }
+        while let Some(event) = capture_events.as_mut().and_then(|rx| rx.try_recv().ok()) {
+            self.on_capture(event);
         }
         let mut tail = Vec::new();
         self.tracker.finish(&mut tail);
@@ -553,6 +774,7 @@ impl Spy {
                     let mut state = TargetState::new(pod);
                     state.reported = true;
                     self.targets.insert(pid, state);
+                    self.watch_network(pid);
                     let meta = self.process_meta(pid);
                     self.tracker.describe_process(pid, meta);
                 }
@@ -566,15 +788,33 @@ impl Spy {
                     state.since = Instant::now();
                     state.reported = false;
                     state.comm = Some(event::comm(&proc_event.comm).to_string());
+                    state.unprobed = None;
                     let meta = self.process_meta(pid);
                     self.tracker.describe_process(pid, meta);
                     self.scan(pid);
+                    // A short-lived program may be gone before anyone asks.
+                    self.look_for_unprobed_tls(pid);
                 }
             }
             KernelEvent::Exit(proc_event) => {
                 let pid = proc_event.tgid;
+                if self.targets.contains_key(&pid) {
+                    // Its handshakes may still be on their way from the capture.
+                    let verdict = self.verdict(pid);
+                    if self.gone.len() >= MAX_GONE {
+                        self.gone.clear();
+                        self.gone_unreported.clear();
+                    }
+                    self.gone.insert(pid, verdict);
+                    if self.targets.get(&pid).is_some_and(|s| !s.reported) {
+                        self.gone_unreported.insert(pid);
+                    }
+                }
                 if self.targets.remove(&pid).is_some() {
                     self.tracker.process_exited(pid, &mut self.out);
+                    if let Some(captures) = self.captures.as_mut() {
+                        captures.unwatch(pid);
+                    }
                 }
             }
         }
@@ -627,7 +867,12 @@ impl Spy {
             chunks: t.chunks,
             parse_errors: t.parse_errors,
             probe_hits: kernel.entry_hits,
+            handshakes: handshake_stats(t.handshakes, t.handshakes_decrypted, self.capture_stats()),
         }
+    }
+
+    pub fn capture_stats(&self) -> CaptureStats {
+        self.captures.as_ref().map(Captures::stats).unwrap_or_default()
     }
 
     fn wall_ns(&self, monotonic: u64) -> u64 {
@@ -639,6 +884,29 @@ impl Spy {
 fn program_file(path: PathBuf) -> Option<process::MappedFile> {
     let file_id = FileId::of(&path).ok()?;
     Some(process::MappedFile { path: path.to_string_lossy().into_owned(), host_path: path, file_id })
+}
+
+async fn next_capture_event(events: &mut Option<mpsc::Receiver<CaptureEvent>>) -> Option<CaptureEvent> {
+    match events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn handshake_stats(handshakes: u64, decrypted: u64, capture: CaptureStats) -> HandshakeStats {
+    HandshakeStats {
+        handshakes,
+        decrypted,
+        namespaces: capture.namespaces,
+        packets: capture.packets,
+        dropped_packets: capture.dropped_packets,
+        not_tls_flows: capture.flows.not_tls,
+        malformed_flows: capture.flows.malformed,
+        joined_midway_flows: capture.flows.joined_midway,
+        other_flows: capture.flows.others,
+        evicted_flows: capture.flows.evicted,
+        dropped_handshakes: capture.dropped_handshakes,
+    }
 }
 
 fn is_process(pid: u32) -> bool {

@@ -60,11 +60,22 @@ pub struct Certificate {
 
 impl Certificate {
     pub fn new() -> Certificate {
+        Certificate::with_extensions(&[])
+    }
+
+    /// Marked as not a CA: webpki (rustls) refuses a CA certificate as a
+    /// server's own.
+    pub fn end_entity() -> Certificate {
+        Certificate::with_extensions(&["-addext", "basicConstraints=critical,CA:FALSE"])
+    }
+
+    fn with_extensions(extra: &[&str]) -> Certificate {
         let dir = tempfile::tempdir().expect("tempdir");
         let status = Command::new("openssl")
             .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
             .args(["-days", "2", "-subj", "/CN=localhost"])
             .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .args(extra)
             .arg("-keyout")
             .arg(dir.path().join("key.pem"))
             .arg("-out")

@@ -15,6 +15,7 @@ pub struct Filter {
     path: Option<String>,
     path_regex: Option<Regex>,
     protocols: Vec<Protocol>,
+    tls_only: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -50,6 +51,7 @@ impl Filter {
             path: args.path.clone(),
             path_regex,
             protocols,
+            tls_only: args.tls_only,
         })
     }
 
@@ -63,6 +65,9 @@ impl Filter {
     }
 
     pub fn accepts(&self, record: &Record) -> bool {
+        if self.tls_only {
+            return !matches!(record, Record::Exchange(_) | Record::Chunk(_));
+        }
         match record {
             Record::Exchange(exchange) => self.accepts_exchange(exchange),
             // With an exchange filter set, raw chunks are noise.
@@ -151,6 +156,13 @@ mod tests {
         let filter = Filter::new(&args).expect("filter");
         assert!(filter.accepts(&exchange("GET", "/v2/users/7", 200)));
         assert!(!filter.accepts(&exchange("GET", "/health", 200)));
+    }
+
+    #[test]
+    fn tls_only_keeps_handshakes_and_drops_plaintext() {
+        let filter = Filter::new(&FilterArgs { tls_only: true, ..Default::default() }).expect("filter");
+        assert!(filter.accepts(&Record::Handshake(Default::default())));
+        assert!(!filter.accepts(&exchange("GET", "/", 200)));
     }
 
     #[test]

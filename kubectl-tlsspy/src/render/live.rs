@@ -110,20 +110,30 @@ fn write_target(out: &mut impl Write, target: &Target, style: &Style) -> io::Res
 
 fn write_handshake(out: &mut impl Write, h: &Handshake, style: &Style) -> io::Result<()> {
     let lock = if h.decrypted { "🔓" } else { "🔒" };
-    let mut line = format!(
-        "{lock} {} {} {} TLS handshake sni={} alpn={} version={} cipher={}",
+    // TLS 1.3 sends the chosen ALPN encrypted: then the offer is all we know.
+    let alpn = match (&h.alpn, h.alpn_offered.is_empty()) {
+        (Some(chosen), _) => chosen.clone(),
+        (None, false) => format!("{} (offered)", h.alpn_offered.join(",")),
+        (None, true) => "-".to_string(),
+    };
+    let version = match (&h.version, h.versions_offered.first()) {
+        (Some(version), _) => version.clone(),
+        (None, Some(offered)) => format!("{offered} (offered)"),
+        (None, None) => "-".to_string(),
+    };
+    let line = format!(
+        "{lock} {} {} {} TLS sni={} alpn={alpn} version={version} cipher={} {}",
         style.dim(&clock(h.ts_ns)),
-        who(&h.conn),
+        style.bold(&who(&h.conn)),
         peer(&h.conn),
         h.sni.as_deref().unwrap_or("-"),
-        h.alpn.as_deref().unwrap_or("-"),
-        h.version.as_deref().unwrap_or("-"),
         h.cipher.as_deref().unwrap_or("-"),
+        style.dim(&h.conn.id),
     );
-    if let Some(reason) = &h.reason {
-        line.push_str(&format!(" ({reason})"));
+    match (&h.reason, h.decrypted) {
+        (Some(reason), false) => writeln!(out, "{line}\n    {}", style.yellow(&format!("not decrypted: {reason}"))),
+        _ => writeln!(out, "{line}"),
     }
-    writeln!(out, "{line}")
 }
 
 fn write_chunk(out: &mut impl Write, chunk: &Chunk, options: &LiveOptions, style: &Style) -> io::Result<()> {
@@ -287,6 +297,30 @@ mod tests {
         write_payload(&mut out, text.as_bytes(), &LiveOptions { full: true, color: false }, &Style(false))
             .expect("write");
         assert_eq!(String::from_utf8_lossy(&out).lines().count(), 100);
+    }
+
+    #[test]
+    fn handshakes_show_their_lock_and_reason() {
+        let mut h = Handshake {
+            sni: Some("api.test".into()),
+            alpn_offered: vec!["h2".into(), "http/1.1".into()],
+            version: Some("TLSv1.3".into()),
+            reason: Some("no TLS library tlsspy can probe in this process: it uses rustls".into()),
+            ..Default::default()
+        };
+        h.conn.id = "c3".into();
+        let mut out = Vec::new();
+        write_handshake(&mut out, &h, &Style(false)).expect("write");
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("🔒 "), "{text}");
+        assert!(text.contains("sni=api.test alpn=h2,http/1.1 (offered) version=TLSv1.3"), "{text}");
+        assert!(text.contains("not decrypted: no TLS library tlsspy can probe"), "{text}");
+        h.decrypted = true;
+        h.alpn = Some("h2".into());
+        out.clear();
+        write_handshake(&mut out, &h, &Style(false)).expect("write");
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("🔓 ") && text.contains("alpn=h2 ") && !text.contains("not decrypted"), "{text}");
     }
 
     #[test]

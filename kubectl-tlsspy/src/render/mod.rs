@@ -23,6 +23,7 @@ pub struct Renderer<W: Write> {
     live: LiveOptions,
     filter: Filter,
     summary: summary::Summary,
+    decryption: summary::Decryption,
 }
 
 impl Renderer<io::Stdout> {
@@ -40,14 +41,16 @@ impl<W: Write> Renderer<W> {
             live: LiveOptions { color, full: args.full },
             filter: Filter::new(&args.filter)?,
             summary: summary::Summary::default(),
+            decryption: summary::Decryption::default(),
         })
     }
 
-    /// The summary table, when there is anything to sum up.
+    /// The summary tables (routes; what was decrypted per target), when
+    /// there is anything to sum up.
     pub fn summary_table(&self) -> Option<String> {
-        self.summary.table()
+        let tables: Vec<String> = [self.summary.table(), self.decryption.table()].into_iter().flatten().collect();
+        (!tables.is_empty()).then(|| tables.join("\n"))
     }
-
 }
 
 impl<W: Write> Sink for Renderer<W> {
@@ -55,8 +58,14 @@ impl<W: Write> Sink for Renderer<W> {
         if !self.filter.accepts(&record) {
             return Ok(());
         }
-        if let Record::Exchange(exchange) = &record {
-            self.summary.add(exchange);
+        match &record {
+            Record::Exchange(exchange) => {
+                self.summary.add(exchange);
+                self.decryption.add_plaintext(&exchange.conn);
+            }
+            Record::Chunk(chunk) => self.decryption.add_plaintext(&chunk.conn),
+            Record::Handshake(handshake) => self.decryption.add_handshake(handshake),
+            _ => {}
         }
         match self.format {
             OutputFormat::Json => {
@@ -81,6 +90,16 @@ pub fn stats_line(stats: &Stats) -> String {
         stats.connections,
         stats.exchanges
     );
+    let h = &stats.handshakes;
+    if h.handshakes > 0 || h.not_tls_flows > 0 {
+        line.push_str(&format!(
+            "; {} TLS handshakes seen ({} decrypted, {} not), {} connections not TLS",
+            h.handshakes,
+            h.decrypted,
+            h.handshakes - h.decrypted,
+            h.not_tls_flows
+        ));
+    }
     if stats.lost_events > 0 || stats.lost_bytes > 0 {
         line.push_str(&format!(
             "; LOST {} events ({} bytes): the kernel ring buffer was full, raise --ring-buffer-mib",

@@ -1,10 +1,10 @@
 //! The summary table at exit: per host and route, count, errors, latency
 //! percentiles, bytes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use comfy_table::{presets, Cell, CellAlignment, ContentArrangement, Table};
-use spy_image::record::Exchange;
+use spy_image::record::{Connection, Exchange, Handshake};
 
 /// Routes kept in the table; further ones are summed into one row.
 const MAX_ROUTES: usize = 200;
@@ -89,6 +89,101 @@ impl Summary {
     }
 }
 
+/// Peers named per reason in the connections table.
+const MAX_PEERS_SHOWN: usize = 5;
+
+/// What could be decrypted, per target (pod and container, or process):
+/// every TLS connection seen, decrypted or not, and why not.
+#[derive(Debug, Default)]
+pub struct Decryption {
+    targets: BTreeMap<String, TargetConnections>,
+}
+
+#[derive(Debug, Default)]
+struct TargetConnections {
+    /// Connection ids whose plaintext was captured.
+    decrypted: BTreeSet<String>,
+    /// Connection ids only their handshake showed, by reason, with peers.
+    not_decrypted: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Decryption {
+    pub fn add_handshake(&mut self, handshake: &Handshake) {
+        let target = self.targets.entry(target_of(&handshake.conn)).or_default();
+        let id = handshake.conn.id.clone();
+        if handshake.decrypted {
+            target.decrypted.insert(id);
+        } else if !target.decrypted.contains(&id) {
+            let reason = handshake.reason.clone().unwrap_or_else(|| "unknown".into());
+            let peer = handshake
+                .sni
+                .clone()
+                .or_else(|| handshake.conn.remote_name.clone())
+                .or_else(|| handshake.conn.remote.map(|a| a.to_string()))
+                .unwrap_or_else(|| "?".into());
+            target.not_decrypted.entry(reason).or_default().insert(id, peer);
+        }
+    }
+
+    /// Plaintext of a connection was captured (its handshake may be unseen:
+    /// it was open before the spy started).
+    pub fn add_plaintext(&mut self, conn: &Connection) {
+        let target = self.targets.entry(target_of(conn)).or_default();
+        if target.decrypted.insert(conn.id.clone()) {
+            for peers in target.not_decrypted.values_mut() {
+                peers.remove(&conn.id);
+            }
+            target.not_decrypted.retain(|_, peers| !peers.is_empty());
+        }
+    }
+
+    pub fn table(&self) -> Option<String> {
+        if self.targets.is_empty() {
+            return None;
+        }
+        let mut table = Table::new();
+        table
+            .load_style(presets::UTF8_FULL_CONDENSED)
+            .set_content_arrangement(ContentArrangement::Dynamic)
+            .set_header(["target", "TLS connections", "decrypted", "not decrypted", "why not (peers)"]);
+        for (name, target) in &self.targets {
+            let not_decrypted: usize = target.not_decrypted.values().map(BTreeMap::len).sum();
+            let why = target
+                .not_decrypted
+                .iter()
+                .map(|(reason, peers)| {
+                    let names: BTreeSet<&str> = peers.values().map(String::as_str).collect();
+                    let mut shown: Vec<&str> = names.iter().copied().take(MAX_PEERS_SHOWN).collect();
+                    let more = names.len().saturating_sub(MAX_PEERS_SHOWN);
+                    let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+                    shown.sort_unstable();
+                    format!("{reason} ({}{more})", shown.join(", "))
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            table.add_row(vec![
+                Cell::new(name),
+                Cell::new(target.decrypted.len() + not_decrypted).set_alignment(CellAlignment::Right),
+                Cell::new(target.decrypted.len()).set_alignment(CellAlignment::Right),
+                Cell::new(not_decrypted).set_alignment(CellAlignment::Right),
+                Cell::new(if why.is_empty() { "-".to_string() } else { why }),
+            ]);
+        }
+        Some(table.to_string())
+    }
+}
+
+/// "namespace/pod/container", or "process[pid]" outside Kubernetes.
+fn target_of(conn: &Connection) -> String {
+    match &conn.pod {
+        Some(pod) => match &pod.container {
+            Some(container) => format!("{}/{}/{container}", pod.namespace, pod.name),
+            None => format!("{}/{}", pod.namespace, pod.name),
+        },
+        None => format!("{}[{}]", conn.process, conn.pid),
+    }
+}
+
 /// The path without its query string: one route for /users?id=1 and ?id=2.
 fn route_of(path: &str) -> &str {
     path.split(['?', '#']).next().unwrap_or(path)
@@ -133,6 +228,39 @@ mod tests {
             latency_us: Some(latency_us),
             incomplete: None,
         }
+    }
+
+    #[test]
+    fn decryption_per_target_says_what_and_why() {
+        use spy_image::record::PodRef;
+        let conn = |id: &str, container: &str| Connection {
+            id: id.into(),
+            pod: Some(PodRef { namespace: "shop".into(), name: "api-7".into(), container: Some(container.into()) }),
+            ..Connection::default()
+        };
+        let mut d = Decryption::default();
+        d.add_handshake(&Handshake { conn: conn("c1", "app"), decrypted: true, ..Default::default() });
+        d.add_handshake(&Handshake {
+            conn: conn("c2", "app"),
+            sni: Some("db.test".into()),
+            reason: Some("rustls".into()),
+            ..Default::default()
+        });
+        // Open before the spy started: no handshake, plaintext only.
+        d.add_plaintext(&conn("c3", "app"));
+        d.add_handshake(&Handshake {
+            conn: conn("c4", "sidecar"),
+            sni: Some("x.test".into()),
+            reason: Some("Java".into()),
+            ..Default::default()
+        });
+        let table = d.table().expect("table");
+        let row = |needle: &str| -> Vec<String> {
+            let line = table.lines().find(|l| l.contains(needle)).unwrap_or_else(|| panic!("{needle}: {table}"));
+            line.split(['│', '┆']).map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect()
+        };
+        assert_eq!(row("shop/api-7/app"), ["shop/api-7/app", "3", "2", "1", "rustls (db.test)"], "{table}");
+        assert_eq!(row("shop/api-7/sidecar"), ["shop/api-7/sidecar", "1", "0", "1", "Java (x.test)"], "{table}");
     }
 
     #[test]

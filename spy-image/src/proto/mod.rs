@@ -19,6 +19,7 @@ mod hpack;
 mod http1;
 mod http2;
 mod redact;
+pub mod tls_handshake;
 
 #[cfg(test)]
 mod tests;

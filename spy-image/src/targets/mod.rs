@@ -6,3 +6,5 @@ pub mod go;
 #[cfg(target_os = "linux")]
 pub mod process;
 pub mod tls_stack;
+#[cfg(target_os = "linux")]
+pub mod unprobed;

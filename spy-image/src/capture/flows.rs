@@ -1,0 +1,484 @@
+//! TCP flows of one network namespace: each direction's first bytes
+//! reassembled in order and read for TLS hellos. Pure: segments in,
+//! handshakes out; who owns a flow is asked of the caller.
+//!
+//! Bounded: a flow is looked at until its hellos are found (at most
+//! [`MAX_HANDSHAKE_BYTES`] per direction); after that it is a tombstone that
+//! only counts packets, until it closes or idles out. At most [`MAX_FLOWS`]
+//! flows are remembered.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+
+use crate::proto::tls_handshake::{ClientHello, HelloEvent, HelloReader, ServerHello, MAX_HANDSHAKE_BYTES};
+
+use super::packet::{Segment, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+
+/// Flows remembered per namespace; the least recently seen goes first.
+pub const MAX_FLOWS: usize = 16 * 1024;
+/// Out-of-order bytes held per direction while waiting for a hole to fill.
+pub const MAX_OUT_OF_ORDER_BYTES: usize = 64 * 1024;
+/// A ClientHello whose ServerHello does not come within this long is
+/// reported alone.
+pub const SERVER_HELLO_WAIT_NS: u64 = 3_000_000_000;
+/// Flows silent this long are forgotten.
+pub const FLOW_IDLE_NS: u64 = 120_000_000_000;
+
+/// Counters for the `stats` record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowStats {
+    /// Flows of watched processes whose handshake was reported.
+    pub tls: u64,
+    /// Flows of watched processes that do not start with TLS.
+    pub not_tls: u64,
+    /// Flows that start like TLS but whose hellos are broken, cut or missing.
+    pub malformed: u64,
+    /// Flows already open when the capture started (their start was missed).
+    pub joined_midway: u64,
+    /// Flows of processes that are not targets (ignored).
+    pub others: u64,
+    /// Flows forgotten because the table was full.
+    pub evicted: u64,
+}
+
+/// A handshake, as far as it was seen.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeenHandshake<O> {
+    pub owner: O,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    /// When the ClientHello (or the first hello seen) passed, Unix ns.
+    pub ts_ns: u64,
+    pub client_hello: Option<ClientHello>,
+    pub server_hello: Option<ServerHello>,
+}
+
+/// Who owns a flow, asked once per flow (and again until known).
+pub trait Owners<O> {
+    fn owner(&mut self, client: SocketAddr, server: SocketAddr) -> Option<O>;
+}
+
+impl<O, F: FnMut(SocketAddr, SocketAddr) -> Option<O>> Owners<O> for F {
+    fn owner(&mut self, client: SocketAddr, server: SocketAddr) -> Option<O> {
+        self(client, server)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FlowKey(SocketAddr, SocketAddr);
+
+impl FlowKey {
+    fn of(a: SocketAddr, b: SocketAddr) -> FlowKey {
+        if a <= b {
+            FlowKey(a, b)
+        } else {
+            FlowKey(b, a)
+        }
+    }
+}
+
+const CLIENT: usize = 0;
+const SERVER: usize = 1;
+
+#[derive(Debug)]
+struct Side {
+    /// Sequence number of the next byte the reader wants.
+    next_seq: Option<u32>,
+    out_of_order: BTreeMap<u32, Vec<u8>>,
+    out_of_order_bytes: usize,
+    reader: HelloReader,
+    /// Bytes went into the reader.
+    fed: bool,
+}
+
+impl Side {
+    fn new() -> Side {
+        Side {
+            next_seq: None,
+            out_of_order: BTreeMap::new(),
+            out_of_order_bytes: 0,
+            reader: HelloReader::new(),
+            fed: false,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Phase {
+    /// Reading hellos.
+    Reading,
+    /// Reported (or given up on): packets are only counted.
+    Tombstone,
+}
+
+#[derive(Debug)]
+struct Flow<O> {
+    client: SocketAddr,
+    server: SocketAddr,
+    /// Some when a watched process owns the flow; asked until known.
+    owner: Option<O>,
+    sides: [Side; 2],
+    phase: Phase,
+    client_hello: Option<ClientHello>,
+    server_hello: Option<ServerHello>,
+    first_hello_ns: Option<u64>,
+    last_seen_ns: u64,
+    fins: [bool; 2],
+}
+
+/// Every flow of one namespace.
+#[derive(Debug)]
+pub struct FlowTable<O> {
+    flows: HashMap<FlowKey, Flow<O>>,
+    pub stats: FlowStats,
+}
+
+impl<O: Clone> Default for FlowTable<O> {
+    fn default() -> Self {
+        FlowTable::new()
+    }
+}
+
+impl<O: Clone> FlowTable<O> {
+    pub fn new() -> Self {
+        FlowTable { flows: HashMap::new(), stats: FlowStats::default() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// Takes one segment seen at `now_ns`; finished handshakes go to `out`.
+    pub fn on_segment(
+        &mut self,
+        segment: &Segment<'_>,
+        now_ns: u64,
+        owners: &mut dyn Owners<O>,
+        out: &mut Vec<SeenHandshake<O>>,
+    ) {
+        let key = FlowKey::of(segment.src, segment.dst);
+        let syn_only = segment.has(TCP_SYN) && !segment.has(TCP_ACK);
+        if !self.flows.contains_key(&key) {
+            let Some((client, server)) = self.orientation(segment, syn_only) else { return };
+            if self.flows.len() >= MAX_FLOWS {
+                self.evict_oldest(out);
+            }
+            let mut flow = Flow::new(client, server, now_ns);
+            if syn_only {
+                // The client is inside connect() now, its socket certainly
+                // open: the best moment to find its owner (asked again at
+                // the hello if it is not a target's, e.g. a server's).
+                flow.owner = owners.owner(client, server);
+            }
+            self.flows.insert(key, flow);
+        }
+        let outcome = {
+            let Some(flow) = self.flows.get_mut(&key) else { return };
+            flow.last_seen_ns = now_ns;
+            if segment.has(TCP_RST) {
+                None
+            } else {
+                let side = if segment.src == flow.client { CLIENT } else { SERVER };
+                if segment.has(TCP_FIN) {
+                    flow.fins[side] = true;
+                }
+                if flow.phase == Phase::Reading {
+                    let mut events = Vec::new();
+                    flow.take(side, segment, &mut events);
+                    if !events.is_empty() && flow.owner.is_none() {
+                        flow.owner = owners.owner(flow.client, flow.server);
+                        if flow.owner.is_none() {
+                            // Not a target's connection: stop looking at it.
+                            flow.phase = Phase::Tombstone;
+                            self.stats.others += 1;
+                            events.clear();
+                        }
+                    }
+                    Some(flow.apply(side, events, now_ns))
+                } else {
+                    Some(Outcome::Pending)
+                }
+            }
+        };
+        match outcome {
+            // A reset ends the flow at once.
+            None => {
+                if let Some(flow) = self.flows.remove(&key) {
+                    self.settle(flow, out);
+                }
+                return;
+            }
+            Some(outcome) => self.conclude(key, outcome, out),
+        }
+        if self.flows.get(&key).is_some_and(|f| f.fins == [true, true]) {
+            if let Some(flow) = self.flows.remove(&key) {
+                self.settle(flow, out);
+            }
+        }
+    }
+
+    /// Which end is the client of a flow not seen before, or None when the
+    /// flow cannot be followed from here.
+    fn orientation(&mut self, segment: &Segment<'_>, syn_only: bool) -> Option<(SocketAddr, SocketAddr)> {
+        if syn_only {
+            return Some((segment.src, segment.dst));
+        }
+        if segment.payload.is_empty() {
+            return None; // an ACK of a flow we never saw start
+        }
+        // Joined mid-way: only a hello at the very start of the payload
+        // says where the stream stands and who is who.
+        match segment.payload {
+            [22, 3, _, _, _, 1, ..] => Some((segment.src, segment.dst)),
+            [22, 3, _, _, _, 2, ..] => Some((segment.dst, segment.src)),
+            _ => {
+                self.stats.joined_midway += 1;
+                None
+            }
+        }
+    }
+
+    fn conclude(&mut self, key: FlowKey, outcome: Outcome, out: &mut Vec<SeenHandshake<O>>) {
+        let Some(flow) = self.flows.get_mut(&key) else { return };
+        match outcome {
+            Outcome::Pending => {}
+            Outcome::Report => {
+                self.stats.tls += 1;
+                if let Some(handshake) = flow.report() {
+                    out.push(handshake);
+                }
+                flow.phase = Phase::Tombstone;
+            }
+            Outcome::NotTls => {
+                self.stats.not_tls += 1;
+                flow.phase = Phase::Tombstone;
+            }
+            Outcome::Malformed => {
+                // What was seen of a broken handshake is still worth showing.
+                if flow.client_hello.is_some() || flow.server_hello.is_some() {
+                    self.stats.tls += 1;
+                    if let Some(handshake) = flow.report() {
+                        out.push(handshake);
+                    }
+                } else {
+                    self.stats.malformed += 1;
+                }
+                flow.phase = Phase::Tombstone;
+            }
+        }
+    }
+
+    /// A flow that ends (or is forgotten) reports what it saw.
+    fn settle(&mut self, mut flow: Flow<O>, out: &mut Vec<SeenHandshake<O>>) {
+        if flow.phase != Phase::Reading {
+            return;
+        }
+        if flow.client_hello.is_some() || flow.server_hello.is_some() {
+            if let Some(handshake) = flow.report() {
+                self.stats.tls += 1;
+                out.push(handshake);
+            }
+        } else if flow.owner.is_some() && flow.sides.iter().any(|s| s.next_seq.is_some()) {
+            // Started, owned, bytes seen, yet no hello: a cut handshake.
+            self.stats.malformed += 1;
+        }
+        flow.phase = Phase::Tombstone;
+    }
+
+    /// Time passes: hellos whose answer is late are reported alone, idle
+    /// flows are forgotten.
+    pub fn tick(&mut self, now_ns: u64, out: &mut Vec<SeenHandshake<O>>) {
+        let late: Vec<FlowKey> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| {
+                f.phase == Phase::Reading
+                    && f.first_hello_ns.is_some_and(|t| now_ns.saturating_sub(t) > SERVER_HELLO_WAIT_NS)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for key in late {
+            self.conclude(key, Outcome::Report, out);
+        }
+        let idle: Vec<FlowKey> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| now_ns.saturating_sub(f.last_seen_ns) > FLOW_IDLE_NS)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in idle {
+            if let Some(flow) = self.flows.remove(&key) {
+                self.settle(flow, out);
+            }
+        }
+    }
+
+    /// The capture ends: every flow still reading reports what it saw.
+    pub fn flush(&mut self, out: &mut Vec<SeenHandshake<O>>) {
+        let flows: Vec<Flow<O>> = self.flows.drain().map(|(_, f)| f).collect();
+        for flow in flows {
+            self.settle(flow, out);
+        }
+    }
+
+    fn evict_oldest(&mut self, out: &mut Vec<SeenHandshake<O>>) {
+        let oldest = self.flows.iter().min_by_key(|(_, f)| f.last_seen_ns).map(|(k, _)| *k);
+        if let Some(flow) = oldest.and_then(|k| self.flows.remove(&k)) {
+            self.stats.evicted += 1;
+            self.settle(flow, out);
+        }
+    }
+}
+
+enum Outcome {
+    Pending,
+    Report,
+    NotTls,
+    Malformed,
+}
+
+impl<O: Clone> Flow<O> {
+    fn new(client: SocketAddr, server: SocketAddr, now_ns: u64) -> Flow<O> {
+        Flow {
+            client,
+            server,
+            owner: None,
+            sides: [Side::new(), Side::new()],
+            phase: Phase::Reading,
+            client_hello: None,
+            server_hello: None,
+            first_hello_ns: None,
+            last_seen_ns: now_ns,
+            fins: [false, false],
+        }
+    }
+
+    /// Puts a segment's bytes in order into its side's reader.
+    fn take(&mut self, side_index: usize, segment: &Segment<'_>, events: &mut Vec<HelloEvent>) {
+        let side = &mut self.sides[side_index];
+        if side.reader.is_done() {
+            return;
+        }
+        let mut seq = segment.seq;
+        if segment.has(TCP_SYN) {
+            // The SYN takes one sequence number; data starts after it.
+            seq = seq.wrapping_add(1);
+            side.next_seq = Some(seq);
+        }
+        if segment.payload.is_empty() {
+            return;
+        }
+        let next = *side.next_seq.get_or_insert(seq);
+        let ahead = seq.wrapping_sub(next) as i32;
+        let mut data = segment.payload;
+        if ahead < 0 {
+            // A retransmission overlapping what we already have.
+            let overlap = ahead.unsigned_abs() as usize;
+            if overlap >= data.len() {
+                return;
+            }
+            data = &data[overlap..];
+            seq = next;
+        }
+        if seq != next {
+            // A hole before this segment: hold it until the hole fills.
+            if side.out_of_order_bytes + data.len() > MAX_OUT_OF_ORDER_BYTES {
+                events.push(HelloEvent::Malformed("too many bytes out of order"));
+                side.reader.stop();
+                return;
+            }
+            side.out_of_order_bytes += data.len();
+            side.out_of_order.insert(seq, data.to_vec());
+            return;
+        }
+        side.fed = true;
+        side.reader.feed(data, events);
+        let mut next = next.wrapping_add(data.len() as u32);
+        if segment.truncated() {
+            // The capture cut this packet: the rest of the stream has a hole
+            // we can never fill.
+            if !side.reader.is_done() {
+                events.push(HelloEvent::Malformed("a handshake segment was cut by the capture"));
+                side.reader.stop();
+            }
+            return;
+        }
+        while let Some(entry) = side.out_of_order.first_entry() {
+            let at = *entry.key();
+            let behind = next.wrapping_sub(at) as i32;
+            if behind < 0 {
+                break; // still a hole
+            }
+            let bytes = entry.remove();
+            side.out_of_order_bytes -= bytes.len();
+            let skip = behind as usize;
+            if skip < bytes.len() {
+                side.reader.feed(&bytes[skip..], events);
+                next = next.wrapping_add((bytes.len() - skip) as u32);
+            }
+        }
+        side.next_seq = Some(next);
+        if side.reader.is_done() {
+            side.out_of_order.clear();
+            side.out_of_order_bytes = 0;
+        }
+    }
+
+    fn apply(&mut self, side: usize, events: Vec<HelloEvent>, now_ns: u64) -> Outcome {
+        for event in events {
+            match event {
+                HelloEvent::Client(hello) => {
+                    self.first_hello_ns.get_or_insert(now_ns);
+                    if self.client_hello.is_none() {
+                        self.client_hello = Some(hello);
+                    }
+                }
+                HelloEvent::Server(hello) => {
+                    self.first_hello_ns.get_or_insert(now_ns);
+                    let retry = hello.hello_retry;
+                    self.server_hello = Some(hello);
+                    if !retry {
+                        return Outcome::Report;
+                    }
+                }
+                HelloEvent::NotTls(_) => {
+                    if self.client_hello.is_some() || self.server_hello.is_some() {
+                        return Outcome::Report;
+                    }
+                    // The client began a TLS record the server answers
+                    // with something else: a broken handshake, not plain text.
+                    let client = &self.sides[CLIENT];
+                    if side == SERVER && client.fed && !client.reader.is_done() {
+                        return Outcome::Malformed;
+                    }
+                    return Outcome::NotTls;
+                }
+                HelloEvent::Malformed(_) => return Outcome::Malformed,
+            }
+        }
+        Outcome::Pending
+    }
+
+    fn report(&mut self) -> Option<SeenHandshake<O>> {
+        let owner = self.owner.clone()?;
+        Some(SeenHandshake {
+            owner,
+            client: self.client,
+            server: self.server,
+            ts_ns: self.first_hello_ns.unwrap_or(self.last_seen_ns),
+            client_hello: self.client_hello.take(),
+            server_hello: self.server_hello.take(),
+        })
+    }
+}
+
+
+// A hello never needs more than this of a direction.
+const _: () = assert!(MAX_OUT_OF_ORDER_BYTES >= MAX_HANDSHAKE_BYTES);
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,177 @@
+use super::*;
+use crate::capture::packet::{self, tests::ipv4_packet};
+use crate::proto::tls_handshake::tests::{sample_client_hello, sample_server_hello};
+
+fn client() -> SocketAddr {
+    "10.1.0.5:41000".parse().expect("addr")
+}
+fn server() -> SocketAddr {
+    "10.1.0.9:443".parse().expect("addr")
+}
+
+/// Every flow belongs to pid 7.
+fn everyone(_: SocketAddr, _: SocketAddr) -> Option<u32> {
+    Some(7)
+}
+
+struct Wire {
+    table: FlowTable<u32>,
+    out: Vec<SeenHandshake<u32>>,
+    now: u64,
+}
+
+impl Wire {
+    fn new() -> Wire {
+        Wire { table: FlowTable::new(), out: Vec::new(), now: 1_000 }
+    }
+    fn send(&mut self, from: SocketAddr, to: SocketAddr, seq: u32, flags: u8, payload: &[u8]) {
+        self.send_with(from, to, seq, flags, payload, &mut everyone);
+    }
+    fn send_with(
+        &mut self,
+        from: SocketAddr,
+        to: SocketAddr,
+        seq: u32,
+        flags: u8,
+        payload: &[u8],
+        owners: &mut dyn Owners<u32>,
+    ) {
+        self.now += 1_000;
+        let bytes = ipv4_packet(from, to, seq, flags, payload);
+        let segment = packet::parse(&bytes, bytes.len()).expect("segment");
+        self.table.on_segment(&segment, self.now, owners, &mut self.out);
+    }
+    fn open(&mut self) {
+        self.send(client(), server(), 100, TCP_SYN, b"");
+        self.send(server(), client(), 5000, TCP_SYN | TCP_ACK, b"");
+        self.send(client(), server(), 101, TCP_ACK, b"");
+    }
+}
+
+#[test]
+fn a_client_hello_over_three_segments_out_of_order_is_reassembled() {
+    let mut wire = Wire::new();
+    wire.open();
+    let hello = sample_client_hello(2500);
+    let (a, rest) = hello.split_at(1000);
+    let (b, c) = rest.split_at(1000);
+    // The third segment arrives first, then a retransmission of the first.
+    wire.send(client(), server(), 101 + 2000, TCP_ACK, c);
+    wire.send(client(), server(), 101, TCP_ACK, a);
+    wire.send(client(), server(), 101, TCP_ACK, &a[..500]);
+    assert!(wire.out.is_empty());
+    wire.send(client(), server(), 101 + 1000, TCP_ACK, b);
+    assert!(wire.out.is_empty(), "waits for the ServerHello");
+    wire.send(server(), client(), 5001, TCP_ACK, &sample_server_hello());
+    let [seen] = wire.out.as_slice() else { panic!("{:?}", wire.out) };
+    assert_eq!((seen.client, seen.server, seen.owner), (client(), server(), 7));
+    assert_eq!(seen.client_hello.as_ref().and_then(|h| h.sni.as_deref()), Some("example.com"));
+    assert_eq!(seen.server_hello.as_ref().map(|h| h.version()), Some(0x0304));
+    assert_eq!(wire.table.stats.tls, 1);
+    // Later traffic of the flow is only counted.
+    wire.send(client(), server(), 101 + hello.len() as u32, TCP_ACK, &[23, 3, 3, 0, 5, 1, 2, 3, 4, 5]);
+    assert_eq!(wire.out.len(), 1);
+    assert_eq!(wire.table.stats, FlowStats { tls: 1, ..FlowStats::default() });
+}
+
+#[test]
+fn plain_http_on_443_is_counted_as_not_tls() {
+    let mut wire = Wire::new();
+    wire.open();
+    wire.send(client(), server(), 101, TCP_ACK, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    wire.send(server(), client(), 5001, TCP_ACK, b"HTTP/1.1 400 Bad Request\r\n\r\n");
+    assert!(wire.out.is_empty());
+    assert_eq!(wire.table.stats.not_tls, 1);
+    assert_eq!(wire.table.stats.tls, 0);
+}
+
+#[test]
+fn a_cut_hello_answered_by_junk_is_malformed() {
+    let mut wire = Wire::new();
+    wire.open();
+    wire.send(client(), server(), 101, TCP_ACK, &sample_client_hello(32)[..60]);
+    wire.send(server(), client(), 5001, TCP_ACK, b"NOT TLS\r\n");
+    assert!(wire.out.is_empty());
+    assert_eq!((wire.table.stats.malformed, wire.table.stats.not_tls), (1, 0));
+}
+
+#[test]
+fn flows_of_other_processes_are_ignored() {
+    let mut wire = Wire::new();
+    let mut nobody = |_: SocketAddr, _: SocketAddr| -> Option<u32> { None };
+    wire.send_with(client(), server(), 100, TCP_SYN, b"", &mut nobody);
+    wire.send_with(server(), client(), 5000, TCP_SYN | TCP_ACK, b"", &mut nobody);
+    wire.send_with(client(), server(), 101, TCP_ACK, &sample_client_hello(32), &mut nobody);
+    wire.send(server(), client(), 5001, TCP_ACK, &sample_server_hello());
+    assert!(wire.out.is_empty());
+    assert_eq!(wire.table.stats.others, 1);
+}
+
+#[test]
+fn a_hello_without_answer_is_reported_alone_after_a_while_or_at_reset() {
+    let mut wire = Wire::new();
+    wire.open();
+    wire.send(client(), server(), 101, TCP_ACK, &sample_client_hello(32));
+    wire.table.tick(wire.now + 1_000, &mut wire.out);
+    assert!(wire.out.is_empty());
+    wire.table.tick(wire.now + SERVER_HELLO_WAIT_NS + 1, &mut wire.out);
+    let [seen] = wire.out.as_slice() else { panic!("{:?}", wire.out) };
+    assert!(seen.client_hello.is_some() && seen.server_hello.is_none());
+
+    let mut wire = Wire::new();
+    wire.open();
+    wire.send(client(), server(), 101, TCP_ACK, &sample_client_hello(32));
+    wire.send(server(), client(), 5001, TCP_RST, b"");
+    assert_eq!(wire.out.len(), 1);
+    assert!(wire.table.is_empty(), "a reset forgets the flow");
+}
+
+#[test]
+fn flows_joined_midway_are_followed_only_from_a_hello() {
+    let mut wire = Wire::new();
+    wire.send(client(), server(), 9000, TCP_ACK, &[23, 3, 3, 0, 2, 0, 0]);
+    assert_eq!(wire.table.stats.joined_midway, 1);
+    assert!(wire.table.is_empty());
+    // No SYN seen, but the payload starts with a ClientHello: followed.
+    wire.send(client(), server(), 9000, TCP_ACK, &sample_client_hello(32));
+    wire.send(server(), client(), 1, TCP_ACK, &sample_server_hello());
+    assert_eq!(wire.out.len(), 1);
+}
+
+#[test]
+fn a_hello_cut_by_the_capture_is_malformed() {
+    let mut wire = Wire::new();
+    wire.open();
+    let hello = sample_client_hello(2500);
+    let bytes = ipv4_packet(client(), server(), 101, TCP_ACK, &hello);
+    let segment = packet::parse(&bytes[..1200], bytes.len()).expect("segment");
+    wire.table.on_segment(&segment, 10_000, &mut everyone, &mut wire.out);
+    assert!(wire.out.is_empty());
+    assert_eq!(wire.table.stats.malformed, 1);
+}
+
+#[test]
+fn the_table_is_bounded() {
+    let mut wire = Wire::new();
+    for i in 0..(MAX_FLOWS + 10) {
+        let from = SocketAddr::new(client().ip(), (i % 60000) as u16 + 1);
+        let to = SocketAddr::new(server().ip(), 443 + (i / 60000) as u16);
+        wire.send(from, to, 1, TCP_SYN, b"");
+    }
+    assert_eq!(wire.table.len(), MAX_FLOWS);
+    assert_eq!(wire.table.stats.evicted, 10);
+}
+
+#[test]
+fn closed_flows_are_forgotten() {
+    let mut wire = Wire::new();
+    wire.open();
+    wire.send(client(), server(), 101, TCP_ACK, &sample_client_hello(32));
+    wire.send(server(), client(), 5001, TCP_ACK, &sample_server_hello());
+    wire.send(client(), server(), 9999, TCP_FIN | TCP_ACK, b"");
+    wire.send(server(), client(), 9999, TCP_FIN | TCP_ACK, b"");
+    assert!(wire.table.is_empty());
+    wire.send(client(), server(), 200, TCP_SYN, b"");
+    wire.table.tick(wire.now + FLOW_IDLE_NS + 1, &mut wire.out);
+    assert!(wire.table.is_empty(), "idle flows go too");
+}
