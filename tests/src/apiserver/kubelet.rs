@@ -1230,6 +1230,9 @@ async fn spawn(
     })?;
     let pid = child.id().unwrap_or(0);
     wait_exec(pid).await;
+    if !cgroups.is_empty() {
+        wait_in_cgroup(pid, id).await;
+    }
     let (exit, _) = watch::channel(None);
     let (log_tx, _) = broadcast::channel(1024);
     let run = Arc::new(ContainerRun {
@@ -1292,6 +1295,21 @@ const EXEC_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Waits until the wrapper has joined the cgroups and exec'd the command (or
 /// died), so that a container reported Running is findable through /proc/PID/cgroup.
+/// Waits until /proc/PID/cgroup names the container: a runtime reports a
+/// container running only once it is in its cgroup, and the spy finds
+/// containers' processes through exactly that file. Seen under parallel
+/// tests: the exec was observed before the cgroup write was visible.
+async fn wait_in_cgroup(pid: u32, id: &str) {
+    let until = Instant::now() + EXEC_TIMEOUT;
+    while Instant::now() < until {
+        match std::fs::read_to_string(format!("/proc/{pid}/cgroup")) {
+            Ok(cgroup) if cgroup.contains(id) => return,
+            Ok(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+            Err(_) => return, // gone: its exit is reported instead
+        }
+    }
+}
+
 async fn wait_exec(pid: u32) {
     let until = Instant::now() + EXEC_TIMEOUT;
     while Instant::now() < until {
