@@ -25,7 +25,8 @@ if [ "${TLSSPY_STATIC_AGENT:-}" = 0 ]; then
   unset TLSSPY_STATIC_AGENT
 else
   step "static agent, as the spy image builds it (slow: release build with LTO)"
-  TLSSPY_STATIC_AGENT=$(bash scripts/build-agent.sh)
+  # Absolute: the tests run from their crate's directory, not from here.
+  TLSSPY_STATIC_AGENT=$(realpath "$(bash scripts/build-agent.sh)")
   export TLSSPY_STATIC_AGENT
   ls -l "$TLSSPY_STATIC_AGENT"
 fi
