@@ -36,6 +36,19 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     path
 }
 
+/// The built plugin, as a command to add arguments to.
+pub fn plugin() -> Command {
+    Command::new(workspace_bin("kubectl-tlsspy"))
+}
+
+/// Runs the plugin with no stdin; it must not panic, whatever its exit.
+pub fn run_plugin(mut command: Command) -> std::process::Output {
+    let output = command.stdin(Stdio::null()).output().expect("run kubectl-tlsspy");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "kubectl-tlsspy panicked:\n{stderr}");
+    output
+}
+
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }

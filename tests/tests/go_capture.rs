@@ -146,17 +146,6 @@ fn setup(test: &str) -> Option<&'static GoBuilds> {
     builds()
 }
 
-fn plugin() -> Command {
-    Command::new(workspace_bin("kubectl-tlsspy"))
-}
-
-fn run(mut command: Command) -> Output {
-    let output = command.stdin(Stdio::null()).output().expect("run kubectl-tlsspy");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!stderr.contains("panicked"), "kubectl-tlsspy panicked:\n{stderr}");
-    output
-}
-
 /// Spies on a command: `kubectl-tlsspy local -o json [--raw] -- program args…`.
 fn spy_command(raw: bool, program: &Path, args: &[&str]) -> (Output, Vec<Record>) {
     let mut cmd = plugin();
@@ -165,7 +154,7 @@ fn spy_command(raw: bool, program: &Path, args: &[&str]) -> (Output, Vec<Record>
         cmd.arg("--raw");
     }
     cmd.arg("--").arg(program).args(args);
-    let output = run(cmd);
+    let output = run_plugin(cmd);
     let records = parse_records(&String::from_utf8_lossy(&output.stdout));
     (output, records)
 }
@@ -569,7 +558,7 @@ fn a_go_program_without_crypto_tls_is_reported_with_the_reason() {
     std::thread::sleep(Duration::from_millis(100));
     let mut cmd = plugin();
     cmd.args(["local", "--pid", &child.id().to_string()]);
-    let output = run(cmd);
+    let output = run_plugin(cmd);
     let _ = child.kill();
     let _ = child.wait();
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -9,15 +9,9 @@ use std::time::Duration;
 use spy_image::record::{Handshake, Record, Stats};
 use tlsspy_tests::support::*;
 
-fn plugin() -> Command {
-    Command::new(workspace_bin("kubectl-tlsspy"))
-}
-
-fn run(mut command: Command) -> Output {
-    let output = command.stdin(Stdio::null()).output().expect("run kubectl-tlsspy");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!stderr.contains("panicked"), "kubectl-tlsspy panicked:\n{stderr}");
-    assert!(output.status.success(), "exit {:?}:\n{stderr}", output.status);
+fn run(command: Command) -> Output {
+    let output = run_plugin(command);
+    assert!(output.status.success(), "exit {:?}:\n{}", output.status, String::from_utf8_lossy(&output.stderr));
     output
 }
 

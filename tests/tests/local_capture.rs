@@ -7,17 +7,6 @@ use std::time::Duration;
 use spy_image::record::{Direction, Record};
 use tlsspy_tests::support::*;
 
-fn plugin() -> Command {
-    Command::new(workspace_bin("kubectl-tlsspy"))
-}
-
-fn run(mut command: Command) -> Output {
-    let output = command.stdin(Stdio::null()).output().expect("run kubectl-tlsspy");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!stderr.contains("panicked"), "kubectl-tlsspy panicked:\n{stderr}");
-    output
-}
-
 fn records_of(output: &Output) -> Vec<Record> {
     parse_records(&String::from_utf8_lossy(&output.stdout))
 }
@@ -39,7 +28,7 @@ fn curl_client_request_and_response_are_captured_exactly() {
         .arg("-o")
         .arg(body_file.path())
         .arg(format!("https://127.0.0.1:{port}/{mark}"));
-    let output = run(cmd);
+    let output = run_plugin(cmd);
     assert!(output.status.success(), "exit {:?}: {}", output.status, String::from_utf8_lossy(&output.stderr));
     let records = records_of(&output);
 
@@ -141,7 +130,7 @@ sys.stderr.write(reply)
     );
     let mut cmd = plugin();
     cmd.args(["local", "-o", "json", "--raw", "--", "python3", "-c", &client]);
-    let output = run(cmd);
+    let output = run_plugin(cmd);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let records = records_of(&output);
 
@@ -169,7 +158,7 @@ fn a_1_mib_response_read_in_many_calls_arrives_complete_and_in_order() {
     cmd.args(["local", "-o", "json", "--raw", "--", "curl", "-s", "--http1.1", "-o", "/dev/null", "--cacert"])
         .arg(cert.cert())
         .arg(format!("https://127.0.0.1:{port}/big/{size}"));
-    let output = run(cmd);
+    let output = run_plugin(cmd);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let records = records_of(&output);
     let expected: Vec<u8> = (0..size).map(|i| ((i * 7 + i / 251) % 256) as u8).collect();
@@ -277,29 +266,29 @@ fn bad_input_gets_one_clear_sentence_and_a_failing_exit() {
     // A pid that does not exist.
     let mut cmd = plugin();
     cmd.args(["local", "--pid", "4194300"]);
-    one_clear_sentence(&run(cmd), "no process with pid 4194300");
+    one_clear_sentence(&run_plugin(cmd), "no process with pid 4194300");
 
     // A process with no TLS library.
     let sleeper = Guard(Command::new("sleep").arg("30").spawn().expect("sleep"));
     std::thread::sleep(Duration::from_millis(100));
     let mut cmd = plugin();
     cmd.args(["local", "--pid", &sleeper.pid().to_string()]);
-    one_clear_sentence(&run(cmd), "no TLS library found");
+    one_clear_sentence(&run_plugin(cmd), "no TLS library found");
 
     // A kernel without BTF (the path is redirected: ours has BTF).
     let mut cmd = plugin();
     cmd.env("TLSSPY_BTF_PATH", "/nonexistent/vmlinux").args(["local", "--pid", &sleeper.pid().to_string()]);
-    one_clear_sentence(&run(cmd), "this kernel has no BTF");
+    one_clear_sentence(&run_plugin(cmd), "this kernel has no BTF");
 
     // Not root.
     let mut cmd = Command::new("setpriv");
     cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(workspace_bin("kubectl-tlsspy"))
         .args(["local", "--pid", &sleeper.pid().to_string()]);
-    one_clear_sentence(&run(cmd), "tlsspy needs root");
+    one_clear_sentence(&run_plugin(cmd), "tlsspy needs root");
 
     // Nothing to spy on.
     let mut cmd = plugin();
     cmd.arg("local");
-    one_clear_sentence(&run(cmd), "nothing to spy on");
+    one_clear_sentence(&run_plugin(cmd), "nothing to spy on");
 }
