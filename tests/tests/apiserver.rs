@@ -228,7 +228,7 @@ fn kubectl_container_cgroup_names_container_id() {
     let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).expect("uid");
     assert!(cgroup.lines().any(|l| l.ends_with(&format!("/kubepods/besteffort/pod{uid}/{id}"))), "{cgroup}");
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
-    assert!(String::from_utf8_lossy(&cmdline).contains("time.sleep(300)"));
+    assert!(String::from_utf8_lossy(&cmdline).contains("time.sleep(300)"), "cmdline of {pid}: {:?}", String::from_utf8_lossy(&cmdline));
 }
 
 #[test]

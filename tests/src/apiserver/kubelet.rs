@@ -1293,8 +1293,6 @@ const WRAPPER_ARGV0: &[u8] = b"tlsspy-kubelet\0";
 /// How long a container may take to join its cgroups and exec.
 const EXEC_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Waits until the wrapper has joined the cgroups and exec'd the command (or
-/// died), so that a container reported Running is findable through /proc/PID/cgroup.
 /// Waits until /proc/PID/cgroup names the container: a runtime reports a
 /// container running only once it is in its cgroup, and the spy finds
 /// containers' processes through exactly that file. Seen under parallel
@@ -1310,16 +1308,29 @@ async fn wait_in_cgroup(pid: u32, id: &str) {
     }
 }
 
+/// Waits until the wrapper has exec'd the command. A cmdline that still names
+/// the wrapper, or reads empty (a process in the middle of exec reads so for
+/// an instant), means "not yet"; a process gone or a zombie means "never".
 async fn wait_exec(pid: u32) {
     let until = Instant::now() + EXEC_TIMEOUT;
     while Instant::now() < until {
-        match std::fs::read(format!("/proc/{pid}/cmdline")) {
-            Ok(c) if c.windows(WRAPPER_ARGV0.len()).any(|w| w == WRAPPER_ARGV0) => {
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-            _ => return,
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return };
+        let wrapper = cmdline.windows(WRAPPER_ARGV0.len()).any(|w| w == WRAPPER_ARGV0);
+        if !wrapper && !cmdline.is_empty() {
+            return;
         }
+        if is_zombie(pid) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
+}
+
+fn is_zombie(pid: u32) -> bool {
+    // The state follows the ")" that ends the command name, which may itself hold spaces or parentheses.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| stat.rsplit_once(')').is_none_or(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])))
+        .unwrap_or(true)
 }
 
 /// Copies one output pipe to the log and to every attached session.
