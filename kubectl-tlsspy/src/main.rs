@@ -4,8 +4,6 @@ mod cli;
 mod cluster;
 #[cfg(target_os = "linux")]
 mod local;
-// Used by cluster mode (being integrated); tested on its own until then.
-#[allow(dead_code, reason = "cluster mode wires it in")]
 mod names;
 mod render;
 

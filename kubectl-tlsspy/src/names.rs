@@ -9,7 +9,9 @@
 //!
 //! ```ignore
 //! let names = SharedPeerNames::default();
-//! let watch = tokio::spawn(names::keep_current(client.clone(), names.clone()));
+//! let (notices, notices_rx) = tokio::sync::mpsc::unbounded_channel();
+//! let scope = NamesScope { fallback: Some("shop".into()) };
+//! let watch = tokio::spawn(names::keep_current(client.clone(), names.clone(), scope, notices));
 //! // for every record on its way to the renderer:
 //! names.read().unwrap_or_else(|p| p.into_inner()).enrich(&mut record);
 //! // at exit:
@@ -27,6 +29,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt as _;
 use kube::{Api, Client, ResourceExt as _};
+use tokio::sync::mpsc;
 use spy_image::record::{Connection, Record};
 
 /// The label an EndpointSlice names its service with.
@@ -102,10 +105,6 @@ fn parse_ips<'a>(texts: impl Iterator<Item = &'a str>) -> Vec<IpAddr> {
 }
 
 impl PeerNames {
-    pub fn new() -> Self {
-        PeerNames::default()
-    }
-
     /// The name of the peer at `ip:port`: a service's ClusterIP first, then
     /// a pod's IP, then any other endpoint of a service.
     pub fn name_of(&self, ip: IpAddr, port: u16) -> Option<PeerName> {
@@ -275,30 +274,34 @@ fn unmap(ip: IpAddr) -> IpAddr {
 /// The index shared between the watches and the renderer.
 pub type SharedPeerNames = Arc<RwLock<PeerNames>>;
 
-#[derive(Debug, thiserror::Error)]
-pub enum NamesError {
-    #[error("watching {kind:?} for peer names failed: {source}")]
-    Watch { kind: Kind, source: watcher::Error },
+/// Where the names come from: every namespace when the user may list there,
+/// else only the targets' namespace (peers elsewhere then show as addresses).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamesScope {
+    /// The namespace to fall back to when listing in every namespace is
+    /// forbidden (`None` with -A: no fallback).
+    pub fallback: Option<String>,
 }
 
 /// Keeps `names` current from pods, services and EndpointSlices of every
-/// namespace. Transient watch errors are retried with backoff (and logged);
-/// runs until dropped (abort its task at the end of the session).
-pub async fn keep_current(client: Client, names: SharedPeerNames) -> Result<(), NamesError> {
-    let pods = follow::<Pod>(Api::all(client.clone()), Kind::Pods, names.clone(), |n, e| match e {
+/// namespace (or of `scope.fallback` when that is all RBAC allows).
+/// Transient watch errors are retried with backoff. What the user should
+/// know (a kind that cannot be watched at all) is sent to `notices`, once.
+/// Runs until dropped: abort its task at the end of the session.
+pub async fn keep_current(client: Client, names: SharedPeerNames, scope: NamesScope, notices: mpsc::UnboundedSender<String>) {
+    let pods = follow::<Pod>(&client, &scope, Kind::Pods, &names, &notices, |n, e| match e {
         Change::Apply(p) => n.apply_pod(&p),
         Change::Delete(p) => n.delete_pod(&p),
     });
-    let services = follow::<Service>(Api::all(client.clone()), Kind::Services, names.clone(), |n, e| match e {
+    let services = follow::<Service>(&client, &scope, Kind::Services, &names, &notices, |n, e| match e {
         Change::Apply(s) => n.apply_service(&s),
         Change::Delete(s) => n.delete_service(&s),
     });
-    let slices = follow::<EndpointSlice>(Api::all(client), Kind::EndpointSlices, names, |n, e| match e {
+    let slices = follow::<EndpointSlice>(&client, &scope, Kind::EndpointSlices, &names, &notices, |n, e| match e {
         Change::Apply(s) => n.apply_endpoint_slice(&s),
         Change::Delete(s) => n.delete_endpoint_slice(&s),
     });
-    futures::try_join!(pods, services, slices)?;
-    Ok(())
+    futures::join!(pods, services, slices);
 }
 
 enum Change<K> {
@@ -306,12 +309,66 @@ enum Change<K> {
     Delete(K),
 }
 
+/// Listing a kind was forbidden (RBAC).
+struct Forbidden;
+
+impl Kind {
+    /// As RBAC names it.
+    fn resource(self) -> &'static str {
+        match self {
+            Kind::Pods => "pods",
+            Kind::Services => "services",
+            Kind::EndpointSlices => "endpointslices.discovery.k8s.io",
+        }
+    }
+}
+
+/// Watches one kind: in every namespace, else in the fallback namespace.
 async fn follow<K>(
+    client: &Client,
+    scope: &NamesScope,
+    kind: Kind,
+    names: &SharedPeerNames,
+    notices: &mpsc::UnboundedSender<String>,
+    apply: impl Fn(&mut PeerNames, Change<K>),
+) where
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + 'static,
+    K::DynamicType: Default,
+{
+    if watch_api(Api::<K>::all(client.clone()), kind, names, &apply).await.is_ok() {
+        return;
+    }
+    let what = kind.resource();
+    let Some(namespace) = &scope.fallback else {
+        let _ = notices.send(format!(
+            "tlsspy: peers are not named by their {what}: you may not list {what} in all namespaces \
+             (deploy/rbac.yaml grants it)"
+        ));
+        return;
+    };
+    let _ = notices.send(format!(
+        "tlsspy: peers are named by their {what} in namespace \"{namespace}\" only: you may not list {what} \
+         in all namespaces (deploy/rbac.yaml grants it)"
+    ));
+    if watch_api(Api::<K>::namespaced(client.clone(), namespace), kind, names, &apply).await.is_err() {
+        let _ = notices.send(format!(
+            "tlsspy: peers are not named by their {what}: you may not list {what} in namespace \"{namespace}\""
+        ));
+    }
+}
+
+/// Feeds one watch into the index until it ends; `Err` when the list is forbidden.
+async fn watch_api<K>(
     api: Api<K>,
     kind: Kind,
-    names: SharedPeerNames,
-    apply: impl Fn(&mut PeerNames, Change<K>),
-) -> Result<(), NamesError>
+    names: &SharedPeerNames,
+    apply: &impl Fn(&mut PeerNames, Change<K>),
+) -> Result<(), Forbidden>
 where
     K: kube::Resource + Clone + fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
@@ -321,11 +378,12 @@ where
             Ok(Some(event)) => event,
             Ok(None) => return Ok(()),
             Err(err) => {
-                // The backoff retries; a forbidden list says so once per try.
-                log::warn!("watching {kind:?} for peer names: {err}");
                 if matches!(err, watcher::Error::InitialListFailed(kube::Error::Api(ref s)) if s.code == 403) {
-                    return Err(NamesError::Watch { kind, source: err });
+                    log::debug!("watching {kind:?} for peer names: {err}");
+                    return Err(Forbidden);
                 }
+                // Transient: the backoff retries.
+                log::warn!("watching {kind:?} for peer names: {err}");
                 continue;
             }
         };
@@ -399,7 +457,7 @@ mod tests {
 
     #[test]
     fn pods_services_and_slices_are_named() {
-        let mut names = PeerNames::new();
+        let mut names = PeerNames::default();
         names.apply_pod(&pod("shop", "api-7", &["10.244.1.5", "fd00::5"]));
         names.apply_service(&service("shop", "api", &["10.96.0.10"]));
         names.apply_endpoint_slice(&slice("shop", "db-x1", "db", &["192.168.7.7"], &[5432]));
@@ -416,7 +474,7 @@ mod tests {
 
     #[test]
     fn changes_and_deletes_keep_the_index_right() {
-        let mut names = PeerNames::new();
+        let mut names = PeerNames::default();
         names.apply_pod(&pod("a", "p", &["10.0.0.5"]));
         // The IP moves to another pod after the first one is rescheduled.
         names.apply_pod(&pod("a", "p", &["10.0.0.6"]));
@@ -445,7 +503,7 @@ mod tests {
 
     #[test]
     fn a_relist_forgets_what_it_no_longer_lists() {
-        let mut names = PeerNames::new();
+        let mut names = PeerNames::default();
         names.apply_pod(&pod("a", "old", &["10.0.0.1"]));
         names.apply_pod(&pod("a", "kept", &["10.0.0.2"]));
         names.apply_service(&service("a", "svc", &["10.96.0.1"]));
@@ -459,7 +517,7 @@ mod tests {
 
     #[test]
     fn records_get_the_peer_name() {
-        let mut names = PeerNames::new();
+        let mut names = PeerNames::default();
         names.apply_service(&service("shop", "api", &["10.96.0.10"]));
         let mut record = Record::Handshake(spy_image::record::Handshake {
             conn: Connection { remote: Some("10.96.0.10:443".parse().expect("addr")), ..Connection::default() },

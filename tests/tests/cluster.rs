@@ -310,6 +310,76 @@ fn pod_by_name_shows_its_https_exchange_with_pod_names() {
     assert!(stderr.contains("spying on default/web (container main) on node node-1"), "{stderr}");
 }
 
+/// Peers are named: the server sees its client by pod name, the client sees
+/// the server by the name of the service whose ClusterIP it dialled.
+#[test]
+fn peers_are_named_by_pod_and_by_service() {
+    if !require_root("peers_are_named_by_pod_and_by_service") {
+        return;
+    }
+    let s = server();
+    let cert = Certificate::new();
+    let port = free_port();
+    // A ClusterIP that reaches the server: loopback's whole 127/8 is local,
+    // and the server listens on every address (no kube-proxy here).
+    let cluster_ip = "127.2.0.1";
+    let service = json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web-svc"},
+        "spec": {"clusterIP": cluster_ip, "selector": {"app": "web"}, "ports": [{"port": port}]},
+    });
+    kubectl(&s, &["create", "--validate=false", "-f", "-"], &service.to_string());
+    let web = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "web", "labels": {"app": "web"}},
+        "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1, "containers": [{
+            "name": "main", "image": "python:3",
+            "command": ["python3", fixture("https_server.py"), port.to_string(), cert.cert(), cert.key(), "--bind", "0.0.0.0"],
+        }]},
+    });
+    kubectl(&s, &["create", "--validate=false", "-f", "-"], &web.to_string());
+    wait_for_port(port, WAIT);
+    // The client dials the service from its own pod IP, over and over.
+    let mark = marker("peer");
+    let script = format!(
+        "while :; do curl -sk --http1.1 --interface \"$POD_IP\" https://{cluster_ip}:{port}/{mark} >/dev/null; sleep 0.2; done"
+    );
+    let client = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "client", "labels": {"app": "client"}},
+        "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1, "containers": [{
+            "name": "main", "image": "python:3", "command": ["sh", "-c", script],
+            "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+        }]},
+    });
+    kubectl(&s, &["create", "--validate=false", "-f", "-"], &client.to_string());
+    let running = s.wait_pod("default", "client", WAIT, |p| {
+        p.and_then(|p| p.pointer("/status/phase")).and_then(Value::as_str) == Some("Running")
+    });
+    let client_ip = running.flatten().and_then(|p| p.pointer("/status/podIP").and_then(Value::as_str).map(String::from));
+    let client_ip = client_ip.expect("the client pod has an IP");
+
+    let mut plugin = Plugin::start(&s, &s.kubeconfig_path(), &["pod/web", "pod/client", "-o", "json"]);
+    let in_pod = |pod: &'static str| {
+        let mark = mark.clone();
+        move |r: &Record| exchange_with(&mark)(r) && pod_of(r).is_some_and(|p| p.name == pod)
+    };
+    let served = plugin.wait_record("the server's exchange", in_pod("web"));
+    let Record::Exchange(served) = served else { unreachable!() };
+    assert_eq!(served.conn.remote.map(|a| a.ip().to_string()), Some(client_ip.clone()));
+    assert_eq!(served.conn.remote_name.as_deref(), Some("default/client"), "{:?}", served.conn);
+    let sent = plugin.wait_record("the client's exchange", in_pod("client"));
+    let Record::Exchange(sent) = sent else { unreachable!() };
+    assert_eq!(sent.conn.remote.map(|a| a.to_string()), Some(format!("{cluster_ip}:{port}")));
+    assert_eq!(sent.conn.remote_name.as_deref(), Some("default/web-svc"), "{:?}", sent.conn);
+
+    plugin.signal(libc::SIGINT);
+    let status = plugin.wait(WAIT);
+    assert!(status.success(), "{status:?}: {}", plugin.stderr());
+    let stderr = plugin.stderr();
+    assert!(!stderr.contains("peers are not named"), "the admin may list everything: {stderr}");
+}
+
 #[test]
 fn follow_picks_up_new_pods_and_lets_go_of_deleted_ones() {
     if !require_root("follow_picks_up_new_pods_and_lets_go_of_deleted_ones") {

@@ -5,12 +5,12 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
-use tlsspy_tests::apiserver::{ApiServer, Image};
+use tlsspy_tests::apiserver::{ApiServer, Image, Rule};
 use tlsspy_tests::support::require_root;
 
 #[path = "../../kubectl-tlsspy/src/names.rs"]
@@ -20,8 +20,12 @@ mod names;
 const WAIT: Duration = Duration::from_secs(20);
 
 async fn client(server: &ApiServer) -> Client {
+    client_as(server, "admin").await
+}
+
+async fn client_as(server: &ApiServer, user: &str) -> Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let path = server.kubeconfig_for("admin").expect("kubeconfig");
+    let path = server.kubeconfig_for(user).expect("kubeconfig");
     let kc = kube::config::Kubeconfig::read_from(&path).expect("kubeconfig parses");
     let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
         .await
@@ -50,7 +54,9 @@ async fn peer_names_follow_pods_services_and_endpoint_slices() {
     let server = ApiServer::builder().image("busybox", Image::host()).start().expect("test API server starts");
     let client = client(&server).await;
     let index = names::SharedPeerNames::default();
-    let watch = tokio::spawn(names::keep_current(client.clone(), Arc::clone(&index)));
+    let (notices_tx, mut notices) = tokio::sync::mpsc::unbounded_channel();
+    let scope = names::NamesScope { fallback: Some("default".into()) };
+    let watch = tokio::spawn(names::keep_current(client.clone(), Arc::clone(&index), scope, notices_tx));
 
     // A pod: named by its IP once it runs.
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
@@ -100,5 +106,61 @@ async fn peer_names_follow_pods_services_and_endpoint_slices() {
     eventually(&index, pod_ip, 8443, None).await;
 
     assert!(!watch.is_finished(), "the watches keep running: {watch:?}");
+    assert!(notices.try_recv().is_err(), "an admin is allowed everything: nothing to say");
+    watch.abort();
+}
+
+/// A user who may list only in the targets' namespace still gets names
+/// from there, and is told why peers elsewhere are not named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peer_names_fall_back_to_the_targets_namespace() {
+    if !require_root("peer_names_fall_back_to_the_targets_namespace") {
+        return;
+    }
+    let mut in_shop = Rule::new(&["get", "list", "watch"], &["pods", "services", "endpointslices"]);
+    in_shop.namespaces = vec!["shop".into()];
+    let server = ApiServer::builder()
+        .image("busybox", Image::host())
+        .user("shop-viewer", &[in_shop])
+        .start()
+        .expect("test API server starts");
+    let admin = client(&server).await;
+    for namespace in ["shop", "other"] {
+        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": namespace}})).expect("namespace");
+        Api::<Namespace>::all(admin.clone()).create(&PostParams::default(), &ns).await.expect("create namespace");
+    }
+    for (namespace, ip) in [("shop", "127.3.0.1"), ("other", "127.3.0.2")] {
+        let service: Service = serde_json::from_value(json!({
+            "metadata": {"name": "api"},
+            "spec": {"clusterIP": ip, "ports": [{"port": 443}]},
+        }))
+        .expect("service");
+        Api::<Service>::namespaced(admin.clone(), namespace)
+            .create(&PostParams::default(), &service)
+            .await
+            .expect("create service");
+    }
+
+    let index = names::SharedPeerNames::default();
+    let (notices_tx, mut notices) = tokio::sync::mpsc::unbounded_channel();
+    let scope = names::NamesScope { fallback: Some("shop".into()) };
+    let viewer = client_as(&server, "shop-viewer").await;
+    let watch = tokio::spawn(names::keep_current(viewer, Arc::clone(&index), scope, notices_tx));
+    let shop: IpAddr = "127.3.0.1".parse().expect("ip");
+    eventually(&index, shop, 443, Some("shop/api")).await;
+    let mut said = Vec::new();
+    while said.len() < 3 {
+        let notice = tokio::time::timeout(WAIT, notices.recv()).await.expect("a notice per kind").expect("open");
+        said.push(notice);
+    }
+    for what in ["pods", "services", "endpointslices.discovery.k8s.io"] {
+        assert!(
+            said.iter().any(|n| n.contains(&format!("by their {what} in namespace \"shop\" only"))
+                && n.contains("deploy/rbac.yaml")),
+            "{said:#?}"
+        );
+    }
+    let other: IpAddr = "127.3.0.2".parse().expect("ip");
+    assert_eq!(index.read().expect("index").name_of(other, 443), None, "outside the namespace: not listed");
     watch.abort();
 }

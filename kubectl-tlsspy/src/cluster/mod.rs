@@ -30,6 +30,7 @@ use spy_image::sink::Sink as _;
 use tokio::sync::{mpsc, watch};
 
 use crate::cli::{ClusterArgs, KubeArgs, OutputFormat};
+use crate::names::{self, NamesScope, SharedPeerNames};
 use crate::render::{stats_line, Renderer};
 pub use spy_pod::DEFAULT_IMAGE;
 use spy_pod::SpyConfig;
@@ -142,6 +143,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         agent_args.push("--raw".into());
     }
     let session_id = session_id();
+    let names = SharedPeerNames::default();
     // Started before the first spy pod exists: from here on, whatever ends
     // this process, the session's pods go.
     let reaper = reaper::Reaper::spawn(&args.kube, std::slice::from_ref(&spy_ns), &session_id);
@@ -156,7 +158,15 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         log_level: args.output.log_level.clone(),
     });
     let mut renderer = Renderer::stdout(&args.output)?;
-    let mut session = Session::new(client.clone(), config.clone(), args.follow);
+    // Peer names stay current for the whole session (pods come and go with --follow).
+    let (notices_tx, mut notices) = mpsc::unbounded_channel();
+    let names_watch = tokio::spawn(names::keep_current(
+        client.clone(),
+        Arc::clone(&names),
+        NamesScope { fallback: target_ns.clone() },
+        notices_tx,
+    ));
+    let mut session = Session::new(client.clone(), config.clone(), args.follow, names);
     for pod in &initial {
         session.add(pod);
     }
@@ -173,6 +183,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         tokio::select! {
             Some(event) = session.events_rx.recv() => session.handle(event, &mut renderer)?,
             Some(change) = changes.next() => session.target_changed(change),
+            Some(notice) = notices.recv() => session.say(notice),
             reason = &mut signal => break reason,
             () = &mut stop_after => break "--duration elapsed".to_string(),
         }
@@ -182,6 +193,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     };
     log::info!("ending the session: {reason}");
     session.stop(&mut renderer).await?;
+    names_watch.abort();
     match cleanup::remove_session(&spy_api, &config.session).await {
         // Without "done" the reaper tries once more when this process ends.
         Ok(_) => {
@@ -250,12 +262,14 @@ struct Session {
     progress: MultiProgress,
     /// Last stats (or bye stats) per node.
     node_stats: HashMap<String, Stats>,
+    /// Names the peers of every record on its way to the renderer.
+    names: SharedPeerNames,
     failed: bool,
     fatal: Option<String>,
 }
 
 impl Session {
-    fn new(client: Client, config: Arc<SpyConfig>, follow: bool) -> Session {
+    fn new(client: Client, config: Arc<SpyConfig>, follow: bool, names: SharedPeerNames) -> Session {
         let (events_tx, events_rx) = mpsc::channel(256);
         let (stop_tx, _) = watch::channel(false);
         let progress = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
@@ -271,6 +285,7 @@ impl Session {
             live: HashMap::new(),
             progress,
             node_stats: HashMap::new(),
+            names,
             failed: false,
             fatal: None,
         }
@@ -379,7 +394,8 @@ impl Session {
                     self.say(line);
                 }
             }
-            SpyEvent::Record { node, record } => {
+            SpyEvent::Record { node, mut record } => {
+                self.names.read().unwrap_or_else(|poisoned| poisoned.into_inner()).enrich(&mut record);
                 match &*record {
                     Record::Stats(stats) => {
                         self.node_stats.insert(node, stats.clone());

@@ -20,6 +20,10 @@ pub enum Scope {
     Targets,
     /// In the spy namespace (a Role there in deploy/rbac.yaml).
     Spies,
+    /// In every namespace, and only nice to have: peer names. Without it
+    /// the names come from the targets' namespace, or not at all, and the
+    /// session says so (not checked up front: it never stops a session).
+    PeerNames,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -82,7 +86,22 @@ pub const PERMISSIONS: &[Permission] = &[
     targets("apps", "daemonsets", WorkloadKind::DaemonSet),
     targets("apps", "replicasets", WorkloadKind::ReplicaSet),
     targets("batch", "jobs", WorkloadKind::Job),
+    peer_names("", "pods"),
+    peer_names("", "services"),
+    peer_names("discovery.k8s.io", "endpointslices"),
 ];
+
+const fn peer_names(group: &'static str, resource: &'static str) -> Permission {
+    Permission {
+        group,
+        resource,
+        subresource: "",
+        verbs: &["list", "watch"],
+        scope: Scope::PeerNames,
+        only_for: None,
+        why: "to name peers by their pod or service",
+    }
+}
 
 /// One denied check.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +145,7 @@ pub async fn preflight(
         let namespace = match permission.scope {
             Scope::Targets => target_ns,
             Scope::Spies => Some(spy_ns),
+            Scope::PeerNames => continue,
         };
         for &verb in permission.verbs {
             checks.push((permission, verb, namespace.map(String::from)));
@@ -238,7 +258,7 @@ mod tests {
         let mut needed = BTreeSet::new();
         for p in PERMISSIONS {
             let kind = match p.scope {
-                Scope::Targets => "ClusterRole",
+                Scope::Targets | Scope::PeerNames => "ClusterRole",
                 Scope::Spies => "Role",
             };
             let resource =

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use indicatif::ProgressBar;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ContainerStateTerminated, Pod};
 use kube::api::{DeleteParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -25,6 +25,8 @@ const GRACE_SECONDS: i64 = 2;
 /// How long the spy pod's status is awaited after the agent ended by itself,
 /// to tell the user why.
 const EXIT_STATUS_WAIT: Duration = Duration::from_secs(3);
+/// How long a refused attach waits for the container's exit to be reported.
+const ATTACH_REFUSED_EXIT_WAIT: Duration = Duration::from_secs(1);
 
 /// How every spy pod of a session runs.
 #[derive(Clone, Debug)]
@@ -150,7 +152,18 @@ async fn life(
         () = attach::stopped(&mut stop) => return Ok("stopped before the spy started".into()),
     }
     progress.set_message(format!("{node}: running, attaching"));
-    let end = attach::stream(api, &name, node, config.heartbeat_timeout, &mut commands, &mut stop, events, progress).await?;
+    let end = match attach::stream(api, &name, node, config.heartbeat_timeout, &mut commands, &mut stop, events, progress)
+        .await
+    {
+        Ok(end) => end,
+        // An agent that ended before we attached (it waits for "go" only so
+        // long) is refused by the API server; its exit says more than the refusal.
+        Err(failure) if !failure.fatal => match container_exit(api, &name, ATTACH_REFUSED_EXIT_WAIT).await {
+            Some(exit) => return Err(exit_failure(node, None, None, Some(&exit))),
+            None => return Err(failure),
+        },
+        Err(failure) => return Err(failure),
+    };
     match end {
         StreamEnd::Stopped { reason } => Ok(reason),
         StreamEnd::AgentEnded { errors, bye } => Err(ended_by_itself(api, &name, node, errors, bye).await),
@@ -293,9 +306,15 @@ async fn ended_by_itself(
 ) -> SpyFailure {
     // The agent's own last words are the best reason ("this kernel has no BTF…").
     let said = errors.iter().rev().find_map(|l| l.strip_prefix("tlsspy-agent: ")).map(String::from);
-    let mut exit = None;
-    let until = tokio::time::Instant::now() + EXIT_STATUS_WAIT;
-    while tokio::time::Instant::now() < until {
+    let exit = container_exit(api, name, EXIT_STATUS_WAIT).await;
+    exit_failure(node, said, bye, exit.as_ref())
+}
+
+/// The spy container's exit, once the kubelet has reported it (`None` if it
+/// has not within `wait`).
+async fn container_exit(api: &Api<Pod>, name: &str, wait: Duration) -> Option<ContainerStateTerminated> {
+    let until = tokio::time::Instant::now() + wait;
+    loop {
         if let Ok(pod) = api.get(name).await {
             let terminated = pod
                 .status
@@ -305,18 +324,26 @@ async fn ended_by_itself(
                 .find(|c| c.name == CONTAINER)
                 .and_then(|c| c.state)
                 .and_then(|s| s.terminated);
-            if let Some(t) = terminated {
-                exit = Some(t);
-                break;
+            if terminated.is_some() {
+                return terminated;
             }
+        }
+        if tokio::time::Instant::now() >= until {
+            return None;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let message = match (said, bye, &exit) {
+}
+
+/// The best sentence for an agent that ended: its own words, its bye, its exit.
+fn exit_failure(node: &str, said: Option<String>, bye: Option<String>, exit: Option<&ContainerStateTerminated>) -> SpyFailure {
+    let message = match (said, bye, exit) {
         (Some(said), _, _) => format!("the spy on node {node} failed: {said}"),
         (None, Some(bye), _) => format!("the spy on node {node} ended: {bye}"),
         (None, None, Some(t)) if t.message.as_ref().is_some_and(|m| !m.trim().is_empty()) => {
-            format!("the spy on node {node} failed: {}", t.message.clone().unwrap_or_default().trim())
+            let message = t.message.as_deref().unwrap_or_default().trim();
+            // The agent's fatal line, as the container's termination message.
+            format!("the spy on node {node} failed: {}", message.strip_prefix("tlsspy-agent: ").unwrap_or(message))
         }
         (None, None, Some(t)) => format!(
             "the spy on node {node} ended: {} (exit code {})",
