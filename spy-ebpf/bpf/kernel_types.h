@@ -100,6 +100,12 @@ struct trace_event_raw_sys_enter {
 	unsigned long args[6];
 };
 
+struct trace_event_raw_sys_exit {
+	struct trace_entry ent;
+	long id;
+	long ret;
+};
+
 struct trace_event_raw_sched_process_fork {
 	struct trace_entry ent;
 	pid_t parent_pid;
@@ -113,7 +119,20 @@ struct in6_addr {
 	} in6_u;
 } __attribute__((preserve_access_index));
 
+struct ns_common {
+	unsigned int inum;
+} __attribute__((preserve_access_index));
+
+struct net {
+	struct ns_common ns;
+} __attribute__((preserve_access_index));
+
+typedef struct {
+	struct net *net;
+} possible_net_t;
+
 struct sock_common {
+	possible_net_t skc_net;
 	__be32 skc_daddr;
 	__be32 skc_rcv_saddr;
 	__be16 skc_dport;

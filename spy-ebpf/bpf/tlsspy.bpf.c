@@ -614,6 +614,98 @@ int sys_enter_close(struct trace_event_raw_sys_enter *ctx)
 	return 0;
 }
 
+/* ---- who owns a connection: remembered at connect() and accept() ---- */
+
+/* The fd of a target's connect() in flight, by thread. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TLSSPY_MAX_ACTIVE_CALLS);
+	__type(key, __u64); /* pid_tgid */
+	__type(value, __s32);
+} connecting SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, TLSSPY_MAX_SOCKET_OWNERS);
+	__type(key, struct tlsspy_socket_key);
+	__type(value, struct tlsspy_socket_owner);
+} socket_owners SEC(".maps");
+
+static __always_inline __u32 netns_of_fd(__s32 fd)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if (!fdt || fd < 0 || (__u32)fd >= BPF_CORE_READ(fdt, max_fds))
+		return 0;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	struct file *file = NULL;
+	if (bpf_probe_read_kernel(&file, sizeof(file), &fds[fd]) || !file)
+		return 0;
+	struct socket *sock = BPF_CORE_READ(file, private_data);
+	if (!sock)
+		return 0;
+	struct sock *sk = BPF_CORE_READ(sock, sk);
+	if (!sk)
+		return 0;
+	return BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+}
+
+static __always_inline void remember_owner(__u32 tgid, __s32 fd)
+{
+	struct tlsspy_socket_key key;
+	__builtin_memset(&key, 0, sizeof(key));
+	fill_tuple(&key.tuple, fd);
+	/* Not a socket, not connected yet (no ports), or not IP: nothing to name. */
+	if (!key.tuple.family || !key.tuple.local_port || !key.tuple.remote_port)
+		return;
+	key.netns = netns_of_fd(fd);
+	struct tlsspy_socket_owner owner;
+	__builtin_memset(&owner, 0, sizeof(owner));
+	owner.tgid = tgid;
+	owner.ts_ns = bpf_ktime_get_ns();
+	bpf_get_current_comm(owner.comm, sizeof(owner.comm));
+	bpf_map_update_elem(&socket_owners, &key, &owner, BPF_ANY);
+}
+
+SEC("tracepoint/syscalls/sys_enter_connect")
+int sys_enter_connect(struct trace_event_raw_sys_enter *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	if (!is_target(pid_tgid >> 32))
+		return 0;
+	__s32 fd = (__s32)ctx->args[0];
+	bpf_map_update_elem(&connecting, &pid_tgid, &fd, BPF_ANY);
+	return 0;
+}
+
+#define TLSSPY_EINPROGRESS 115
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int sys_exit_connect(struct trace_event_raw_sys_exit *ctx)
+{
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__s32 *fd = bpf_map_lookup_elem(&connecting, &pid_tgid);
+	if (!fd)
+		return 0;
+	__s32 connected = *fd;
+	bpf_map_delete_elem(&connecting, &pid_tgid);
+	/* A non-blocking connect has its ports once it returns EINPROGRESS. */
+	if (ctx->ret == 0 || ctx->ret == -TLSSPY_EINPROGRESS)
+		remember_owner(pid_tgid >> 32, connected);
+	return 0;
+}
+
+/* Attached to sys_exit_accept and sys_exit_accept4: the result is the new fd. */
+SEC("tracepoint/syscalls/sys_exit_accept")
+int sys_exit_accept(struct trace_event_raw_sys_exit *ctx)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (ctx->ret < 0 || !is_target(tgid))
+		return 0;
+	remember_owner(tgid, (__s32)ctx->ret);
+	return 0;
+}
+
 /* ---- following targets' processes ---- */
 
 static __always_inline void emit_proc(__u32 kind, __u32 tgid, __u32 parent)
@@ -666,6 +758,7 @@ int sched_process_exit(void *ctx)
 	__u32 tid = (__u32)pid_tgid;
 	__u32 tgid = pid_tgid >> 32;
 	bpf_map_delete_elem(&active_calls, &pid_tgid);
+	bpf_map_delete_elem(&connecting, &pid_tgid);
 	if (tid == tgid && bpf_map_delete_elem(&target_tgids, &tgid) == 0)
 		emit_proc(TLSSPY_EVENT_EXIT, tgid, 0);
 	else if (tid != tgid)

@@ -29,6 +29,9 @@
 /* Remembered SSL* -> socket fd pairs (reads served from OpenSSL's buffer
  * make no syscall, so the fd must be remembered from an earlier call). */
 #define TLSSPY_MAX_CONN_FDS 65536
+/* Sockets whose owner is remembered (connects and accepts of targets);
+ * least recently used go first. */
+#define TLSSPY_MAX_SOCKET_OWNERS 65536
 /* Go executables probed at once: one tlsspy_go_config each, keyed by the
  * library id the Go entry probes carry as attach cookie. */
 #define TLSSPY_MAX_GO_BINARIES 4096
@@ -79,6 +82,23 @@ struct tlsspy_conn_tuple {
 	__u8 remote_addr[16];
 };
 
+/* Who opened a TCP connection: written when a target's connect() or
+ * accept() returns, read by the handshake capture, which sees the packets
+ * later and may find the process gone by then. Key: the connection from the
+ * owner's side, in its network namespace. */
+struct tlsspy_socket_key {
+	struct tlsspy_conn_tuple tuple;
+	__u32 netns; /* the network namespace's inode number */
+	__u32 _pad;
+};
+
+struct tlsspy_socket_owner {
+	__u32 tgid;
+	__u32 _pad;
+	__u64 ts_ns;
+	char comm[TLSSPY_COMM_LEN];
+};
+
 struct tlsspy_data_header {
 	__u32 kind; /* TLSSPY_EVENT_DATA */
 	__u32 tgid; /* host pid */
@@ -126,6 +146,10 @@ struct tlsspy_proc_event {
 _Static_assert(sizeof(struct tlsspy_conn_tuple) == 40, "tlsspy_conn_tuple size");
 TLSSPY_ASSERT_OFFSET(tlsspy_conn_tuple, local_addr, 8);
 TLSSPY_ASSERT_OFFSET(tlsspy_conn_tuple, remote_addr, 24);
+_Static_assert(sizeof(struct tlsspy_socket_key) == 48, "tlsspy_socket_key size");
+TLSSPY_ASSERT_OFFSET(tlsspy_socket_key, netns, 40);
+_Static_assert(sizeof(struct tlsspy_socket_owner) == 32, "tlsspy_socket_owner size");
+TLSSPY_ASSERT_OFFSET(tlsspy_socket_owner, comm, 16);
 _Static_assert(sizeof(struct tlsspy_data_header) == 112, "tlsspy_data_header size");
 TLSSPY_ASSERT_OFFSET(tlsspy_data_header, ts_ns, 16);
 TLSSPY_ASSERT_OFFSET(tlsspy_data_header, conn_ptr, 24);

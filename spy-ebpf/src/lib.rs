@@ -60,6 +60,7 @@ pub mod maps {
     pub const EVENTS: &str = "events";
     pub const STATS: &str = "stats";
     pub const GO_CONFIGS: &str = "go_configs";
+    pub const SOCKET_OWNERS: &str = "socket_owners";
 }
 
 /// Go executables probed at once (`TLSSPY_MAX_GO_BINARIES`).
@@ -77,6 +78,9 @@ pub mod programs {
     pub const GO_RETURN: &str = "go_return";
     pub const SYS_ENTER_FD_IO: &str = "sys_enter_fd_io";
     pub const SYS_ENTER_CLOSE: &str = "sys_enter_close";
+    pub const SYS_ENTER_CONNECT: &str = "sys_enter_connect";
+    pub const SYS_EXIT_CONNECT: &str = "sys_exit_connect";
+    pub const SYS_EXIT_ACCEPT: &str = "sys_exit_accept";
     pub const SCHED_PROCESS_FORK: &str = "sched_process_fork";
     pub const SCHED_PROCESS_EXEC: &str = "sched_process_exec";
     pub const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
@@ -89,7 +93,7 @@ pub mod globals {
 
 /// `struct tlsspy_conn_tuple`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ConnTuple {
     pub family: u16,
     pub local_port: u16,
@@ -134,6 +138,27 @@ pub struct GoConfig {
     pub _pad: u32,
 }
 
+/// `struct tlsspy_socket_key`: a connection from its owner's side, in the
+/// owner's network namespace.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SocketKey {
+    pub tuple: ConnTuple,
+    /// The network namespace's inode number (as `/proc/PID/ns/net` shows it).
+    pub netns: u32,
+    pub _pad: u32,
+}
+
+/// `struct tlsspy_socket_owner`: who connected or accepted it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketOwner {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub ts_ns: u64,
+    pub comm: [u8; COMM_LEN],
+}
+
 /// `struct tlsspy_proc_event`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -162,5 +187,7 @@ assert_layout!(DataHeader, size = 112,
     comm = 96);
 assert_layout!(GoConfig, size = 16,
     conn_iface = 0, tcpconn_fd = 4, netfd_sysfd = 8, _pad = 12);
+assert_layout!(SocketKey, size = 48, tuple = 0, netns = 40, _pad = 44);
+assert_layout!(SocketOwner, size = 32, tgid = 0, _pad = 4, ts_ns = 8, comm = 16);
 assert_layout!(ProcEvent, size = 40,
     kind = 0, tgid = 4, parent_tgid = 8, _pad = 12, ts_ns = 16, comm = 24);

@@ -170,7 +170,7 @@ impl Spy {
     pub fn start(options: SpyOptions) -> Result<Spy, SpyError> {
         let probes = Probes::load(&options.load)?;
         let (captures, capture_events) = if options.handshakes {
-            let (captures, events) = Captures::new();
+            let (captures, events) = Captures::new(Some(probes.socket_owners()));
             (Some(captures), Some(events))
         } else {
             (None, None)
@@ -309,8 +309,14 @@ impl Spy {
                     true => self.plaintext_of(owner.pid),
                     false => self.plaintext_of_gone(&owner),
                 };
-                let handshake =
-                    WireHandshake { pid: owner.pid, local: owner.local, remote: owner.remote, role: owner.role, record };
+                let handshake = WireHandshake {
+                    pid: owner.pid,
+                    local: owner.local,
+                    remote: owner.remote,
+                    role: owner.role,
+                    process: owner.process.clone(),
+                    record,
+                };
                 let now = self.wall_ns(monotonic_ns());
                 self.tracker.on_handshake(handshake, plaintext, now, &mut self.out);
             }

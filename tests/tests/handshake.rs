@@ -249,6 +249,41 @@ fn a_rustls_client_shows_with_a_closed_lock_and_the_reason() {
     assert_eq!(&cells[1..4], ["1", "0", "1"], "{row}");
 }
 
+/// Short-lived clients, many at once: each exits right after its request,
+/// often before the capture reads its packets. The kernel recorded who
+/// connected, so every handshake is still its own client's.
+#[test]
+fn many_short_lived_clients_each_get_their_handshake() {
+    if !require_root("many_short_lived_clients_each_get_their_handshake") {
+        return;
+    }
+    const CLIENTS: usize = 24;
+    let client = rustls_client();
+    let cert = Certificate::end_entity();
+    let (_server, port) = python_https_server(&cert);
+    let mark = marker("burst");
+    let script = format!(
+        "for i in $(seq {CLIENTS}); do \"$0\" 127.0.0.1:{port} localhost \"$1\" http/1.1 1.3 /{mark}-$i 2>/dev/null & done; wait"
+    );
+    let mut cmd = plugin();
+    cmd.args(["local", "-o", "json", "--", "sh", "-c", &script]).arg(&client).arg(cert.cert());
+    let output = run(cmd);
+    let records = records_of(&output);
+    let hs = handshakes(&records);
+    let mut pids: Vec<u32> = hs.iter().map(|h| h.conn.pid).collect();
+    pids.sort_unstable();
+    pids.dedup();
+    assert_eq!((hs.len(), pids.len()), (CLIENTS, CLIENTS), "one handshake per client: {hs:#?}");
+    for h in &hs {
+        assert!(!h.decrypted && h.sni.as_deref() == Some("localhost"), "{h:?}");
+        assert!(h.conn.process.starts_with("tlsspy-rustls"), "named after the client: {h:?}");
+        // rustls, or, for a client gone before anything could look at its
+        // executable, that: never silence.
+        let reason = h.reason.as_deref().unwrap_or_default();
+        assert!(reason.contains("rustls") || reason.contains("exited before"), "{h:?}");
+    }
+}
+
 /// A process that runs an HTTPS server and a client of it in its own
 /// network namespace, and waits for `go` before its request.
 const NETNS_SCRIPT: &str = r#"

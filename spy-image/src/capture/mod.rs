@@ -30,7 +30,7 @@ mod linux {
     use tokio::sync::mpsc;
 
     use super::flows::{FlowStats, FlowTable, Owners, SeenHandshake};
-    use super::owner::{Owner, OwnerResolver};
+    use super::owner::{self, KernelOwners, Owner, OwnerResolver};
     use crate::targets::process;
     use crate::targets::unprobed;
     use super::packet;
@@ -109,10 +109,12 @@ mod linux {
         /// Every capture's counters, also of those that ended.
         stats: Vec<Arc<Mutex<CaptureStats>>>,
         events: mpsc::Sender<CaptureEvent>,
+        kernel: Option<Arc<dyn KernelOwners>>,
     }
 
     impl Captures {
-        pub fn new() -> (Captures, mpsc::Receiver<CaptureEvent>) {
+        /// `kernel`: the owners the probes record (None: /proc alone).
+        pub fn new(kernel: Option<Arc<dyn KernelOwners>>) -> (Captures, mpsc::Receiver<CaptureEvent>) {
             let (events, rx) = mpsc::channel(CAPTURE_QUEUE);
             (
                 Captures {
@@ -121,6 +123,7 @@ mod linux {
                     stopping: Vec::new(),
                     stats: Vec::new(),
                     events,
+                    kernel,
                 },
                 rx,
             )
@@ -152,7 +155,16 @@ mod linux {
             let stats = Arc::new(Mutex::new(CaptureStats { namespaces: 1, ..CaptureStats::default() }));
             self.stats.push(stats.clone());
             let (ready_tx, ready) = std::sync::mpsc::sync_channel(1);
-            let worker = Worker { pid, ns, pids: pids.clone(), stop: stop.clone(), stats, events: self.events.clone() };
+            let worker = Worker {
+                pid,
+                ns,
+                netns,
+                kernel: self.kernel.clone(),
+                pids: pids.clone(),
+                stop: stop.clone(),
+                stats,
+                events: self.events.clone(),
+            };
             let thread = std::thread::Builder::new()
                 .name(format!("tlsspy-capture-{netns}"))
                 .spawn(move || worker.run(ready_tx))
@@ -226,13 +238,22 @@ mod linux {
     /// (what the reason of a closed lock names). Cheap: the capture must
     /// keep up with the packets.
     struct DescribedOwners {
+        /// First: what the kernel recorded at connect()/accept().
+        kernel: Option<Arc<dyn KernelOwners>>,
+        netns: u64,
+        /// Then: /proc, for connections made before the spy came.
         resolver: OwnerResolver,
     }
 
     impl Owners<Owner> for DescribedOwners {
         fn owner(&mut self, client: std::net::SocketAddr, server: std::net::SocketAddr) -> Option<Owner> {
-            let mut owner = self.resolver.owner(client, server)?;
-            owner.process = process::name(owner.pid).ok();
+            let recorded = self.kernel.as_deref().and_then(|k| owner::kernel_owner(k, self.netns, client, server));
+            let mut owner = match recorded {
+                Some(owner) => owner,
+                None => self.resolver.owner(client, server)?,
+            };
+            // The name now if it still runs, else the one the kernel recorded.
+            owner.process = process::name(owner.pid).ok().or(owner.process);
             let files = process::mapped_files(owner.pid).unwrap_or_default();
             owner.unprobed = unprobed::library_hint(&files);
             owner.exe = File::open(process::proc_dir(owner.pid).join("exe")).ok().map(Arc::new);
@@ -243,6 +264,8 @@ mod linux {
     struct Worker {
         pid: u32,
         ns: File,
+        netns: u64,
+        kernel: Option<Arc<dyn KernelOwners>>,
         pids: Arc<Mutex<Vec<u32>>>,
         stop: Arc<AtomicBool>,
         stats: Arc<Mutex<CaptureStats>>,
@@ -271,7 +294,8 @@ mod linux {
                 }
             };
             let mut table: FlowTable<Owner> = FlowTable::new();
-            let mut owners = DescribedOwners { resolver: OwnerResolver::new(self.pids.clone()) };
+            let mut owners =
+                DescribedOwners { kernel: self.kernel.clone(), netns: self.netns, resolver: OwnerResolver::new(self.pids.clone()) };
             let mut buf = vec![0u8; socket::SNAPLEN as usize];
             let mut out = Vec::new();
             let mut local = CaptureStats::default();

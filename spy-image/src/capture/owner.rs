@@ -29,6 +29,33 @@ pub struct Owner {
     pub exe: Option<std::sync::Arc<fs::File>>,
 }
 
+/// Owners the kernel recorded when a target's connect() or accept()
+/// returned: exact, and still there after the process has exited.
+pub trait KernelOwners: Send + Sync {
+    /// The target whose end of `local` ↔ `remote` is `local`, in the network
+    /// namespace with inode `netns`: its pid and its name then.
+    fn owner_of(&self, netns: u64, local: SocketAddr, remote: SocketAddr) -> Option<(u32, String)>;
+}
+
+/// A target's end of `client` → `server` as the kernel recorded it.
+pub fn kernel_owner(kernel: &dyn KernelOwners, netns: u64, client: SocketAddr, server: SocketAddr) -> Option<Owner> {
+    let (client, server) = (normalize(client), normalize(server));
+    let owner = |pid, local, remote, role, process| Owner {
+        pid,
+        local,
+        remote,
+        role,
+        process: Some(process),
+        unprobed: None,
+        exe: None,
+    };
+    if let Some((pid, name)) = kernel.owner_of(netns, client, server) {
+        return Some(owner(pid, client, server, Role::Client, name));
+    }
+    let (pid, name) = kernel.owner_of(netns, server, client)?;
+    Some(owner(pid, server, client, Role::Server, name))
+}
+
 /// An IPv4 peer of an IPv6 socket shows as ::ffff:a.b.c.d; on the wire it
 /// is plain IPv4. One form for both, so they match.
 pub fn normalize(addr: SocketAddr) -> SocketAddr {

@@ -28,6 +28,9 @@ pub struct WireHandshake {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub role: Role,
+    /// The owner's name as the capture found it: for a process the spy
+    /// never described (a short-lived child gone before its fork was read).
+    pub process: Option<String>,
     /// What the hellos said; `conn`, `decrypted` and `reason` are filled in
     /// by the tracker.
     pub record: Handshake,
@@ -292,7 +295,7 @@ impl Tracker {
             id: id.clone(),
             pid: hs.pid,
             ns_pid: meta.and_then(|m| m.ns_pid),
-            process: meta.map_or_else(|| "?".to_string(), |m| m.name.clone()),
+            process: meta.map(|m| m.name.clone()).or(hs.process).unwrap_or_else(|| "?".to_string()),
             pod: meta.and_then(|m| m.pod.clone()),
             local: Some(hs.local),
             remote: Some(hs.remote),
@@ -523,6 +526,7 @@ mod tests {
             local: local.parse().expect("addr"),
             remote: remote.parse().expect("addr"),
             role: Role::Client,
+            process: None,
             record: Handshake { sni: Some(sni.into()), ts_ns: 5, ..Handshake::default() },
         }
     }

@@ -3,9 +3,11 @@
 //! the ring buffer. Everything here needs root and a kernel with BTF.
 
 pub mod event;
+pub mod socket_owners;
 
 use std::collections::HashMap as StdHashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::trace_point::TracePointLinkId;
@@ -15,6 +17,7 @@ use aya::{Ebpf, EbpfLoader};
 use spy_ebpf::{globals, maps, programs, stat};
 
 use crate::record::{Linkage, TlsLibrary};
+use socket_owners::SocketOwners;
 use crate::targets::go::{GoAbi, GoArch, GoBinary, GoFunctionProbe};
 use crate::targets::process::FileId;
 use crate::targets::tls_stack::{OpensslFunction, OpensslProbes};
@@ -89,6 +92,8 @@ pub struct Probes {
     ring: Option<RingBuf<MapData>>,
     /// Per Go executable (by library id): the offsets its probes need.
     go_configs: HashMap<MapData, u32, GoConfigValue>,
+    /// Who owns each target's connections (read by the handshake capture).
+    socket_owners: Arc<SocketOwners>,
     /// Libraries already probed: uprobes live on inodes, so one attach
     /// serves every process that maps the file. The value is the library id
     /// the probes carry as their attach cookie.
@@ -125,6 +130,15 @@ const HOST_GO_ARCH: Option<GoArch> = Some(GoArch::Amd64);
 const HOST_GO_ARCH: Option<GoArch> = Some(GoArch::Arm64);
 #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 const HOST_GO_ARCH: Option<GoArch> = None;
+
+/// The maps user space works with, taken out of the loaded object.
+struct Maps {
+    targets: HashMap<MapData, u32, u32>,
+    stats: PerCpuArray<MapData, u64>,
+    ring: RingBuf<MapData>,
+    go_configs: HashMap<MapData, u32, GoConfigValue>,
+    socket_owners: Arc<SocketOwners>,
+}
 
 /// The `go_configs` map's value: [`spy_ebpf::GoConfig`] as aya plain data.
 #[derive(Clone, Copy)]
@@ -224,6 +238,9 @@ impl Probes {
             .map_err(|source| ProbeError::Map { name: maps::EVENTS, source })?;
         let go_configs = HashMap::try_from(take_map(&mut ebpf, maps::GO_CONFIGS)?)
             .map_err(|source| ProbeError::Map { name: maps::GO_CONFIGS, source })?;
+        let socket_owners = HashMap::try_from(take_map(&mut ebpf, maps::SOCKET_OWNERS)?)
+            .map_err(|source| ProbeError::Map { name: maps::SOCKET_OWNERS, source })?;
+        let maps = Maps { targets, stats, ring, go_configs, socket_owners: Arc::new(SocketOwners::new(socket_owners)) };
 
         for name in [
             programs::SSL_WRITE_ENTER,
@@ -238,7 +255,7 @@ impl Probes {
             uprobe(&mut ebpf, name)?.load().map_err(|source| ProbeError::Program { name, source })?;
         }
         if !tracepoints {
-            return Ok(Probes::new(ebpf, targets, stats, ring, go_configs, Vec::new()));
+            return Ok(Probes::new(ebpf, maps, Vec::new()));
         }
 
         let mut links = Vec::new();
@@ -250,8 +267,18 @@ impl Probes {
                 .map_err(|source| ProbeError::Program { name: programs::SYS_ENTER_FD_IO, source })?;
             links.push((programs::SYS_ENTER_FD_IO, LinkId::TracePoint(link)));
         }
+        let accept = tracepoint(&mut ebpf, programs::SYS_EXIT_ACCEPT)?;
+        accept.load().map_err(|source| ProbeError::Program { name: programs::SYS_EXIT_ACCEPT, source })?;
+        for syscall in ["sys_exit_accept", "sys_exit_accept4"] {
+            let link = accept
+                .attach("syscalls", syscall)
+                .map_err(|source| ProbeError::Program { name: programs::SYS_EXIT_ACCEPT, source })?;
+            links.push((programs::SYS_EXIT_ACCEPT, LinkId::TracePoint(link)));
+        }
         for (name, category, event) in [
             (programs::SYS_ENTER_CLOSE, "syscalls", "sys_enter_close"),
+            (programs::SYS_ENTER_CONNECT, "syscalls", "sys_enter_connect"),
+            (programs::SYS_EXIT_CONNECT, "syscalls", "sys_exit_connect"),
             (programs::SCHED_PROCESS_FORK, "sched", "sched_process_fork"),
             (programs::SCHED_PROCESS_EXEC, "sched", "sched_process_exec"),
             (programs::SCHED_PROCESS_EXIT, "sched", "sched_process_exit"),
@@ -262,28 +289,28 @@ impl Probes {
             links.push((name, LinkId::TracePoint(link)));
         }
 
-        Ok(Probes::new(ebpf, targets, stats, ring, go_configs, links))
+        Ok(Probes::new(ebpf, maps, links))
     }
 
-    fn new(
-        ebpf: Ebpf,
-        targets: HashMap<MapData, u32, u32>,
-        stats: PerCpuArray<MapData, u64>,
-        ring: RingBuf<MapData>,
-        go_configs: HashMap<MapData, u32, GoConfigValue>,
-        links: Vec<(&'static str, LinkId)>,
-    ) -> Probes {
+    fn new(ebpf: Ebpf, maps: Maps, links: Vec<(&'static str, LinkId)>) -> Probes {
+        let Maps { targets, stats, ring, go_configs, socket_owners } = maps;
         Probes {
             ebpf,
             targets,
             stats,
             ring: Some(ring),
             go_configs,
+            socket_owners,
             attached: StdHashMap::new(),
             libraries: Vec::new(),
             cookies: true,
             links,
         }
+    }
+
+    /// Who owns the targets' connections, for the handshake capture.
+    pub fn socket_owners(&self) -> Arc<SocketOwners> {
+        Arc::clone(&self.socket_owners)
     }
 
     /// Starts tracing `tgid` (and, with `follow_children`, what it forks).
