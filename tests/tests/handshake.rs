@@ -173,6 +173,9 @@ fn rustls_client() -> PathBuf {
     let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
         .args(["build", "--offline", "--quiet", "--message-format=json", "--manifest-path"])
         .arg(&manifest)
+        // Out of the source tree, whatever CARGO_TARGET_DIR says.
+        .arg("--target-dir")
+        .arg(concat!(env!("CARGO_TARGET_TMPDIR"), "/rustls-client"))
         .stderr(Stdio::inherit())
         .output()
         .expect("cargo build the rustls client");
