@@ -169,11 +169,11 @@ fn spy_round(agent: &Path, pid: u32, run_load: impl FnOnce() -> load::LoadResult
     ready_rx.recv_timeout(Duration::from_secs(30)).context("the agent did not report its target")?;
     let attach = started.elapsed();
 
-    let bpf_before = spy_bpf_time();
+    let bpf_before = spy_bpf_time(child.id());
     let load = run_load();
     // Let the last events reach user space before reading the counters.
     std::thread::sleep(Duration::from_millis(300));
-    let bpf_after = spy_bpf_time();
+    let bpf_after = spy_bpf_time(child.id());
     let (cpu_us, rss) = (process_cpu_us(child.id()), peak_rss_kib(child.id()));
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -195,18 +195,24 @@ fn spy_round(agent: &Path, pid: u32, run_load: impl FnOnce() -> load::LoadResult
     })
 }
 
-/// Summed run time of the spy's eBPF programs (names as the kernel keeps
-/// them: at most 15 characters).
-fn spy_bpf_time() -> Duration {
-    const PREFIXES: [&str; 6] = ["ssl_", "go_write_enter", "go_read_enter", "go_return", "sys_enter_fd_io", "sched_process_"];
-    aya::programs::loaded_programs()
-        .flatten()
-        .filter(|p| p.name_as_str().is_some_and(|n| PREFIXES.iter().any(|prefix| n.starts_with(prefix))))
-        .map(|p| {
-            log::debug!("BPF program {:?}: {:?} run time", p.name_as_str(), p.run_time());
-            p.run_time()
-        })
-        .sum()
+/// Summed run time of the eBPF programs the agent `pid` holds, from the
+/// kernel's BPF stats in /proc/PID/fdinfo. By process, not by program name:
+/// another spy on the machine (a concurrent test run) loads programs of the
+/// same names.
+fn spy_bpf_time(pid: u32) -> Duration {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return Duration::ZERO };
+    // Several fds may hold one program: count each program once.
+    let mut run_time_ns = std::collections::BTreeMap::new();
+    for fd in fds.flatten() {
+        let Ok(info) = std::fs::read_to_string(fd.path()) else { continue };
+        let field = |name: &str| -> Option<u64> {
+            info.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        };
+        if let (Some(id), Some(ns)) = (field("prog_id:"), field("run_time_ns:")) {
+            run_time_ns.insert(id, ns);
+        }
+    }
+    Duration::from_nanos(run_time_ns.values().sum())
 }
 
 fn process_cpu_us(pid: u32) -> Option<f64> {
