@@ -7,11 +7,15 @@ use std::time::Duration;
 use clap::Parser;
 use tlsspy_tests::bench::{self, Case, Options, Server};
 
+/// The nginx cases of a run that names none.
+const DEFAULT_NGINX_BODIES: [usize; 2] = [1024, 65536];
+
 #[derive(Debug, Parser)]
 #[command(about = "Side-by-side overhead benchmark: none, floor (no-op probes) and the spy")]
 struct Args {
-    /// Response body sizes to serve from nginx (bytes), one case each.
-    #[arg(long = "body", default_values_t = [1024usize, 65536])]
+    /// Response body sizes to serve from nginx (bytes), one case each
+    /// (default, when no --go-body is given either: 1024 and 65536).
+    #[arg(long = "body")]
     bodies: Vec<usize>,
     /// Response body sizes to serve from a Go net/http server built here
     /// with the local Go toolchain (bytes), one case each; none by default.
@@ -42,9 +46,13 @@ fn main() -> anyhow::Result<()> {
         Some(agent) => agent,
         None => std::env::current_exe()?.with_file_name("tlsspy-agent"),
     };
+    let nginx_bodies = if args.bodies.is_empty() && args.go_bodies.is_empty() {
+        DEFAULT_NGINX_BODIES.to_vec()
+    } else {
+        args.bodies
+    };
     let options = Options {
-        cases: args
-            .bodies
+        cases: nginx_bodies
             .iter()
             .map(|&b| Case { name: format!("nginx, {} responses", human(b)), server: Server::Nginx, body_bytes: b })
             .chain(args.go_bodies.iter().map(|&b| Case {
