@@ -19,7 +19,8 @@ struct {
 	__type(value, __u64);
 } floor_hits SEC(".maps");
 
-/* floor_hits[0]: entry hits, [1]: return hits. */
+/* floor_hits[0]: entry hits, [1]: return hits (a uretprobe's, or a RET
+ * instruction's for Go, where the spy never uses uretprobes). */
 static __always_inline int count(__u32 which)
 {
 	__u64 *v = bpf_map_lookup_elem(&floor_hits, &which);
@@ -36,6 +37,15 @@ int floor_enter(struct pt_regs *ctx)
 
 SEC("uretprobe/floor_return")
 int floor_return(struct pt_regs *ctx)
+{
+	return count(1);
+}
+
+/* Go: a plain uprobe on a RET instruction of the probed function, as the
+ * spy places its own (a uretprobe would crash a Go program that moves its
+ * stack). Counted as a return. */
+SEC("uprobe/floor_ret_site")
+int floor_ret_site(struct pt_regs *ctx)
 {
 	return count(1);
 }

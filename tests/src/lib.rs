@@ -2,4 +2,5 @@
 
 pub mod apiserver;
 pub mod bench;
+pub mod go;
 pub mod support;

@@ -22,10 +22,8 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use spy_image::record::{Direction, Exchange, Protocol, Record, TlsLibrary};
+use tlsspy_tests::go::Toolchain;
 use tlsspy_tests::support::*;
-
-/// The Go toolchain the tests build with (Debian's golang-1.23-go).
-const PREFERRED_GO: &str = "/usr/lib/go-1.23/bin/go";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Variant {
@@ -63,49 +61,12 @@ fn work_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("go-capture")
 }
 
-fn go_command(go: &Path) -> Command {
-    let work = work_dir();
-    let mut cmd = Command::new(go);
-    cmd.env("GOTOOLCHAIN", "local")
-        .env("GOFLAGS", "-mod=mod")
-        .env("GOPROXY", "off")
-        .env("GOPATH", work.join("gopath"))
-        .env("GOCACHE", work.join("gocache"))
-        .env("CGO_ENABLED", "0")
-        .env("GOOS", "linux");
-    cmd
+fn toolchain(go: &Path) -> Toolchain {
+    Toolchain { go: go.to_path_buf(), work: work_dir() }
 }
 
-fn find_go() -> Option<PathBuf> {
-    if Path::new(PREFERRED_GO).exists() {
-        return Some(PathBuf::from(PREFERRED_GO));
-    }
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib")
-        .ok()?
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("go-1."))
-        .map(|e| e.path().join("bin/go"))
-        .filter(|go| go.exists())
-        .collect();
-    found.sort();
-    found.pop()
-}
-
-fn go_build(go: &Path, source: &str, flags: &[&str], out: &Path) {
-    let output = go_command(go)
-        .current_dir(fixture(&format!("go/{source}")))
-        .arg("build")
-        .args(flags)
-        .arg("-o")
-        .arg(out)
-        .arg(".")
-        .output()
-        .expect("run go build");
-    assert!(
-        output.status.success(),
-        "go build {source} {flags:?} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+fn go_build(toolchain: &Toolchain, source: &str, flags: &[&str], out: &Path) {
+    toolchain.build(source, flags, out).unwrap_or_else(|err| panic!("{err}"));
 }
 
 /// The Go test programs, built once per test binary; `None`: no Go here
@@ -114,13 +75,12 @@ fn builds() -> Option<&'static GoBuilds> {
     static BUILDS: OnceLock<Option<GoBuilds>> = OnceLock::new();
     BUILDS
         .get_or_init(|| {
-            let Some(go) = find_go() else {
+            let Some(go) = Toolchain::find(&work_dir()) else {
                 assert!(!in_ci(), "CI=true but no Go toolchain in /usr/lib/go-1.*: run .ci/install-deps");
                 eprintln!("SKIP: no Go toolchain (install golang-1.23-go); Go capture tests not run");
                 return None;
             };
-            let version = go_command(&go).args(["env", "GOVERSION"]).output().expect("go env");
-            let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+            let version = go.version().expect("go env GOVERSION");
             let bin = work_dir().join("bin");
             std::fs::create_dir_all(&bin).expect("create bin dir");
             let tlsprobe = VARIANTS
@@ -299,18 +259,10 @@ fn every_installed_go_release_is_captured_when_stripped() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = dir.path().join("peer");
     let (_peer, port) = raw_peer_server(&cert, &out);
-    let mut toolchains: Vec<PathBuf> = std::fs::read_dir("/usr/lib")
-        .expect("/usr/lib")
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("go-1."))
-        .map(|e| e.path().join("bin/go"))
-        .filter(|go| go.exists())
-        .collect();
-    toolchains.sort();
     let mut checked = Vec::new();
-    for go in toolchains {
-        let version = go_command(&go).args(["env", "GOVERSION"]).output().expect("go env");
-        let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+    for go in tlsspy_tests::go::installed() {
+        let go = toolchain(&go);
+        let version = go.version().expect("go env GOVERSION");
         let program = work_dir().join(format!("bin/tlsprobe-{version}-stripped"));
         go_build(&go, "tlsprobe", Variant::Stripped.flags(), &program);
         check_client_http1(&program, &version, &cert, &out, port, &format!("{version} stripped Go client"));

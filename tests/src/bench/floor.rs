@@ -7,7 +7,13 @@ use aya::maps::PerCpuArray;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
 use aya::programs::UProbe;
 use aya::Ebpf;
+use spy_image::targets::go::GoBinary;
 use spy_image::targets::tls_stack::OpensslProbes;
+
+/// The floor's programs (`spy-ebpf/bpf/floor.bpf.c`).
+const ENTER: &str = "floor_enter";
+const RETURN: &str = "floor_return";
+const RET_SITE: &str = "floor_ret_site";
 
 pub struct Floor {
     ebpf: Ebpf,
@@ -18,14 +24,28 @@ impl Floor {
     pub fn attach(library: &Path, probes: &OpensslProbes) -> anyhow::Result<Floor> {
         let mut floor = Floor::load()?;
         for &(_, offset) in &probes.offsets {
-            floor.attach_at(library, offset, true)?;
+            floor.attach_at(library, offset, &[ENTER, RETURN])?;
+        }
+        Ok(floor)
+    }
+
+    /// Go: an entry uprobe on `crypto/tls.(*Conn).Write` and `.Read` and a
+    /// uprobe on each of their RET instructions, at the offsets the spy's
+    /// own analysis found (never a uretprobe, as the spy).
+    pub fn attach_go(executable: &Path, binary: &GoBinary) -> anyhow::Result<Floor> {
+        let mut floor = Floor::load()?;
+        for function in [&binary.write, &binary.read] {
+            floor.attach_at(executable, function.entry_file_offset, &[ENTER])?;
+            for &ret in &function.ret_file_offsets {
+                floor.attach_at(executable, ret, &[RET_SITE])?;
+            }
         }
         Ok(floor)
     }
 
     fn load() -> anyhow::Result<Floor> {
         let mut ebpf = Ebpf::load(spy_ebpf::FLOOR_OBJECT)?;
-        for name in ["floor_enter", "floor_return"] {
+        for name in [ENTER, RETURN, RET_SITE] {
             let program: &mut UProbe =
                 ebpf.program_mut(name).ok_or_else(|| anyhow::anyhow!("no {name}"))?.try_into()?;
             program.load()?;
@@ -33,9 +53,8 @@ impl Floor {
         Ok(Floor { ebpf })
     }
 
-    fn attach_at(&mut self, path: &Path, offset: u64, with_return: bool) -> anyhow::Result<()> {
-        let names: &[&str] = if with_return { &["floor_enter", "floor_return"] } else { &["floor_enter"] };
-        for name in names {
+    fn attach_at(&mut self, path: &Path, offset: u64, programs: &[&str]) -> anyhow::Result<()> {
+        for name in programs {
             let program: &mut UProbe =
                 self.ebpf.program_mut(name).ok_or_else(|| anyhow::anyhow!("no {name}"))?.try_into()?;
             program.attach(UProbeAttachLocation::AbsoluteOffset(offset), path, UProbeScope::AllProcesses)?;
@@ -91,12 +110,12 @@ pub fn measure_hit_cost() -> anyhow::Result<HitCost> {
     let bare_ns = time(2_000_000);
     let entry_ns = {
         let mut floor = Floor::load()?;
-        floor.attach_at(&exe, offset, false)?;
+        floor.attach_at(&exe, offset, &[ENTER])?;
         time(20_000)
     };
     let entry_and_return_ns = {
         let mut floor = Floor::load()?;
-        floor.attach_at(&exe, offset, true)?;
+        floor.attach_at(&exe, offset, &[ENTER, RETURN])?;
         time(20_000)
     };
     Ok(HitCost { bare_ns, entry_ns, entry_and_return_ns })

@@ -1,28 +1,32 @@
 //! The overhead benchmark: what spying costs a TLS server, side by side in
 //! one run, against the floor every uprobe-based tool pays.
 //!
+//! Servers: nginx (OpenSSL) and a Go net/http server built here (crypto/tls).
 //! For each case, rounds alternate three modes on the same running server:
 //!   none   no probes;
-//!   floor  no-op entry and return probes on exactly the functions the spy
-//!          probes (the unavoidable trap cost);
+//!   floor  no-op probes on exactly the spy's probe points: entry and
+//!          return for OpenSSL, entry and every RET for Go (the
+//!          unavoidable trap cost);
 //!   spy    the real tlsspy-agent, producing exchanges.
 //! See docs/BENCHMARKS.md for the commands and the figures.
 
 pub mod floor;
 pub mod load;
+pub mod server;
 
 use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use spy_image::record::{Line, Record, Stats};
-use spy_image::targets::{process, tls_stack};
 
-use crate::support::{Certificate, Nginx};
+pub use server::Server;
+use server::{GoProgram, Running};
+
+use crate::support::Certificate;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
@@ -46,6 +50,7 @@ impl Mode {
 #[derive(Clone, Debug)]
 pub struct Case {
     pub name: String,
+    pub server: Server,
     pub body_bytes: usize,
 }
 
@@ -56,6 +61,9 @@ pub struct Options {
     pub duration: Duration,
     pub connections: usize,
     pub agent: PathBuf,
+    /// The Go toolchain's build cache and the built Go server (kept between
+    /// runs: a second build only links).
+    pub go_work: PathBuf,
 }
 
 /// One round of one mode.
@@ -64,6 +72,9 @@ pub struct Round {
     pub load: load::LoadResult,
     /// TLS call entries probed during the round (floor: its counter; spy: its stats).
     pub probe_hits: Option<u64>,
+    /// The floor's return hits: its uretprobe (OpenSSL) or its RET-site
+    /// probes (Go).
+    pub return_hits: Option<u64>,
     pub exchanges: Option<u64>,
     pub lost_events: Option<u64>,
     pub lost_bytes: Option<u64>,
@@ -78,6 +89,8 @@ pub struct Round {
 
 pub struct CaseReport {
     pub case: Case,
+    /// The toolchain that built the server, when we built it (Go).
+    pub built_with: Option<String>,
     pub rounds: Vec<(Mode, Round)>,
 }
 
@@ -89,15 +102,20 @@ pub fn run(options: &Options) -> anyhow::Result<(floor::HitCost, Vec<CaseReport>
     let tls = load::client_config(pem_to_der(&std::fs::read_to_string(cert.ca())?)?)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
 
+    let go = if options.cases.iter().any(|c| c.server == Server::Go) {
+        Some(GoProgram::build(&options.go_work)?)
+    } else {
+        None
+    };
+
     let mut reports = Vec::new();
     for case in &options.cases {
-        let nginx = Nginx::start(&cert, &[case.body_bytes]);
-        let worker = *nginx.worker_pids().first().context("nginx has no worker")?;
-        let (library, probes) = openssl_of(worker)?;
-        let addr: SocketAddr = format!("127.0.0.1:{}", nginx.port).parse()?;
+        let server = Running::start(case.server, &cert, case.body_bytes, go.as_ref())?;
+        let addr = server.addr();
         let path = format!("/bytes/{}", case.body_bytes);
         // Warm the server and the page cache.
-        runtime.block_on(load::run(addr, &path, options.connections, Duration::from_millis(500), tls.clone()));
+        let warm = runtime.block_on(load::run(addr, &path, options.connections, Duration::from_millis(500), tls.clone()));
+        anyhow::ensure!(warm.requests > 0, "[{}] the server answered no request while warming up", case.name);
 
         let mut rounds = Vec::new();
         for round in 0..options.rounds {
@@ -107,35 +125,25 @@ pub fn run(options: &Options) -> anyhow::Result<(floor::HitCost, Vec<CaseReport>
                 let result = match mode {
                     Mode::None => Round { load: run_load(), ..Round::default() },
                     Mode::Floor => {
-                        let mut floor = floor::Floor::attach(&library, &probes)?;
+                        let mut floor = server.floor()?;
                         let load = run_load();
-                        let (entries, _) = floor.hits();
-                        Round { load, probe_hits: Some(entries), ..Round::default() }
+                        let (entries, returns) = floor.hits();
+                        Round { load, probe_hits: Some(entries), return_hits: Some(returns), ..Round::default() }
                     }
-                    Mode::Spy => spy_round(&options.agent, worker, run_load)?,
+                    Mode::Spy => spy_round(&options.agent, server.tls_pid(), run_load)?,
                 };
                 rounds.push((mode, result));
             }
         }
-        reports.push(CaseReport { case: case.clone(), rounds });
+        reports.push(CaseReport { case: case.clone(), built_with: server.built_with(), rounds });
     }
     Ok((hit_cost, reports))
 }
 
-/// The libssl the process maps: its path through /proc/PID/root and probe points.
-fn openssl_of(pid: u32) -> anyhow::Result<(PathBuf, tls_stack::OpensslProbes)> {
-    for file in process::mapped_files(pid)? {
-        if let Ok(Some(probes)) = tls_stack::detect_openssl(&file.host_path, false) {
-            return Ok((file.host_path, probes));
-        }
-    }
-    anyhow::bail!("process {pid} maps no OpenSSL")
-}
-
-fn spy_round(agent: &PathBuf, worker: u32, run_load: impl FnOnce() -> load::LoadResult) -> anyhow::Result<Round> {
+fn spy_round(agent: &Path, pid: u32, run_load: impl FnOnce() -> load::LoadResult) -> anyhow::Result<Round> {
     let started = std::time::Instant::now();
     let mut child = Command::new(agent)
-        .args(["--pid", &worker.to_string(), "--stats-interval", "0"])
+        .args(["--pid", &pid.to_string(), "--stats-interval", "0"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -161,11 +169,11 @@ fn spy_round(agent: &PathBuf, worker: u32, run_load: impl FnOnce() -> load::Load
     ready_rx.recv_timeout(Duration::from_secs(30)).context("the agent did not report its target")?;
     let attach = started.elapsed();
 
-    let bpf_before = spy_bpf_time();
+    let bpf_before = spy_bpf_time(child.id());
     let load = run_load();
     // Let the last events reach user space before reading the counters.
     std::thread::sleep(Duration::from_millis(300));
-    let bpf_after = spy_bpf_time();
+    let bpf_after = spy_bpf_time(child.id());
     let (cpu_us, rss) = (process_cpu_us(child.id()), peak_rss_kib(child.id()));
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
@@ -175,6 +183,8 @@ fn spy_round(agent: &PathBuf, worker: u32, run_load: impl FnOnce() -> load::Load
     Ok(Round {
         load,
         probe_hits: Some(stats.probe_hits),
+        // The spy's records carry entry hits only.
+        return_hits: None,
         exchanges: Some(exchanges),
         lost_events: Some(stats.lost_events),
         lost_bytes: Some(stats.lost_bytes),
@@ -185,15 +195,24 @@ fn spy_round(agent: &PathBuf, worker: u32, run_load: impl FnOnce() -> load::Load
     })
 }
 
-/// Summed run time of the spy's eBPF programs (names as the kernel keeps
-/// them: at most 15 characters).
-fn spy_bpf_time() -> Duration {
-    const PREFIXES: [&str; 3] = ["ssl_", "sys_enter_fd_io", "sched_process_"];
-    aya::programs::loaded_programs()
-        .flatten()
-        .filter(|p| p.name_as_str().is_some_and(|n| PREFIXES.iter().any(|prefix| n.starts_with(prefix))))
-        .map(|p| p.run_time())
-        .sum()
+/// Summed run time of the eBPF programs the agent `pid` holds, from the
+/// kernel's BPF stats in /proc/PID/fdinfo. By process, not by program name:
+/// another spy on the machine (a concurrent test run) loads programs of the
+/// same names.
+fn spy_bpf_time(pid: u32) -> Duration {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else { return Duration::ZERO };
+    // Several fds may hold one program: count each program once.
+    let mut run_time_ns = std::collections::BTreeMap::new();
+    for fd in fds.flatten() {
+        let Ok(info) = std::fs::read_to_string(fd.path()) else { continue };
+        let field = |name: &str| -> Option<u64> {
+            info.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+        };
+        if let (Some(id), Some(ns)) = (field("prog_id:"), field("run_time_ns:")) {
+            run_time_ns.insert(id, ns);
+        }
+    }
+    Duration::from_nanos(run_time_ns.values().sum())
 }
 
 fn process_cpu_us(pid: u32) -> Option<f64> {
@@ -217,6 +236,55 @@ fn pem_to_der(pem: &str) -> anyhow::Result<Vec<u8>> {
     Ok(base64::engine::general_purpose::STANDARD.decode(body)?)
 }
 
+/// One mode of one case, over all its rounds: what the table shows.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub median_rps: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub requests: u64,
+    pub errors: u64,
+    pub probe_hits: Option<u64>,
+    pub return_hits: Option<u64>,
+    pub exchanges: Option<u64>,
+    pub lost_events: Option<u64>,
+    pub lost_bytes: Option<u64>,
+    pub spy_cpu_us: Option<f64>,
+    pub bpf_us: Option<f64>,
+    pub peak_rss_kib: Option<u64>,
+    pub attach: Option<Duration>,
+}
+
+impl Summary {
+    pub fn of(report: &CaseReport, mode: Mode) -> Summary {
+        let rounds: Vec<&Round> = report.rounds.iter().filter(|(m, _)| *m == mode).map(|(_, r)| r).collect();
+        let mut rps: Vec<f64> = rounds.iter().map(|r| r.load.rps()).collect();
+        rps.sort_by(f64::total_cmp);
+        let latencies: Vec<u32> = rounds.iter().flat_map(|r| r.load.latencies_us.iter().copied()).collect();
+        let sum = |f: fn(&Round) -> Option<u64>| -> Option<u64> { rounds.iter().map(|r| f(r)).sum() };
+        Summary {
+            median_rps: rps.get(rps.len() / 2).copied().unwrap_or(0.0),
+            p50_us: load::percentile(&latencies, 50.0),
+            p99_us: load::percentile(&latencies, 99.0),
+            requests: rounds.iter().map(|r| r.load.requests).sum(),
+            errors: rounds.iter().map(|r| r.load.errors).sum(),
+            probe_hits: sum(|r| r.probe_hits),
+            return_hits: sum(|r| r.return_hits),
+            exchanges: sum(|r| r.exchanges),
+            lost_events: sum(|r| r.lost_events),
+            lost_bytes: sum(|r| r.lost_bytes),
+            spy_cpu_us: rounds.iter().map(|r| r.spy_cpu_us).sum(),
+            bpf_us: rounds.iter().map(|r| r.bpf_us).sum(),
+            peak_rss_kib: rounds.iter().filter_map(|r| r.peak_rss_kib).max(),
+            attach: rounds.iter().filter_map(|r| r.attach).max(),
+        }
+    }
+
+    pub fn per_request(&self, count: Option<u64>) -> Option<f64> {
+        count.map(|c| c as f64 / self.requests.max(1) as f64)
+    }
+}
+
 /// The report, as Markdown.
 pub fn render(hit_cost: &floor::HitCost, reports: &[CaseReport], options: &Options) -> String {
     let mut out = String::new();
@@ -227,58 +295,46 @@ pub fn render(hit_cost: &floor::HitCost, reports: &[CaseReport], options: &Optio
         hit_cost.bare_ns
     ));
     for report in reports {
+        let built_with = report.built_with.as_ref().map_or(String::new(), |v| format!(", built with {v}"));
         out.push_str(&format!(
-            "### {} ({} keep-alive connections, {} rounds × {:?} per mode)\n\n",
+            "### {} ({} keep-alive connections, {} rounds × {:?} per mode{built_with})\n\n",
             report.case.name, options.connections, options.rounds, options.duration
         ));
         out.push_str("| mode | req/s (median) | p50 | p99 | probe hits/req | exchanges/requests | lost events (bytes) | spy CPU µs/exchange (user+sys / BPF) | spy peak RSS |\n");
         out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
-        let mut medians = Vec::new();
-        for mode in Mode::ALL {
-            let rounds: Vec<&Round> = report.rounds.iter().filter(|(m, _)| *m == mode).map(|(_, r)| r).collect();
-            let mut rps: Vec<f64> = rounds.iter().map(|r| r.load.rps()).collect();
-            rps.sort_by(f64::total_cmp);
-            let median = rps.get(rps.len() / 2).copied().unwrap_or(0.0);
-            medians.push(median);
-            let latencies: Vec<u32> = rounds.iter().flat_map(|r| r.load.latencies_us.iter().copied()).collect();
-            let requests: u64 = rounds.iter().map(|r| r.load.requests).sum();
-            let errors: u64 = rounds.iter().map(|r| r.load.errors).sum();
-            let sum = |f: fn(&Round) -> Option<u64>| -> Option<u64> { rounds.iter().map(|r| f(r)).sum() };
-            let hits = sum(|r| r.probe_hits).map_or("-".into(), |h| format!("{:.2}", h as f64 / requests.max(1) as f64));
-            let exchanges = sum(|r| r.exchanges);
-            let completeness = exchanges.map_or("-".into(), |x| {
+        let [none, floor, spy] = Mode::ALL.map(|mode| Summary::of(report, mode));
+        for (mode, s) in Mode::ALL.iter().zip([&none, &floor, &spy]) {
+            let requests = s.requests;
+            let hits = s.per_request(s.probe_hits).map_or("-".into(), |h| format!("{h:.2}"));
+            let completeness = s.exchanges.map_or("-".into(), |x| {
                 format!("{x}/{requests} ({:.2}%)", 100.0 * x as f64 / requests.max(1) as f64)
             });
-            let lost = match (sum(|r| r.lost_events), sum(|r| r.lost_bytes)) {
+            let lost = match (s.lost_events, s.lost_bytes) {
                 (Some(e), Some(b)) => format!("{e} ({b})"),
                 _ => "-".into(),
             };
-            let cpu = {
-                let cpu: Option<f64> = rounds.iter().map(|r| r.spy_cpu_us).sum();
-                let bpf: Option<f64> = rounds.iter().map(|r| r.bpf_us).sum();
-                match (cpu, bpf, exchanges) {
-                    (Some(c), Some(b), Some(x)) if x > 0 => format!("{:.1} / {:.1}", c / x as f64, b / x as f64),
-                    _ => "-".into(),
-                }
+            let cpu = match (s.spy_cpu_us, s.bpf_us, s.exchanges) {
+                (Some(c), Some(b), Some(x)) if x > 0 => format!("{:.1} / {:.1}", c / x as f64, b / x as f64),
+                _ => "-".into(),
             };
-            let rss = rounds.iter().filter_map(|r| r.peak_rss_kib).max().map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
-            let errors = if errors > 0 { format!(" ({errors} errors)") } else { String::new() };
+            let rss = s.peak_rss_kib.map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0));
+            let errors = if s.errors > 0 { format!(" ({} errors)", s.errors) } else { String::new() };
             out.push_str(&format!(
                 "| {} | {:.0}{errors} | {:.0} µs | {:.0} µs | {hits} | {completeness} | {lost} | {cpu} | {rss} |\n",
                 mode.name(),
-                median,
-                load::percentile(&latencies, 50.0),
-                load::percentile(&latencies, 99.0),
+                s.median_rps,
+                s.p50_us,
+                s.p99_us,
             ));
         }
         let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
-        let attach = report.rounds.iter().filter_map(|(_, r)| r.attach).max();
+        let floor_returns = floor.per_request(floor.return_hits).map_or("-".into(), |h| format!("{h:.2}"));
         out.push_str(&format!(
-            "\nspy/none {:.3} · spy/floor {:.3} · floor/none {:.3} · agent start to probes live: {} (slowest round)\n\n",
-            ratio(medians[2], medians[0]),
-            ratio(medians[2], medians[1]),
-            ratio(medians[1], medians[0]),
-            attach.map_or("-".into(), |a| format!("{} ms", a.as_millis()))
+            "\nspy/none {:.3} · spy/floor {:.3} · floor/none {:.3} · floor return hits/req {floor_returns} · agent start to probes live: {} (slowest round)\n\n",
+            ratio(spy.median_rps, none.median_rps),
+            ratio(spy.median_rps, floor.median_rps),
+            ratio(floor.median_rps, none.median_rps),
+            spy.attach.map_or("-".into(), |a| format!("{} ms", a.as_millis()))
         ));
     }
     out

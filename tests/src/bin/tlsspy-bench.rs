@@ -5,14 +5,22 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use tlsspy_tests::bench::{self, Case, Options};
+use tlsspy_tests::bench::{self, Case, Options, Server};
+
+/// The nginx cases of a run that names none.
+const DEFAULT_NGINX_BODIES: [usize; 2] = [1024, 65536];
 
 #[derive(Debug, Parser)]
 #[command(about = "Side-by-side overhead benchmark: none, floor (no-op probes) and the spy")]
 struct Args {
-    /// Response body sizes to serve from nginx (bytes), one case each.
-    #[arg(long = "body", default_values_t = [1024usize, 65536])]
+    /// Response body sizes to serve from nginx (bytes), one case each
+    /// (default, when no --go-body is given either: 1024 and 65536).
+    #[arg(long = "body")]
     bodies: Vec<usize>,
+    /// Response body sizes to serve from a Go net/http server built here
+    /// with the local Go toolchain (bytes), one case each; none by default.
+    #[arg(long = "go-body")]
+    go_bodies: Vec<usize>,
     /// Rounds per case; each round runs none, floor and spy once.
     #[arg(long, default_value = "3")]
     rounds: usize,
@@ -25,6 +33,10 @@ struct Args {
     /// The agent binary (default: next to this one).
     #[arg(long)]
     agent: Option<PathBuf>,
+    /// Go build cache and the built Go server (default: tlsspy-bench-go in
+    /// the temp dir, kept so the next run only links).
+    #[arg(long)]
+    go_work: Option<PathBuf>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,16 +46,26 @@ fn main() -> anyhow::Result<()> {
         Some(agent) => agent,
         None => std::env::current_exe()?.with_file_name("tlsspy-agent"),
     };
+    let nginx_bodies = if args.bodies.is_empty() && args.go_bodies.is_empty() {
+        DEFAULT_NGINX_BODIES.to_vec()
+    } else {
+        args.bodies
+    };
     let options = Options {
-        cases: args
-            .bodies
+        cases: nginx_bodies
             .iter()
-            .map(|&b| Case { name: format!("nginx, {} responses", human(b)), body_bytes: b })
+            .map(|&b| Case { name: format!("nginx, {} responses", human(b)), server: Server::Nginx, body_bytes: b })
+            .chain(args.go_bodies.iter().map(|&b| Case {
+                name: format!("Go net/http, {} responses", human(b)),
+                server: Server::Go,
+                body_bytes: b,
+            }))
             .collect(),
         rounds: args.rounds,
         duration: Duration::from_secs(args.seconds),
         connections: args.connections,
         agent,
+        go_work: args.go_work.unwrap_or_else(|| std::env::temp_dir().join("tlsspy-bench-go")),
     };
     let (hit_cost, reports) = bench::run(&options)?;
     print!("{}", bench::render(&hit_cost, &reports, &options));
