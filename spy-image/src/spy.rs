@@ -101,6 +101,11 @@ struct TargetState {
     /// short command), so its target record still names its TLS stack, or
     /// why it has none.
     program: Option<PathBuf>,
+    /// The same program, kept until the process execs a second time: where
+    /// a built-in TLS stack is looked for once /proc/PID/exe is gone.
+    started_as: Option<PathBuf>,
+    /// Execs seen since it became a target.
+    execs: u32,
     /// The name the kernel gave at the last exec: the process's name once
     /// /proc no longer has it.
     comm: Option<String>,
@@ -117,6 +122,8 @@ impl TargetState {
             since: Instant::now(),
             reported: false,
             program: None,
+            started_as: None,
+            execs: 0,
             comm: None,
             unprobed: None,
         }
@@ -273,6 +280,7 @@ impl Spy {
         let mut state = TargetState::new(None);
         state.reported = true; // the exec resets this
         state.program = Some(program.to_path_buf());
+        state.started_as = Some(program.to_path_buf());
         self.targets.insert(pid, state);
         Ok(())
     }
@@ -500,13 +508,15 @@ impl Spy {
         let files = process::mapped_files(pid).unwrap_or_default();
         let mut found = crate::targets::unprobed::library_hint(&files);
         if found.is_none() {
-            let exe = process::proc_dir(pid).join("exe");
-            if let Ok(id) = FileId::of(&exe) {
-                found = *self
-                    .built_in_tls
-                    .entry(id)
-                    .or_insert_with(|| crate::targets::unprobed::built_in_hint(&exe));
-            }
+            // The running executable; once the process is gone, the program
+            // we started it as. Neither: it stays unknown (not "none found").
+            let running = process::proc_dir(pid).join("exe");
+            let exe = match FileId::of(&running) {
+                Ok(id) => Some((id, running)),
+                Err(_) => state.started_as.clone().and_then(|p| FileId::of(&p).ok().map(|id| (id, p))),
+            };
+            let Some((id, exe)) = exe else { return };
+            found = *self.built_in_tls.entry(id).or_insert_with(|| crate::targets::unprobed::built_in_hint(&exe));
         }
         if let Some(state) = self.targets.get_mut(&pid) {
             state.unprobed = Some(found);
@@ -565,6 +575,8 @@ impl Spy {
             Some(failed)
         } else if let Some(what) = state.and_then(|s| s.unprobed.flatten()) {
             Some(format!("no TLS library tlsspy can probe in this process: it uses {what}"))
+        } else if state.is_some_and(|s| s.unprobed.is_none()) && !process::exists(pid) {
+            Some("the process exited before its TLS library could be identified".to_string())
         } else {
             Some(
                 "no TLS library found: the process maps no libssl, its executable exports no \
@@ -795,6 +807,10 @@ impl Spy {
                     state.reported = false;
                     state.comm = Some(event::comm(&proc_event.comm).to_string());
                     state.unprobed = None;
+                    state.execs += 1;
+                    if state.execs > 1 {
+                        state.started_as = None;
+                    }
                     let meta = self.process_meta(pid);
                     self.tracker.describe_process(pid, meta);
                     self.scan(pid);
