@@ -192,6 +192,24 @@ impl Payload {
         }
     }
 
+    /// The same, taking the bytes: valid UTF-8 becomes text without a copy.
+    /// `cut`: the bytes end where a limit cut them, so a character split
+    /// by the cut is dropped rather than turning the whole into base64.
+    pub fn from_vec(bytes: Vec<u8>, cut: bool) -> Payload {
+        match String::from_utf8(bytes) {
+            Ok(text) => Payload::Text(text),
+            Err(err) => {
+                let utf8 = err.utf8_error();
+                let mut bytes = err.into_bytes();
+                if cut && utf8.error_len().is_none() {
+                    bytes.truncate(utf8.valid_up_to());
+                    return Payload::Text(String::from_utf8(bytes).unwrap_or_default());
+                }
+                Payload::Base64(base64::engine::general_purpose::STANDARD.encode(&bytes))
+            }
+        }
+    }
+
     /// The original bytes (invalid base64 decodes to nothing).
     pub fn to_bytes(&self) -> Vec<u8> {
         match self {

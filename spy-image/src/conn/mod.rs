@@ -236,8 +236,12 @@ impl Tracker {
             parsed.push(Parsed::Unclaimed { direction: ev.direction, ts_ns: ev.ts_ns, offset, data: ev.data.to_vec() });
         }
         state.stream_offset[dir] += ev.data.len() as u64;
-        let conn = state.record.clone();
-        self.emit(&conn, parsed, out);
+        // Most events finish nothing (a body's middle): no copy of the
+        // connection for those.
+        if !parsed.is_empty() {
+            let conn = state.record.clone();
+            self.emit(conn, parsed, out);
+        }
     }
 
     /// A process exited: its connections end.
@@ -410,7 +414,7 @@ impl Tracker {
             }
             let mut parsed = Vec::new();
             state.parser.finish(reason, &mut parsed);
-            self.emit(&state.record, parsed, out);
+            self.emit(state.record, parsed, out);
         }
     }
 
@@ -443,23 +447,27 @@ impl Tracker {
         }
     }
 
-    fn emit(&mut self, conn: &Connection, parsed: Vec<Parsed>, out: &mut Vec<Record>) {
-        for item in parsed {
+    fn emit(&mut self, conn: Connection, parsed: Vec<Parsed>, out: &mut Vec<Record>) {
+        let mut conn = Some(conn);
+        let last = parsed.len().saturating_sub(1);
+        for (i, item) in parsed.into_iter().enumerate() {
+            // The last record takes the connection; the others a copy.
+            let mut conn_for = || if i == last { conn.take().unwrap_or_default() } else { conn.clone().unwrap_or_default() };
             match item {
                 Parsed::Exchange(mut exchange) => {
-                    exchange.conn = conn.clone();
+                    exchange.conn = conn_for();
                     self.stats.exchanges += 1;
                     out.push(Record::Exchange(exchange));
                 }
                 Parsed::Unclaimed { direction, ts_ns, offset, data } => {
                     self.stats.chunks += 1;
                     out.push(Record::Chunk(Chunk {
-                        conn: conn.clone(),
+                        conn: conn_for(),
                         direction,
                         ts_ns,
                         offset,
                         len: data.len() as u64,
-                        data: Payload::from_bytes(&data),
+                        data: Payload::from_vec(data, false),
                         truncated: false,
                     }));
                 }

@@ -53,13 +53,14 @@ impl BodyBuf {
         let codec = content_encoding.and_then(Codec::parse);
         if let (Some(codec), false) = (codec, self.lost) {
             if let Some((decoded, complete)) = decode(codec, &self.kept, max_body, truncated) {
-                body.data = Some(Payload::from_bytes(&decoded));
+                let cut = truncated || !complete;
+                body.data = Some(Payload::from_vec(decoded, cut));
                 body.decoded = true;
-                body.truncated = truncated || !complete;
+                body.truncated = cut;
                 return body;
             }
         }
-        body.data = Some(Payload::from_bytes(&self.kept));
+        body.data = Some(Payload::from_vec(self.kept, truncated));
         body
     }
 }
@@ -125,6 +126,26 @@ fn looks_like_zlib(input: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_character_cut_by_the_limit_keeps_the_rest_text() {
+        let mut body = BodyBuf::default();
+        body.push("héllo wörld".as_bytes(), 8); // "héllo w" is 8 bytes: no cut char
+        let text = |b: &Body| match &b.data {
+            Some(Payload::Text(t)) => Some(t.clone()),
+            _ => None,
+        };
+        assert_eq!(text(&body.clone().finish(None, 8)).as_deref(), Some("héllo w"));
+        let mut body = BodyBuf::default();
+        body.push("wörld".as_bytes(), 2); // "w" and half of "ö"
+        let finished = body.finish(None, 2);
+        assert!(finished.truncated);
+        assert_eq!(text(&finished).as_deref(), Some("w"));
+        // Not cut: invalid bytes stay base64.
+        let mut body = BodyBuf::default();
+        body.push(&[0x77, 0xc3], 16);
+        assert!(matches!(body.finish(None, 16).data, Some(Payload::Base64(_))));
+    }
+
     use std::io::Write;
 
     use flate2::write::{DeflateEncoder, GzEncoder, ZlibEncoder};

@@ -130,8 +130,46 @@ impl Http1 {
         data: &[u8],
         out: &mut Vec<Parsed>,
     ) -> Flow {
-        self.reader(dir).input.push(ts, data);
+        let data = match self.body_straight(dir, ts, data, out) {
+            Ok(rest) => rest,
+            Err(message) => return self.give_up(message, out),
+        };
+        if !data.is_empty() {
+            self.reader(dir).input.push(ts, data);
+        }
         self.pump(out)
+    }
+
+    /// Body bytes that follow what is buffered are read straight from the
+    /// event, not copied through the buffer first: past `max_body` they are
+    /// only counted, so a large body costs no copy at all. Returns what is
+    /// left for the buffer (the next head, or nothing).
+    fn body_straight<'d>(
+        &mut self,
+        dir: Direction,
+        ts: u64,
+        data: &'d [u8],
+        out: &mut Vec<Parsed>,
+    ) -> Result<&'d [u8], String> {
+        let (max_body, show_secrets) = (self.opts.max_body, self.opts.show_secrets);
+        let is_request = dir == self.req_dir;
+        let reader = self.reader(dir);
+        let ReadState::Body(f) = &mut reader.state else { return Ok(data) };
+        if !reader.input.is_empty() {
+            return Ok(data);
+        }
+        // As if pushed and consumed: the same times and stream offset.
+        reader.input.arrived(ts);
+        let (used, done) = f.advance(data, max_body, show_secrets)?;
+        reader.input.skip(used as u64);
+        if done {
+            if is_request {
+                self.complete_request(out);
+            } else {
+                self.complete_response(false, out);
+            }
+        }
+        Ok(&data[used..])
     }
 
     pub(crate) fn gap(&mut self, dir: Direction, len: u64, out: &mut Vec<Parsed>) -> Flow {

@@ -155,6 +155,14 @@ impl Input {
         self.buf.extend_from_slice(data);
     }
 
+    /// Bytes arrived at `ts` and were consumed without being pushed (the
+    /// input is empty): the times move as [`Input::push`] then
+    /// [`Input::consume`] would move them; the offset moves with [`Input::skip`].
+    pub(crate) fn arrived(&mut self, ts: u64) {
+        self.front_ts = ts;
+        self.last_ts = ts;
+    }
+
     pub(crate) fn bytes(&self) -> &[u8] {
         &self.buf[self.pos..]
     }
