@@ -41,6 +41,7 @@ fn a_short_benchmark_run_of_nginx_and_go_is_complete_and_consistent() {
         duration: Duration::from_secs(1),
         connections: 4,
         agent: workspace_bin("tlsspy-agent"),
+        baseline_agent: None,
         go_work: go_work(),
     };
     let (hit_cost, reports) = bench::run(&options).expect("benchmark run");

@@ -33,6 +33,9 @@ pub enum Mode {
     None,
     Floor,
     Spy,
+    /// Another agent build (`--baseline-agent`), in the same rounds: an
+    /// optimisation is shown against it side by side, not across runs.
+    Baseline,
 }
 
 impl Mode {
@@ -42,7 +45,17 @@ impl Mode {
             Mode::None => "none",
             Mode::Floor => "floor",
             Mode::Spy => "spy",
+            Mode::Baseline => "baseline",
         }
+    }
+
+    /// The modes of a run: the three, and the baseline when there is one.
+    pub fn of(options: &Options) -> Vec<Mode> {
+        let mut modes = Mode::ALL.to_vec();
+        if options.baseline_agent.is_some() {
+            modes.push(Mode::Baseline);
+        }
+        modes
     }
 }
 
@@ -61,6 +74,8 @@ pub struct Options {
     pub duration: Duration,
     pub connections: usize,
     pub agent: PathBuf,
+    /// An agent to compare `agent` with (a build from before a change).
+    pub baseline_agent: Option<PathBuf>,
     /// The Go toolchain's build cache and the built Go server (kept between
     /// runs: a second build only links).
     pub go_work: PathBuf,
@@ -119,7 +134,7 @@ pub fn run(options: &Options) -> anyhow::Result<(floor::HitCost, Vec<CaseReport>
 
         let mut rounds = Vec::new();
         for round in 0..options.rounds {
-            for mode in Mode::ALL {
+            for mode in Mode::of(options) {
                 eprintln!("[{}] round {}/{}: {}", case.name, round + 1, options.rounds, mode.name());
                 let run_load = || runtime.block_on(load::run(addr, &path, options.connections, options.duration, tls.clone()));
                 let result = match mode {
@@ -131,6 +146,10 @@ pub fn run(options: &Options) -> anyhow::Result<(floor::HitCost, Vec<CaseReport>
                         Round { load, probe_hits: Some(entries), return_hits: Some(returns), ..Round::default() }
                     }
                     Mode::Spy => spy_round(&options.agent, server.tls_pid(), run_load)?,
+                    Mode::Baseline => match &options.baseline_agent {
+                        Some(agent) => spy_round(agent, server.tls_pid(), run_load)?,
+                        None => continue,
+                    },
                 };
                 rounds.push((mode, result));
             }
@@ -303,7 +322,10 @@ pub fn render(hit_cost: &floor::HitCost, reports: &[CaseReport], options: &Optio
         out.push_str("| mode | req/s (median) | p50 | p99 | probe hits/req | exchanges/requests | lost events (bytes) | spy CPU µs/exchange (user+sys / BPF) | spy peak RSS |\n");
         out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
         let [none, floor, spy] = Mode::ALL.map(|mode| Summary::of(report, mode));
-        for (mode, s) in Mode::ALL.iter().zip([&none, &floor, &spy]) {
+        let baseline = options.baseline_agent.as_ref().map(|_| Summary::of(report, Mode::Baseline));
+        let mut rows = vec![(Mode::None, &none), (Mode::Floor, &floor), (Mode::Spy, &spy)];
+        rows.extend(baseline.as_ref().map(|b| (Mode::Baseline, b)));
+        for (mode, s) in rows {
             let requests = s.requests;
             let hits = s.per_request(s.probe_hits).map_or("-".into(), |h| format!("{h:.2}"));
             let completeness = s.exchanges.map_or("-".into(), |x| {
@@ -336,6 +358,17 @@ pub fn render(hit_cost: &floor::HitCost, reports: &[CaseReport], options: &Optio
             ratio(floor.median_rps, none.median_rps),
             spy.attach.map_or("-".into(), |a| format!("{} ms", a.as_millis()))
         ));
+        if let Some(b) = &baseline {
+            let per_exchange = |s: &Summary| match (s.spy_cpu_us, s.exchanges) {
+                (Some(c), Some(x)) if x > 0 => c / x as f64,
+                _ => 0.0,
+            };
+            out.push_str(&format!(
+                "Against the baseline agent: spy/baseline throughput {:.3} · agent CPU per exchange spy/baseline {:.3}\n\n",
+                ratio(spy.median_rps, b.median_rps),
+                ratio(per_exchange(&spy), per_exchange(b)),
+            ));
+        }
     }
     out
 }

@@ -33,6 +33,10 @@ struct Args {
     /// The agent binary (default: next to this one).
     #[arg(long)]
     agent: Option<PathBuf>,
+    /// Another agent binary, run as a fourth mode in the same rounds (an
+    /// agent built before a change, to show the change side by side).
+    #[arg(long)]
+    baseline_agent: Option<PathBuf>,
     /// Go build cache and the built Go server (default: tlsspy-bench-go in
     /// the temp dir, kept so the next run only links).
     #[arg(long)]
@@ -65,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         duration: Duration::from_secs(args.seconds),
         connections: args.connections,
         agent,
+        baseline_agent: args.baseline_agent,
         go_work: args.go_work.unwrap_or_else(|| std::env::temp_dir().join("tlsspy-bench-go")),
     };
     let (hit_cost, reports) = bench::run(&options)?;
