@@ -57,6 +57,9 @@ fn compile(clang: &str, target_arch: &str, source: &str, out: &std::path::Path) 
     let mut cmd = Command::new(clang);
     cmd.args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
         .arg(format!("-D__TARGET_ARCH_{target_arch}"))
+        // BTF line info names the sources: relative to the crate, not to the
+        // machine that built it, so the object is the same wherever it is built.
+        .arg(format!("-ffile-prefix-map={}=.", env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR")))
         .arg("-c")
         .arg(source)
         .arg("-o")

@@ -191,3 +191,18 @@ assert_layout!(SocketKey, size = 48, tuple = 0, netns = 40, _pad = 44);
 assert_layout!(SocketOwner, size = 32, tgid = 0, _pad = 4, ts_ns = 8, comm = 16);
 assert_layout!(ProcEvent, size = 40,
     kind = 0, tgid = 4, parent_tgid = 8, _pad = 12, ts_ns = 16, comm = 24);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The objects do not depend on where they were built (the build
+    /// directory is mapped away in their debug and BTF line info).
+    #[test]
+    fn objects_do_not_name_the_build_directory() {
+        let dir = env!("CARGO_MANIFEST_DIR").as_bytes();
+        for object in [OBJECT, FLOOR_OBJECT] {
+            assert!(!object.windows(dir.len()).any(|w| w == dir));
+        }
+    }
+}
