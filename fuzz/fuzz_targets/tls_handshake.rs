@@ -3,7 +3,7 @@
 //! TCP segments would bring them); every hello found is fingerprinted and
 //! described, so JA4 and the record fields are fuzzed too.
 use spy_image::proto::tls_handshake::{HelloEvent, HelloReader};
-use spy_image::record::Handshake;
+use spy_protocol::record::Handshake;
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
     let Some((&split, rest)) = data.split_first() else { return };

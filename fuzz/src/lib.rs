@@ -7,7 +7,7 @@
 #![forbid(unsafe_code)]
 
 use spy_image::proto::{ConnectionParser, ParseOptions, Parsed};
-use spy_image::record::Direction;
+use spy_protocol::record::Direction;
 
 /// Runs one input. `prefixes` are fed first in each direction (so a target
 /// can hold the parser in one protocol), then the records, then finish.

@@ -229,7 +229,7 @@ pub struct OutputArgs {
     pub raw: bool,
 
     /// Body bytes kept per message (the true size is always shown).
-    #[arg(long, value_name = "BYTES", default_value_t = spy_image::proto::DEFAULT_MAX_BODY)]
+    #[arg(long, value_name = "BYTES", default_value_t = spy_protocol::DEFAULT_MAX_BODY)]
     pub max_body: usize,
 
     /// Show Authorization, Cookie and other secret header values.

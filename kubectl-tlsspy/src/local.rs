@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _};
 use spy_image::probes::LoadOptions;
 use spy_image::proto::ParseOptions;
-use spy_image::sink::Sink;
+use spy_protocol::sink::Sink;
 use spy_image::spy::{Control, Spy, SpyOptions};
 use tokio::sync::mpsc;
 

@@ -30,7 +30,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt as _;
 use kube::{Api, Client, ResourceExt as _};
 use tokio::sync::mpsc;
-use spy_image::record::{Connection, Record};
+use spy_protocol::record::{Connection, Record};
 
 /// The label an EndpointSlice names its service with.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -519,7 +519,7 @@ mod tests {
     fn records_get_the_peer_name() {
         let mut names = PeerNames::default();
         names.apply_service(&service("shop", "api", &["10.96.0.10"]));
-        let mut record = Record::Handshake(spy_image::record::Handshake {
+        let mut record = Record::Handshake(spy_protocol::record::Handshake {
             conn: Connection { remote: Some("10.96.0.10:443".parse().expect("addr")), ..Connection::default() },
             ..Default::default()
         });

@@ -2,16 +2,13 @@
 //! eBPF, and turns the plaintext into records.
 //!
 //! Data flows one way: `probes` (kernel events) → `conn` (ordered bytes per
-//! connection) → `proto` (exchanges) → `record` (the wire format) → a sink.
-//! `record`, `proto` and `conn` are pure and build on every platform;
-//! everything that touches the kernel is Linux-only.
+//! connection) → `proto` (exchanges) → records (`spy_protocol`, the format
+//! both binaries share) → a sink. `proto` and `conn` are pure and build on
+//! every platform; everything that touches the kernel is Linux-only.
 
 pub mod capture;
 pub mod conn;
 pub mod proto;
-pub mod record;
-pub mod session;
-pub mod sink;
 pub mod targets;
 
 #[cfg(target_os = "linux")]
@@ -19,5 +16,4 @@ pub mod probes;
 #[cfg(target_os = "linux")]
 pub mod spy;
 
-/// The spy's version, also the image tag the plugin asks for.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub use spy_protocol::VERSION;

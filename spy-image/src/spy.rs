@@ -13,11 +13,11 @@ use crate::conn::{DataEvent, Plaintext, ProcessMeta, Tracker, WireHandshake};
 use crate::probes::event::{self, KernelEvent};
 use crate::probes::{KernelStats, LoadOptions, ProbeError, Probes};
 use crate::proto::ParseOptions;
-use crate::record::{
+use spy_protocol::record::{
     Bye, Direction, Handshake, HandshakeStats, Hello, Linkage, PodRef, Record, Stats, Target, TlsLibrary, TlsStack,
     Warning,
 };
-use crate::sink::Sink;
+use spy_protocol::sink::Sink;
 use crate::targets::container;
 use crate::targets::process::{self, FileId};
 use crate::targets::tls_stack::{self, DetectedStack};

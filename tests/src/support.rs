@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use spy_image::record::{Direction, Line, Record};
+use spy_protocol::record::{Direction, Line, Record};
 
 /// Where [`workspace_bin`] looks instead of next to the test executable:
 /// worktrees that share one target dir overwrite each other's binaries
@@ -420,7 +420,7 @@ pub fn children_of(parent: u32) -> Vec<u32> {
 }
 
 /// The exchange records of a stream.
-pub fn exchanges(records: &[Record]) -> Vec<&spy_image::record::Exchange> {
+pub fn exchanges(records: &[Record]) -> Vec<&spy_protocol::record::Exchange> {
     records
         .iter()
         .filter_map(|r| match r {
@@ -431,6 +431,6 @@ pub fn exchanges(records: &[Record]) -> Vec<&spy_image::record::Exchange> {
 }
 
 /// A body's kept bytes as text.
-pub fn body_text(body: &spy_image::record::Body) -> String {
+pub fn body_text(body: &spy_protocol::record::Body) -> String {
     body.data.as_ref().map(|d| String::from_utf8_lossy(&d.to_bytes()).into_owned()).unwrap_or_default()
 }

@@ -9,7 +9,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use spy_image::record::{Line, PodRef, Record};
+use spy_protocol::record::{Line, PodRef, Record};
 use tlsspy_tests::apiserver::{resources, ApiServer, Image, Rule};
 use tlsspy_tests::support::*;
 
@@ -21,7 +21,7 @@ const REAPER_DONE: Duration = Duration::from_millis(500);
 const NO_BTF_IMAGE: &str = "ghcr.io/tlsspy/tlsspy-agent:no-btf";
 
 fn agent_image() -> String {
-    format!("ghcr.io/tlsspy/tlsspy-agent:v{}", spy_image::VERSION)
+    format!("ghcr.io/tlsspy/tlsspy-agent:v{}", spy_protocol::VERSION)
 }
 
 fn server() -> ApiServer {

@@ -5,7 +5,7 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use spy_image::record::{Protocol, Record, Role};
+use spy_protocol::record::{Protocol, Record, Role};
 use tlsspy_tests::support::*;
 
 fn run(command: Command) -> Output {

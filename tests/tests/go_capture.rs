@@ -21,7 +21,7 @@ use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use spy_image::record::{Direction, Exchange, Protocol, Record, TlsLibrary};
+use spy_protocol::record::{Direction, Exchange, Protocol, Record, TlsLibrary};
 use tlsspy_tests::go::Toolchain;
 use tlsspy_tests::support::*;
 
@@ -161,7 +161,7 @@ fn read_peer(out: &Path, ext: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("the raw peer wrote no {}: {e}", path.display()))
 }
 
-fn go_target(records: &[Record], pid: Option<u32>) -> &spy_image::record::Target {
+fn go_target(records: &[Record], pid: Option<u32>) -> &spy_protocol::record::Target {
     records
         .iter()
         .find_map(|r| match r {

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use spy_image::record::{Handshake, Record, Stats};
+use spy_protocol::record::{Handshake, Record, Stats};
 use tlsspy_tests::support::*;
 
 fn run(command: Command) -> Output {
@@ -102,7 +102,7 @@ fn a_python_client_shows_its_handshake_and_its_plaintext_on_one_connection() {
     assert!(h.cipher.as_deref().is_some_and(|c| c.starts_with("TLS_AES_") || c.starts_with("TLS_CHACHA20")), "{h:?}");
     assert!(h.ja4.as_deref().is_some_and(|j| j.starts_with("t13d") && j.ends_with(|c: char| c.is_ascii_hexdigit())));
     assert_eq!(h.conn.remote.map(|a| a.port()), Some(port));
-    assert_eq!(h.conn.role, spy_image::record::Role::Client);
+    assert_eq!(h.conn.role, spy_protocol::record::Role::Client);
     assert_eq!(h.conn.process, "python3");
     let stats = final_stats(&records);
     assert_eq!((stats.handshakes.handshakes, stats.handshakes.decrypted), (1, 1));

@@ -4,7 +4,7 @@
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use spy_image::record::{Direction, Record};
+use spy_protocol::record::{Direction, Record};
 use tlsspy_tests::support::*;
 
 fn records_of(output: &Output) -> Vec<Record> {

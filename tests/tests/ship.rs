@@ -652,13 +652,15 @@ fn embedded_bpf_objects(bytes: &[u8]) -> Vec<&[u8]> {
 
 // ---------------------------------------------------------------- platforms
 
-/// What the plugin pulls in on each manifest platform: nothing that needs
-/// Linux (aya, spy-ebpf, a direct libc) outside Linux. cargo resolves the
-/// graph for any target without its standard library, so this holds for
-/// platforms that cannot be compiled here (see scripts/check-platforms.sh).
+/// What the plugin pulls in on each manifest platform: outside Linux only
+/// the records (spy-protocol), never the agent (spy-image) with its ELF,
+/// DWARF, disassembler and eBPF machinery, nor a direct libc on Windows.
+/// cargo resolves the graph for any target without its standard library,
+/// so this holds for platforms that cannot be compiled here (see
+/// scripts/check-platforms.sh).
 #[test]
 fn plugin_dependencies_stay_portable() {
-    let linux_only = ["aya", "aya-obj", "spy-ebpf"];
+    let linux_only = ["aya", "aya-obj", "spy-ebpf", "spy-image", "capstone", "capstone-sys", "gimli", "object", "tls-parser"];
     for (os, arch, triple) in PLATFORMS {
         let tree = |depth: Option<&str>| {
             let mut c = Command::new(env!("CARGO"));
@@ -680,6 +682,7 @@ fn plugin_dependencies_stay_portable() {
         for krate in linux_only {
             assert_eq!(all.contains(krate), os == "linux", "{os}/{arch}: {krate} in the plugin's graph");
         }
+        assert!(all.contains("spy-protocol"), "{os}/{arch}: the plugin reads records with spy-protocol");
         // Linux: local mode; every Unix: the reaper's setsid. Never Windows.
         assert_eq!(direct.contains("libc"), os != "windows", "{os}/{arch}: the plugin uses libc directly on Unix only");
     }

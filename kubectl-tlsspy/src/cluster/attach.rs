@@ -9,7 +9,8 @@ use indicatif::ProgressBar;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::AttachParams;
 use kube::Api;
-use spy_image::record::{Line, Record};
+use spy_protocol::record::{Line, Record};
+use spy_protocol::session::Command;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::sync::{mpsc, watch};
 
@@ -43,7 +44,7 @@ pub async fn stream(
     name: &str,
     node: &str,
     spy_timeout: Duration,
-    commands: &mut mpsc::UnboundedReceiver<String>,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
     stop: &mut watch::Receiver<bool>,
     events: &mpsc::Sender<SpyEvent>,
     progress: &ProgressBar,
@@ -65,7 +66,7 @@ pub async fn stream(
     let lost = |err: std::io::Error| failure(format!("lost the connection to the spy on node {node}: {err}"));
 
     // Nothing comes out of the agent before this line: we are listening now.
-    stdin.write_all(b"go\n").await.map_err(lost)?;
+    stdin.write_all(line(&Command::Go).as_bytes()).await.map_err(lost)?;
     progress.finish_and_clear();
     let _ = events.send(SpyEvent::Attached { node: node.to_string(), pod: name.to_string() }).await;
 
@@ -102,11 +103,11 @@ pub async fn stream(
             },
             command = commands.recv(), if stopping.is_none() => {
                 if let Some(command) = command {
-                    stdin.write_all(format!("{command}\n").as_bytes()).await.map_err(lost)?;
+                    stdin.write_all(line(&command).as_bytes()).await.map_err(lost)?;
                 }
             }
             _ = heartbeat.tick(), if stopping.is_none() => {
-                stdin.write_all(b"hb\n").await.map_err(lost)?;
+                stdin.write_all(line(&Command::Heartbeat).as_bytes()).await.map_err(lost)?;
             }
             () = stopped(stop), if stopping.is_none() => {
                 // kube sends stdin EOF on shutdown only, not on drop.
@@ -128,6 +129,15 @@ pub async fn stream(
         Some((_, reason)) => Ok(StreamEnd::Stopped { reason }),
         None => Ok(StreamEnd::AgentEnded { errors: errors.into(), bye }),
     }
+}
+
+/// The command's line. Commands are checked before they are queued
+/// (`Session::add`), so one that cannot be sent is only logged here.
+fn line(command: &Command) -> String {
+    command.line().unwrap_or_else(|err| {
+        log::warn!("{err}");
+        String::new()
+    })
 }
 
 async fn keep_log(errors: &mut VecDeque<String>, node: &str, line: String, events: &mpsc::Sender<SpyEvent>) {

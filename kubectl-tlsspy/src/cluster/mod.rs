@@ -25,8 +25,9 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use k8s_openapi::api::core::v1::Pod;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
-use spy_image::record::{Record, Stats};
-use spy_image::sink::Sink as _;
+use spy_protocol::record::{PodRef, Record, Stats};
+use spy_protocol::session::Command;
+use spy_protocol::sink::Sink as _;
 use tokio::sync::{mpsc, watch};
 
 use crate::cli::{ClusterArgs, KubeArgs, OutputFormat};
@@ -240,7 +241,7 @@ async fn stop_signal() -> String {
 
 /// One node's spy, as the session sees it.
 struct NodeSpy {
-    commands: mpsc::UnboundedSender<String>,
+    commands: mpsc::UnboundedSender<Command>,
     attached: bool,
     ended: bool,
     /// "spying on …" lines to show once the spy is attached.
@@ -327,12 +328,19 @@ impl Session {
             if !self.sent.insert((pod.uid.clone(), id.clone())) {
                 continue;
             }
-            let line = format!("container {id} {}/{}/{container}", pod.namespace, pod.name);
+            let command = Command::Container {
+                id: id.clone(),
+                pod: PodRef { namespace: pod.namespace.clone(), name: pod.name.clone(), container: Some(container.clone()) },
+            };
+            if let Err(err) = command.line() {
+                self.say(format!("tlsspy: cannot spy on {}/{} (container {container}): {err}", pod.namespace, pod.name));
+                continue;
+            }
             if !self.spies.contains_key(&pod.node) {
                 self.start_spy(&pod.node);
             }
             let Some(spy) = self.spies.get_mut(&pod.node) else { continue };
-            if spy.ended || spy.commands.send(line).is_err() {
+            if spy.ended || spy.commands.send(command).is_err() {
                 let message = format!(
                     "tlsspy: cannot spy on {}/{} (container {container}): the spy on node {} has ended",
                     pod.namespace, pod.name, pod.node

@@ -11,6 +11,7 @@ use kube::api::{DeleteParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use serde_json::json;
+use spy_protocol::session::Command;
 use tokio::sync::{mpsc, watch};
 
 use super::attach::{self, StreamEnd};
@@ -116,7 +117,7 @@ pub async fn run(
     client: Client,
     config: Arc<SpyConfig>,
     node: String,
-    commands: mpsc::UnboundedReceiver<String>,
+    commands: mpsc::UnboundedReceiver<Command>,
     stop: watch::Receiver<bool>,
     events: mpsc::Sender<SpyEvent>,
     progress: ProgressBar,
@@ -136,7 +137,7 @@ async fn life(
     api: &Api<Pod>,
     config: &SpyConfig,
     node: &str,
-    mut commands: mpsc::UnboundedReceiver<String>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
     mut stop: watch::Receiver<bool>,
     events: &mpsc::Sender<SpyEvent>,
     progress: &ProgressBar,

@@ -3,7 +3,7 @@
 
 use anyhow::Context as _;
 use regex::Regex;
-use spy_image::record::{Exchange, Protocol, Record};
+use spy_protocol::record::{Exchange, Protocol, Record};
 
 use crate::cli::FilterArgs;
 
@@ -117,7 +117,7 @@ fn parse_status(text: &str) -> anyhow::Result<StatusMatch> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spy_image::record::{Connection, Request, Response};
+    use spy_protocol::record::{Connection, Request, Response};
 
     fn exchange(method: &str, path: &str, status: u16) -> Record {
         Record::Exchange(Box::new(Exchange {

@@ -2,7 +2,7 @@
 
 use std::io::{self, Write};
 
-use spy_image::record::{Chunk, Connection, Direction, Exchange, Handshake, Record, Target};
+use spy_protocol::record::{Chunk, Connection, Direction, Exchange, Handshake, Record, Target};
 
 /// Folded payloads show at most this many lines...
 const FOLD_LINES: usize = 24;

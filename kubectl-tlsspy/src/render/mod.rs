@@ -7,8 +7,8 @@ mod summary;
 
 use std::io::{self, IsTerminal, Write};
 
-use spy_image::record::{Line, Record, Stats};
-use spy_image::sink::Sink;
+use spy_protocol::record::{Line, Record, Stats};
+use spy_protocol::sink::Sink;
 
 pub use filter::Filter;
 pub use live::LiveOptions;

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use comfy_table::{presets, Cell, CellAlignment, ContentArrangement, Table};
-use spy_image::record::{Connection, Exchange, Handshake};
+use spy_protocol::record::{Connection, Exchange, Handshake};
 
 /// Routes kept in the table; further ones are summed into one row.
 const MAX_ROUTES: usize = 200;
@@ -206,7 +206,7 @@ fn percentile(sorted_us: &[u64], p: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spy_image::record::{Body, Connection, Protocol, Request, Response};
+    use spy_protocol::record::{Body, Connection, Protocol, Request, Response};
 
     fn exchange(path: &str, status: u16, latency_us: u64) -> Exchange {
         Exchange {
@@ -232,7 +232,7 @@ mod tests {
 
     #[test]
     fn decryption_per_target_says_what_and_why() {
-        use spy_image::record::PodRef;
+        use spy_protocol::record::PodRef;
         let conn = |id: &str, container: &str| Connection {
             id: id.into(),
             pod: Some(PodRef { namespace: "shop".into(), name: "api-7".into(), container: Some(container.into()) }),

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::record::Role;
+use spy_protocol::record::Role;
 
 use super::flows::Owners;
 

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 
 use crate::capture::owner::normalize;
 use crate::proto::{ConnectionParser, ParseOptions, Parsed};
-use crate::record::{Chunk, Connection, Direction, Handshake, Payload, PodRef, Record, Role, TlsLibrary};
+use spy_protocol::record::{Chunk, Connection, Direction, Handshake, Payload, PodRef, Record, Role, TlsLibrary};
 
 /// A reserved id no connection claimed is forgotten after this long.
 const RESERVATION_TTL_NS: u64 = 60_000_000_000;

@@ -16,7 +16,7 @@ use aya::programs::{ProgramError, TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use spy_ebpf::{globals, maps, programs, stat};
 
-use crate::record::{Linkage, TlsLibrary};
+use spy_protocol::record::{Linkage, TlsLibrary};
 use socket_owners::SocketOwners;
 use crate::targets::go::{GoAbi, GoArch, GoBinary, GoFunctionProbe};
 use crate::targets::process::FileId;

@@ -5,7 +5,7 @@ use std::io::Read;
 
 use flate2::read::{DeflateDecoder, MultiGzDecoder, ZlibDecoder};
 
-use crate::record::{Body, Payload};
+use spy_protocol::record::{Body, Payload};
 
 /// Read size while decoding; output beyond the cap stops the decoder, so a
 /// decompression bomb costs at most `max_body` plus one step.

@@ -1,7 +1,7 @@
 //! gRPC over HTTP/2: which requests are gRPC, service and method, the
 //! length-prefixed messages each way, and the final status.
 
-use crate::record::Header;
+use spy_protocol::record::Header;
 
 /// Message sizes kept per direction; the count goes on past it.
 pub(crate) const MAX_GRPC_SIZES: usize = 256;

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use super::body::BodyBuf;
 use super::{redact, Flow, Input, ParseOptions, Parsed};
-use crate::record::{Direction, Exchange, Header, Protocol, Request, Response};
+use spy_protocol::record::{Direction, Exchange, Header, Protocol, Request, Response};
 
 /// Headers per message; more is treated as bad framing.
 pub(crate) const MAX_HEADERS: usize = 128;

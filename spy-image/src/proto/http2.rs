@@ -12,7 +12,7 @@ use super::body::BodyBuf;
 use super::grpc::{self, MessageCounter};
 use super::hpack;
 use super::{redact, Flow, Input, ParseOptions, Parsed, H2_PREFACE};
-use crate::record::{Direction, Exchange, Grpc, Header, Protocol, Request, Response};
+use spy_protocol::record::{Direction, Exchange, Grpc, Header, Protocol, Request, Response};
 
 pub(crate) const FRAME_HEADER_LEN: usize = 9;
 /// Bytes of one header block (HEADERS or PUSH_PROMISE plus CONTINUATIONs).

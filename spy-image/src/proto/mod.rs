@@ -24,12 +24,9 @@ pub mod tls_handshake;
 #[cfg(test)]
 mod tests;
 
-use crate::record::{Direction, Exchange};
+use spy_protocol::record::{Direction, Exchange};
 
-/// Body bytes kept per message unless told otherwise. Every kept byte is
-/// copied and JSON-escaped once more; 16 KiB shows any API payload a person
-/// reads, and the true size is always reported.
-pub const DEFAULT_MAX_BODY: usize = 16 * 1024;
+pub use spy_protocol::DEFAULT_MAX_BODY;
 
 /// Limits and choices that shape parsing.
 #[derive(Clone, Debug)]

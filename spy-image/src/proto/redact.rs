@@ -1,6 +1,6 @@
 //! Secrets in headers: replaced by `<redacted>` unless `--show-secrets`.
 
-use crate::record::Header;
+use spy_protocol::record::Header;
 
 /// What replaces a secret value.
 pub(crate) const REDACTED: &str = "<redacted>";

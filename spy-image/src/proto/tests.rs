@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::record::{Direction::Recv, Direction::Send, Exchange, Payload, Protocol};
+use spy_protocol::record::{Direction::Recv, Direction::Send, Exchange, Payload, Protocol};
 
 const MB: usize = 1 << 20;
 
@@ -80,7 +80,7 @@ fn unclaimed(out: &[Parsed], dir: Direction) -> Runs {
     runs
 }
 
-fn body_text(body: &crate::record::Body) -> String {
+fn body_text(body: &spy_protocol::record::Body) -> String {
     String::from_utf8(
         body.data
             .as_ref()
@@ -90,7 +90,7 @@ fn body_text(body: &crate::record::Body) -> String {
     .expect("utf-8 body")
 }
 
-fn header<'a>(headers: &'a [crate::record::Header], name: &str) -> Option<&'a str> {
+fn header<'a>(headers: &'a [spy_protocol::record::Header], name: &str) -> Option<&'a str> {
     headers
         .iter()
         .find(|h| h.name.eq_ignore_ascii_case(name))

@@ -15,7 +15,7 @@
 use sha2::{Digest as _, Sha256};
 use tls_parser::{TlsCipherSuite, TlsExtension};
 
-use crate::record::Handshake;
+use spy_protocol::record::Handshake;
 
 /// Handshake bytes buffered per direction: a ClientHello with a
 /// post-quantum key share is about 2 KiB; 16 KiB leaves room for padding,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use object::{Object, ObjectSegment, ObjectSymbol};
 
-use crate::record::{Linkage, TlsLibrary};
+use spy_protocol::record::{Linkage, TlsLibrary};
 use crate::targets::go::{self, GoBinary};
 
 /// The functions we probe, in the order of [`OpensslProbes::offsets`].

@@ -21,7 +21,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use spy_image::record::{Line, Record, Stats};
+use spy_protocol::record::{Line, Record, Stats};
 
 pub use server::Server;
 use server::{GoProgram, Running};
