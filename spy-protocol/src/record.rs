@@ -434,6 +434,104 @@ pub struct HandshakeStats {
     pub dropped_handshakes: u64,
 }
 
+/// Counters of several spies (one per node) add up to the session's.
+/// Every field is named here, so a new counter cannot be left out of the
+/// sum: the destructuring stops compiling until it is added.
+impl std::ops::AddAssign<&Stats> for Stats {
+    fn add_assign(&mut self, other: &Stats) {
+        let Stats {
+            calls,
+            events,
+            lost_events,
+            lost_bytes,
+            bytes,
+            calls_without_socket,
+            connections,
+            exchanges,
+            chunks,
+            parse_errors,
+            probe_hits,
+            handshakes,
+        } = other;
+        self.calls += calls;
+        self.events += events;
+        self.lost_events += lost_events;
+        self.lost_bytes += lost_bytes;
+        self.bytes += bytes;
+        self.calls_without_socket += calls_without_socket;
+        self.connections += connections;
+        self.exchanges += exchanges;
+        self.chunks += chunks;
+        self.parse_errors += parse_errors;
+        self.probe_hits += probe_hits;
+        self.handshakes += handshakes;
+    }
+}
+
+impl std::ops::AddAssign for Stats {
+    fn add_assign(&mut self, other: Stats) {
+        *self += &other;
+    }
+}
+
+impl std::ops::Add for Stats {
+    type Output = Stats;
+    fn add(mut self, other: Stats) -> Stats {
+        self += &other;
+        self
+    }
+}
+
+impl std::iter::Sum for Stats {
+    fn sum<I: Iterator<Item = Stats>>(iter: I) -> Stats {
+        iter.fold(Stats::default(), |total, s| total + s)
+    }
+}
+
+impl<'a> std::iter::Sum<&'a Stats> for Stats {
+    fn sum<I: Iterator<Item = &'a Stats>>(iter: I) -> Stats {
+        iter.fold(Stats::default(), |mut total, s| {
+            total += s;
+            total
+        })
+    }
+}
+
+impl std::ops::AddAssign<&HandshakeStats> for HandshakeStats {
+    fn add_assign(&mut self, other: &HandshakeStats) {
+        let HandshakeStats {
+            handshakes,
+            decrypted,
+            namespaces,
+            packets,
+            dropped_packets,
+            not_tls_flows,
+            malformed_flows,
+            joined_midway_flows,
+            other_flows,
+            evicted_flows,
+            dropped_handshakes,
+        } = other;
+        self.handshakes += handshakes;
+        self.decrypted += decrypted;
+        self.namespaces += namespaces;
+        self.packets += packets;
+        self.dropped_packets += dropped_packets;
+        self.not_tls_flows += not_tls_flows;
+        self.malformed_flows += malformed_flows;
+        self.joined_midway_flows += joined_midway_flows;
+        self.other_flows += other_flows;
+        self.evicted_flows += evicted_flows;
+        self.dropped_handshakes += dropped_handshakes;
+    }
+}
+
+impl std::ops::AddAssign for HandshakeStats {
+    fn add_assign(&mut self, other: HandshakeStats) {
+        *self += &other;
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Warning {
     pub message: String,
@@ -462,6 +560,57 @@ mod tests {
         assert_eq!(json, r#"{"v":1,"kind":"warning","message":"x","pid":7}"#);
         let back: Line = serde_json::from_str(&json).expect("deserialize");
         assert_eq!(back, line);
+    }
+
+    /// Every counter of every spy reaches the session's total, the
+    /// handshake counters and probe hits included.
+    #[test]
+    fn stats_add_up_field_by_field() {
+        let one = |n: u64| Stats {
+            calls: n,
+            events: n,
+            lost_events: n,
+            lost_bytes: n,
+            bytes: n,
+            calls_without_socket: n,
+            connections: n,
+            exchanges: n,
+            chunks: n,
+            parse_errors: n,
+            probe_hits: n,
+            handshakes: HandshakeStats {
+                handshakes: n,
+                decrypted: n,
+                namespaces: n,
+                packets: n,
+                dropped_packets: n,
+                not_tls_flows: n,
+                malformed_flows: n,
+                joined_midway_flows: n,
+                other_flows: n,
+                evicted_flows: n,
+                dropped_handshakes: n,
+            },
+        };
+        let spies = [one(1), one(2), one(4)];
+        assert_eq!(spies.iter().sum::<Stats>(), one(7));
+        assert_eq!(spies.into_iter().sum::<Stats>(), one(7));
+        assert_eq!(std::iter::empty::<Stats>().sum::<Stats>(), Stats::default());
+        // Through JSON too: every field is a number the sum sees.
+        let json = serde_json::to_value(one(7)).expect("serialize");
+        let numbers = |v: &serde_json::Value| -> Vec<u64> {
+            fn walk(v: &serde_json::Value, out: &mut Vec<u64>) {
+                match v {
+                    serde_json::Value::Object(map) => map.values().for_each(|v| walk(v, out)),
+                    other => out.extend(other.as_u64()),
+                }
+            }
+            let mut out = Vec::new();
+            walk(v, &mut out);
+            out
+        };
+        assert!(numbers(&json).iter().all(|&n| n == 7), "{json}");
+        assert_eq!(numbers(&json).len(), 22);
     }
 
     #[test]

@@ -298,6 +298,8 @@ fn pod_by_name_shows_its_https_exchange_with_pod_names() {
     assert_eq!(pod_of(&exchange), main_of("web"));
     let Record::Exchange(exchange) = exchange else { unreachable!() };
     assert_eq!(exchange.response.as_ref().map(|r| r.status), Some(200));
+    let conn_id = exchange.conn.id.clone();
+    plugin.wait_record("handshake", |r| matches!(r, Record::Handshake(h) if h.conn.id == conn_id && h.decrypted));
 
     plugin.signal(libc::SIGINT);
     let status = plugin.wait(WAIT);
@@ -308,6 +310,14 @@ fn pod_by_name_shows_its_https_exchange_with_pod_names() {
     wait_until("the spy pod is still there", WAIT, || spy_pods(&s).is_empty());
     let stderr = plugin.stderr();
     assert!(stderr.contains("spying on default/web (container main) on node node-1"), "{stderr}");
+    // The session's stats line sums every spy's counters, the handshake
+    // capture's included (it once dropped them, and said nothing of them).
+    let stats = stderr.lines().find(|l| l.starts_with("tlsspy: ") && l.contains("TLS calls captured"));
+    let handshakes = stats
+        .and_then(|l| l.split_once(" TLS handshakes seen ("))
+        .and_then(|(before, after)| Some((before.rsplit(' ').next()?.parse::<u64>().ok()?, after)))
+        .and_then(|(seen, after)| Some((seen, after.split(' ').next()?.parse::<u64>().ok()?)));
+    assert!(handshakes.is_some_and(|(seen, decrypted)| seen >= 1 && decrypted >= 1), "{stats:?}");
 }
 
 /// Peers are named: the server sees its client by pod name, the client sees

@@ -484,20 +484,7 @@ impl Session {
 
     /// The session's counters: the last ones of every spy, summed.
     fn stats(&self) -> Stats {
-        let mut total = Stats::default();
-        for s in self.node_stats.values() {
-            total.calls += s.calls;
-            total.events += s.events;
-            total.lost_events += s.lost_events;
-            total.lost_bytes += s.lost_bytes;
-            total.bytes += s.bytes;
-            total.calls_without_socket += s.calls_without_socket;
-            total.connections += s.connections;
-            total.exchanges += s.exchanges;
-            total.chunks += s.chunks;
-            total.parse_errors += s.parse_errors;
-        }
-        total
+        self.node_stats.values().sum()
     }
 }
 
