@@ -8,6 +8,7 @@
 
 pub mod capture;
 pub mod conn;
+pub mod error;
 pub mod proto;
 pub mod targets;
 

@@ -88,7 +88,7 @@ mod linux {
 
     #[derive(Debug, thiserror::Error)]
     pub enum CaptureError {
-        #[error("cannot open the network namespace of process {pid}: {source}")]
+        #[error("cannot open the network namespace of process {pid}")]
         Namespace { pid: u32, source: std::io::Error },
         #[error("cannot start a capture thread: {0}")]
         Thread(std::io::Error),

@@ -57,14 +57,14 @@ pub fn kernel_owner(kernel: &dyn KernelOwners, netns: u64, client: SocketAddr, s
 }
 
 /// An IPv4 peer of an IPv6 socket shows as ::ffff:a.b.c.d; on the wire it
-/// is plain IPv4. One form for both, so they match.
+/// is plain IPv4. One form for both, so they match. Any other address is
+/// returned as it came (an IPv6 scope id included).
 pub fn normalize(addr: SocketAddr) -> SocketAddr {
-    match addr.ip() {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(IpAddr::V4(v4), addr.port()),
-            None => addr,
-        },
-        IpAddr::V4(_) => addr,
+    let ip = addr.ip().to_canonical();
+    if ip == addr.ip() {
+        addr
+    } else {
+        SocketAddr::new(ip, addr.port())
     }
 }
 
@@ -192,6 +192,19 @@ mod tests {
         assert_eq!(map.get(&(a("127.0.0.1:50000"), a("127.0.0.1:443"))), Some(&5555));
         assert_eq!(map.get(&(a("[::1]:443"), a("[::1]:54321"))), Some(&6666));
         parse_socket_table("header\n garbage line\n 0: zz:zz", &mut map);
+    }
+
+    #[test]
+    fn v4_mapped_addresses_become_v4_and_others_stay() {
+        let a = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        assert_eq!(normalize(a("[::ffff:10.0.0.7]:443")), a("10.0.0.7:443"));
+        assert_eq!(normalize(a("10.0.0.7:443")), a("10.0.0.7:443"));
+        assert_eq!(normalize(a("[::1]:443")), a("[::1]:443"));
+        // IPv4-compatible (::a.b.c.d, deprecated) is not IPv4-mapped.
+        assert_eq!(normalize(a("[::10.0.0.7]:443")), a("[::10.0.0.7]:443"));
+        // Equality of SocketAddrV6 takes in the scope id: it is kept.
+        let scoped = SocketAddr::V6(std::net::SocketAddrV6::new("fe80::1".parse().expect("ip"), 443, 0, 3));
+        assert_eq!(normalize(scoped), scoped);
     }
 
     #[test]

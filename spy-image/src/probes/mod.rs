@@ -55,17 +55,17 @@ pub enum ProbeError {
     Tracefs(std::io::Error),
     #[error("the eBPF programs were not built for this architecture")]
     NoObject,
-    #[error("the kernel refused to load tlsspy's eBPF programs: {0}")]
+    #[error("the kernel refused to load tlsspy's eBPF programs")]
     Load(#[source] aya::EbpfError),
     #[error("eBPF program {name} is missing from the object")]
     MissingProgram { name: &'static str },
     #[error("eBPF map {name} is missing from the object")]
     MissingMap { name: &'static str },
-    #[error("eBPF map {name}: {source}")]
+    #[error("cannot use eBPF map {name}")]
     Map { name: &'static str, source: aya::maps::MapError },
-    #[error("cannot load or attach eBPF program {name}: {source}")]
+    #[error("cannot load or attach eBPF program {name}")]
     Program { name: &'static str, source: ProgramError },
-    #[error("cannot attach a uprobe to {function} in {path}: {source}")]
+    #[error("cannot attach a uprobe to {function} in {path}")]
     Uprobe { function: &'static str, path: PathBuf, source: ProgramError },
     #[error("Go crypto/tls in {path} cannot be probed: {reason}")]
     GoUnsupported { path: PathBuf, reason: String },
@@ -355,7 +355,10 @@ impl Probes {
             let cookie = (self.cookies && name_takes_cookie(entry)).then_some(u64::from(id));
             let attached = self.attach_one(entry, offset, host_path, cookie).or_else(|err| {
                 if cookie.is_some() {
-                    log::info!("attach cookies refused ({err}); events will not name their library");
+                    log::info!(
+                        "attach cookies refused ({}); events will not name their library",
+                        crate::error::chain(&err)
+                    );
                     self.cookies = false;
                     self.attach_one(entry, offset, host_path, None)
                 } else {
@@ -477,7 +480,7 @@ impl Probes {
     ) -> Result<UProbeLinkId, ProgramError> {
         let probe = uprobe(&mut self.ebpf, program).map_err(|e| match e {
             ProbeError::Program { source, .. } => source,
-            other => ProgramError::IOError(std::io::Error::other(other.to_string())),
+            other => ProgramError::IOError(std::io::Error::other(crate::error::chain(&other))),
         })?;
         let point = UProbeAttachPoint { location: UProbeAttachLocation::AbsoluteOffset(offset), cookie };
         probe.attach(point, path, UProbeScope::AllProcesses)

@@ -40,27 +40,13 @@ pub(crate) fn status(headers: &[Header]) -> (Option<u32>, Option<String>) {
     (code, message)
 }
 
-/// grpc-message is percent-encoded UTF-8 (gRPC's PROTOCOL-HTTP2 spec).
+/// grpc-message is percent-encoded UTF-8 (gRPC's PROTOCOL-HTTP2 spec). A
+/// `%` without two hex digits after it stays as it is; bytes that are not
+/// UTF-8 once decoded show as U+FFFD, since a peer may send anything.
 fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            if let Some(byte) = bytes
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok())
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-            {
-                out.push(byte);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
 }
 
 /// Counts length-prefixed messages in one direction of a stream, fed in
@@ -185,5 +171,15 @@ mod tests {
         assert_eq!(code, Some(5));
         assert_eq!(msg.as_deref(), Some("not found: x%zz"));
         assert_eq!(status(&[]), (None, None));
+    }
+
+    #[test]
+    fn messages_that_are_not_utf8_or_cut_short_do_not_panic() {
+        assert_eq!(percent_decode("%ff%C3%A9"), "\u{fffd}\u{e9}");
+        assert_eq!(percent_decode("%C3"), "\u{fffd}");
+        assert_eq!(percent_decode("100%"), "100%");
+        assert_eq!(percent_decode("%4"), "%4");
+        assert_eq!(percent_decode("%+a%é"), "%+a%é");
+        assert_eq!(percent_decode(""), "");
     }
 }

@@ -2,6 +2,7 @@
 //! chunks or close, keep-alive and pipelining (responses match requests in
 //! order), interim 1xx responses, and upgrades (the rest is unclaimed).
 
+use std::borrow::Cow;
 use std::collections::VecDeque;
 
 use super::body::BodyBuf;
@@ -15,6 +16,10 @@ pub(crate) const MAX_HEADERS: usize = 128;
 pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// Bytes of a chunk-size line (extensions included).
 pub(crate) const MAX_CHUNK_LINE: usize = 4096;
+/// Largest chunk size taken: 15 hex digits' worth, the limit we had before
+/// httparse read the digits (it takes 16). No real body comes near it; a
+/// bigger size is garbage, and this keeps any sum of sizes far from overflow.
+const MAX_CHUNK_SIZE: u64 = (1 << 60) - 1;
 /// Pipelined requests waiting for their responses.
 pub(crate) const MAX_PENDING: usize = 1024;
 
@@ -645,7 +650,7 @@ impl InFlight {
                         }
                         return Ok((pos, false));
                     };
-                    let size = chunk_size(&rest[..nl])?;
+                    let size = chunk_size(&rest[..=nl])?;
                     pos += nl + 1;
                     *chunk = if size == 0 {
                         Chunk::Trailers
@@ -720,17 +725,38 @@ fn take_len(available: usize, remaining: u64) -> usize {
     usize::try_from(remaining).map_or(available, |rem| rem.min(available))
 }
 
-/// `1a;ext=1\r` → 26.
+/// `1a;ext=1\r\n` → 26, from a chunk-size line up to and including its LF.
+///
+/// httparse reads the hex digits (no overflow: it stops at 16) and skips
+/// extensions. Around it we keep what this parser accepted before: a bare
+/// LF line end (RFC 9112 §2.2 lets a recipient take one) and blanks before
+/// the digits; and what httparse allows but we did not: an empty size (it
+/// reads as 0, which would end the body) and sizes past [`MAX_CHUNK_SIZE`].
 fn chunk_size(line: &[u8]) -> Result<u64, String> {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    let digits = line.split(|&b| b == b';').next().unwrap_or_default();
-    let digits = std::str::from_utf8(digits)
-        .map_err(|_| "HTTP/1: bad chunk size".to_string())?
-        .trim_matches([' ', '\t']);
-    if digits.is_empty() || digits.len() > 15 {
-        return Err(format!("HTTP/1: bad chunk size {digits:?}"));
+    let bad = || {
+        let size = line.split(|&b| b == b';').next().unwrap_or_default();
+        format!(
+            "HTTP/1: bad chunk size {:?}",
+            String::from_utf8_lossy(size.trim_ascii())
+        )
+    };
+    let blanks = line
+        .iter()
+        .take_while(|&&b| b == b' ' || b == b'\t')
+        .count();
+    let line = &line[blanks..];
+    if !line.first().is_some_and(u8::is_ascii_hexdigit) {
+        return Err(bad());
     }
-    u64::from_str_radix(digits, 16).map_err(|_| format!("HTTP/1: bad chunk size {digits:?}"))
+    let crlf: Cow<'_, [u8]> = match line {
+        [.., b'\r', b'\n'] => Cow::Borrowed(line),
+        [head @ .., b'\n'] => Cow::Owned([head, b"\r\n"].concat()),
+        _ => Cow::Borrowed(line),
+    };
+    match httparse::parse_chunk_size(&crlf) {
+        Ok(httparse::Status::Complete((_, size))) if size <= MAX_CHUNK_SIZE => Ok(size),
+        _ => Err(bad()),
+    }
 }
 
 fn tokens(value: &[u8]) -> impl Iterator<Item = String> + '_ {
@@ -792,4 +818,54 @@ fn exchange(
         latency_us,
         incomplete,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn size(line: &str) -> Result<u64, String> {
+        chunk_size(line.as_bytes())
+    }
+
+    #[test]
+    fn chunk_sizes_are_hex_with_optional_extensions() {
+        assert_eq!(size("1a\r\n"), Ok(26));
+        assert_eq!(size("1A;name=value;x\r\n"), Ok(26));
+        assert_eq!(size("0\r\n"), Ok(0));
+        assert_eq!(size("5 ;ext\r\n"), Ok(5));
+        assert_eq!(size("5\t\r\n"), Ok(5));
+        // Accepted as before: a bare LF, blanks before the digits.
+        assert_eq!(size("1a\n"), Ok(26));
+        assert_eq!(size("1a;ext\n"), Ok(26));
+        assert_eq!(size(" \t1a\r\n"), Ok(26));
+        assert_eq!(size("fffffffffffffff\r\n"), Ok(MAX_CHUNK_SIZE));
+    }
+
+    #[test]
+    fn bad_chunk_sizes_are_errors_never_panics() {
+        for line in [
+            "\r\n",
+            "\n",
+            ";ext\r\n",
+            "  \r\n",
+            "zz\r\n",
+            "5 x\r\n",
+            "+5\r\n",
+            "-5\r\n",
+            "0x5\r\n",
+            "5\r\r\n",
+            // Past 15 digits' worth; past what u64 holds.
+            "1000000000000000\r\n",
+            "ffffffffffffffff\r\n",
+            "ffffffffffffffffff\r\n",
+        ] {
+            assert!(size(line).is_err(), "{line:?}");
+        }
+        assert_eq!(
+            size("zz;ext\r\n"),
+            Err("HTTP/1: bad chunk size \"zz\"".into())
+        );
+        assert!(chunk_size(b"\xff\r\n").is_err());
+    }
 }

@@ -53,9 +53,9 @@ pub struct OpensslProbes {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DetectError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}")]
     Read { path: String, source: std::io::Error },
-    #[error("{path} is not an ELF file we can parse: {source}")]
+    #[error("{path} is not an ELF file we can parse")]
     Parse { path: String, source: object::Error },
 }
 
@@ -88,10 +88,10 @@ pub fn detect(path: &Path, is_executable: bool) -> Result<Option<DetectedStack>,
                 }
                 return Ok(Some(DetectedStack::GoUnsupported {
                     version: go::go_version(&data),
-                    reason: err.to_string(),
+                    reason: crate::error::chain(&err),
                 }));
             }
-            Err(err) => log::debug!("{}: not a Go program we analyse: {err}", path.display()),
+            Err(err) => log::debug!("{}: not a Go program we analyse: {}", path.display(), crate::error::chain(&err)),
         }
     }
     Ok(detect_openssl_in(&data, path, is_executable)?.map(DetectedStack::Openssl))
@@ -201,6 +201,10 @@ mod tests {
     fn truncated_elf_is_a_clear_error() {
         let err = detect_openssl_in(b"\x7fELF\x02\x01", Path::new("/x"), false).expect_err("error");
         assert!(err.to_string().contains("/x is not an ELF file"), "{err}");
+        // The parser's complaint is the source, shown once by the chain.
+        let cause = std::error::Error::source(&err).expect("a source").to_string();
+        assert!(!err.to_string().contains(&cause), "{err}");
+        assert_eq!(crate::error::chain(&err), format!("/x is not an ELF file we can parse: {cause}"));
     }
 
     #[test]

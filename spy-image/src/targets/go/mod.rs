@@ -179,7 +179,7 @@ pub struct GoBinary {
 
 #[derive(Debug, Clone, Error)]
 pub enum GoAnalysisError {
-    #[error("reading {path}: {source}")]
+    #[error("cannot read {path}")]
     Io {
         path: PathBuf,
         #[source]
@@ -203,7 +203,7 @@ pub enum GoAnalysisError {
     UnsupportedGoVersion { version: String, reason: String },
     #[error("no Go pclntab found{}", if *.stripped { " (binary is stripped)" } else { "" })]
     PclntabNotFound { stripped: bool },
-    #[error("Go pclntab is corrupt: {0}")]
+    #[error("Go pclntab is corrupt")]
     BadPclntab(#[from] PclntabError),
     #[error("cannot find where Go text starts (runtime.text) to resolve pclntab entries")]
     TextStartUnknown,

@@ -84,6 +84,16 @@ fn io_errors_name_the_path() {
         err.to_string().contains("/nonexistent/tlsspy/binary"),
         "{err}"
     );
+    // The cause is the source, not part of the message; the chain has it once.
+    let cause = std::error::Error::source(&err)
+        .expect("the I/O error")
+        .to_string();
+    assert!(!err.to_string().contains(&cause), "{err}");
+    let text = crate::error::chain(&err);
+    assert_eq!(
+        text,
+        format!("cannot read /nonexistent/tlsspy/binary: {cause}")
+    );
 }
 
 #[cfg(unix)]
