@@ -41,6 +41,19 @@ pub struct FlowStats {
     pub evicted: u64,
 }
 
+/// Every field named, so a new counter cannot be left out of the sum.
+impl std::ops::AddAssign<&FlowStats> for FlowStats {
+    fn add_assign(&mut self, other: &FlowStats) {
+        let FlowStats { tls, not_tls, malformed, joined_midway, others, evicted } = other;
+        self.tls += tls;
+        self.not_tls += not_tls;
+        self.malformed += malformed;
+        self.joined_midway += joined_midway;
+        self.others += others;
+        self.evicted += evicted;
+    }
+}
+
 /// A handshake, as far as it was seen.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SeenHandshake<O> {

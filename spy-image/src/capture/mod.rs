@@ -27,6 +27,7 @@ mod linux {
     use std::thread::JoinHandle;
     use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+    use spy_protocol::record::{HandshakeStats, Stats};
     use tokio::sync::mpsc;
 
     use super::flows::{FlowStats, FlowTable, Owners, SeenHandshake};
@@ -69,20 +70,38 @@ mod linux {
         pub flows: FlowStats,
     }
 
+    /// Every field named, so a new counter cannot be left out of the sum.
+    impl std::ops::AddAssign<&CaptureStats> for CaptureStats {
+        fn add_assign(&mut self, other: &CaptureStats) {
+            let CaptureStats { namespaces, packets, dropped_packets, skipped_packets, dropped_handshakes, flows } = other;
+            self.namespaces += namespaces;
+            self.packets += packets;
+            self.dropped_packets += dropped_packets;
+            self.skipped_packets += skipped_packets;
+            self.dropped_handshakes += dropped_handshakes;
+            self.flows += flows;
+        }
+    }
+
     impl CaptureStats {
-        fn add(&mut self, other: &CaptureStats) {
-            self.namespaces += other.namespaces;
-            self.packets += other.packets;
-            self.dropped_packets += other.dropped_packets;
-            self.skipped_packets += other.skipped_packets;
-            self.dropped_handshakes += other.dropped_handshakes;
-            let (a, b) = (&mut self.flows, &other.flows);
-            a.tls += b.tls;
-            a.not_tls += b.not_tls;
-            a.malformed += b.malformed;
-            a.joined_midway += b.joined_midway;
-            a.others += b.others;
-            a.evicted += b.evicted;
+        /// The capture's part of the `stats` record.
+        pub fn as_record(&self) -> Stats {
+            let FlowStats { tls: _, not_tls, malformed, joined_midway, others, evicted } = self.flows;
+            Stats {
+                handshakes: HandshakeStats {
+                    namespaces: self.namespaces,
+                    packets: self.packets,
+                    dropped_packets: self.dropped_packets,
+                    not_tls_flows: not_tls,
+                    malformed_flows: malformed,
+                    joined_midway_flows: joined_midway,
+                    other_flows: others,
+                    evicted_flows: evicted,
+                    dropped_handshakes: self.dropped_handshakes,
+                    ..HandshakeStats::default()
+                },
+                ..Stats::default()
+            }
         }
     }
 
@@ -212,7 +231,7 @@ mod linux {
         pub fn stats(&self) -> CaptureStats {
             let mut total = CaptureStats::default();
             for stats in &self.stats {
-                total.add(&lock(stats));
+                total += &*lock(stats);
             }
             total
         }

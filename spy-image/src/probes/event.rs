@@ -4,6 +4,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use spy_ebpf::{event_kind, ConnTuple, DataHeader, ProcEvent};
+use spy_protocol::record::{Direction, TlsLibrary};
+
+use crate::conn::DataEvent;
 
 /// One ring buffer record.
 #[derive(Debug)]
@@ -75,6 +78,33 @@ pub fn addresses(tuple: &ConnTuple) -> (Option<SocketAddr>, Option<SocketAddr>) 
     (local, remote)
 }
 
+/// A data event as the connection tracker takes it: the probe's source and
+/// direction in record terms, addresses decoded, the kernel's monotonic
+/// time already turned into wall-clock time (`ts_ns`).
+pub fn data_event<'a>(header: &'a DataHeader, data: &'a [u8], ts_ns: u64) -> DataEvent<'a> {
+    let (local, remote) = addresses(&header.tuple);
+    DataEvent {
+        tgid: header.tgid,
+        tid: header.tid,
+        ts_ns,
+        conn_ptr: header.conn_ptr,
+        direction: match header.direction {
+            spy_ebpf::direction::SEND => Direction::Send,
+            _ => Direction::Recv,
+        },
+        library: match header.source {
+            spy_ebpf::source::GO => TlsLibrary::GoCryptoTls,
+            _ => TlsLibrary::Openssl,
+        },
+        call_len: header.call_len,
+        call_offset: header.call_offset,
+        local,
+        remote,
+        comm: comm(&header.comm),
+        data,
+    }
+}
+
 /// A NUL-padded kernel comm as text.
 pub fn comm(bytes: &[u8]) -> &str {
     let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
@@ -110,6 +140,23 @@ mod tests {
         let (local, remote) = addresses(&header.tuple);
         assert_eq!(local, Some("127.0.0.1:40000".parse().expect("addr")));
         assert_eq!(remote, Some("10.0.0.2:443".parse().expect("addr")));
+    }
+
+    #[test]
+    fn data_events_say_direction_and_library_in_record_terms() {
+        let mut header = DataHeader { tgid: 7, tid: 8, conn_ptr: 0xabc, call_len: 9, call_offset: 3, ..Default::default() };
+        header.direction = spy_ebpf::direction::SEND;
+        header.source = spy_ebpf::source::GO;
+        header.comm[..4].copy_from_slice(b"curl");
+        let ev = data_event(&header, b"xyz", 42);
+        assert_eq!((ev.tgid, ev.tid, ev.conn_ptr, ev.ts_ns), (7, 8, 0xabc, 42));
+        assert_eq!((ev.call_len, ev.call_offset, ev.data), (9, 3, &b"xyz"[..]));
+        assert_eq!((ev.direction, ev.library, ev.comm), (Direction::Send, TlsLibrary::GoCryptoTls, "curl"));
+        assert_eq!((ev.local, ev.remote), (None, None), "no socket found");
+        header.direction = spy_ebpf::direction::RECV;
+        header.source = 0;
+        let ev = data_event(&header, b"", 0);
+        assert_eq!((ev.direction, ev.library), (Direction::Recv, TlsLibrary::Openssl));
     }
 
     #[test]

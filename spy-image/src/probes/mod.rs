@@ -2,6 +2,8 @@
 //! tracepoints and uprobes, keeps the in-kernel target filter, and hands out
 //! the ring buffer. Everything here needs root and a kernel with BTF.
 
+pub mod attach;
+pub mod clock;
 pub mod event;
 pub mod socket_owners;
 
@@ -83,6 +85,21 @@ pub struct KernelStats {
     /// Probe hits of targets: TLS call entries and returns.
     pub entry_hits: u64,
     pub return_hits: u64,
+}
+
+impl KernelStats {
+    /// The kernel's part of the `stats` record.
+    pub fn as_record(&self) -> spy_protocol::record::Stats {
+        spy_protocol::record::Stats {
+            calls: self.calls,
+            events: self.events,
+            lost_events: self.lost_events,
+            lost_bytes: self.lost_bytes,
+            calls_without_socket: self.no_fd,
+            probe_hits: self.entry_hits,
+            ..Default::default()
+        }
+    }
 }
 
 pub struct Probes {
