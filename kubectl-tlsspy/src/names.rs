@@ -108,7 +108,8 @@ impl PeerNames {
     /// The name of the peer at `ip:port`: a service's ClusterIP first, then
     /// a pod's IP, then any other endpoint of a service.
     pub fn name_of(&self, ip: IpAddr, port: u16) -> Option<PeerName> {
-        let ip = unmap(ip);
+        // ::ffff:a.b.c.d is a.b.c.d.
+        let ip = ip.to_canonical();
         if let Some((namespace, name)) = self.cluster_ips.get(&ip) {
             return Some(PeerName { kind: PeerKind::Service, namespace: namespace.clone(), name: name.clone() });
         }
@@ -260,14 +261,6 @@ impl PeerNames {
         if let Some(seen) = self.relisting.get_mut(&kind) {
             seen.insert(key.clone());
         }
-    }
-}
-
-/// ::ffff:a.b.c.d is a.b.c.d.
-fn unmap(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        IpAddr::V4(_) => ip,
     }
 }
 

@@ -9,6 +9,7 @@
 
 mod attach;
 pub mod cleanup;
+mod detach;
 pub mod rbac;
 pub mod reaper;
 mod spy_pod;

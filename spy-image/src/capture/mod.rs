@@ -299,11 +299,7 @@ mod linux {
             // Who owns a connection is read from /proc while the process
             // lives: a capture that falls behind a busy machine loses that
             // race for short-lived clients. Ahead of ordinary work, then.
-            // SAFETY: setpriority on this thread's own id; no memory involved.
-            unsafe {
-                let tid = libc::gettid();
-                libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, CAPTURE_NICE);
-            }
+            socket::set_thread_nice(CAPTURE_NICE);
             let socket = match opened {
                 Ok(socket) => socket,
                 Err(err) => {

@@ -166,6 +166,16 @@ pub fn tcp_filter() -> Vec<libc::sock_filter> {
 
 /// Moves the calling thread into the network namespace `ns` (an open
 /// /proc/PID/ns/net). Only this thread moves.
+/// Sets the calling thread's nice value (not the whole process's).
+pub fn set_thread_nice(nice: i32) {
+    // SAFETY: gettid and setpriority on this thread's own id; no memory is
+    // involved. A refusal leaves the priority as it was, which is fine.
+    unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice);
+    }
+}
+
 pub fn enter_netns(ns: &File) -> io::Result<()> {
     // SAFETY: setns on a valid fd we own; it changes only this thread's
     // network namespace.
