@@ -2,6 +2,8 @@
 //! each in a cgroup named as containerd names it, and reports pod status,
 //! container states and events back to the store.
 
+mod images;
+
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
@@ -19,6 +21,9 @@ use tokio::sync::{broadcast, mpsc, watch};
 use super::resources::{by_name, ResourceDef};
 use super::store::{name_of, namespace_of, random_bytes, Change, EventType, Store};
 use super::time;
+
+use images::image_id;
+pub use images::{normalize_image, Image, ImageTable};
 
 /// Bytes of container output kept for `pods/log`.
 const LOG_LIMIT: usize = 1 << 20;
@@ -43,97 +48,6 @@ fn nodes() -> &'static ResourceDef {
 
 fn events() -> &'static ResourceDef {
     by_name("", "events").expect("events is a built-in resource")
-}
-
-/// What an image name stands for on this machine.
-#[derive(Debug, Clone, Default)]
-pub struct Image {
-    /// ENTRYPOINT: run when the container has no `command`.
-    pub entrypoint: Vec<String>,
-    /// CMD: the arguments when the container has neither `command` nor `args`.
-    pub cmd: Vec<String>,
-    /// Paths as commands inside the image name them → files on this machine.
-    pub files: Vec<(String, PathBuf)>,
-    /// Environment the image sets.
-    pub env: Vec<(String, String)>,
-}
-
-impl Image {
-    /// An image with no entrypoint: containers name a program of this machine in `command`.
-    pub fn host() -> Self {
-        Image::default()
-    }
-
-    /// An image whose entrypoint is this executable; it is also known inside the
-    /// image by its own path and its file name (`command: ["tlsspy-agent"]`).
-    pub fn executable(path: impl Into<PathBuf>) -> Self {
-        let path = path.into();
-        let mut img = Image { entrypoint: vec![path.display().to_string()], ..Image::default() };
-        if let Some(name) = path.file_name().and_then(|n| n.to_str()) {
-            img.files.push((name.to_string(), path.clone()));
-            img.files.push((format!("/{name}"), path.clone()));
-            img.files.push((format!("/usr/local/bin/{name}"), path.clone()));
-        }
-        img
-    }
-
-    /// Makes `in_image` (as a command names it) run `host_path`.
-    pub fn with_file(mut self, in_image: &str, host_path: impl Into<PathBuf>) -> Self {
-        self.files.push((in_image.to_string(), host_path.into()));
-        self
-    }
-
-    pub fn with_env(mut self, name: &str, value: &str) -> Self {
-        self.env.push((name.into(), value.into()));
-        self
-    }
-}
-
-/// `python:3` → `docker.io/library/python:3`, as container runtimes name images.
-pub fn normalize_image(image: &str) -> String {
-    let (first, _) = image.split_once('/').unwrap_or(("", image));
-    let has_domain = image.contains('/') && (first.contains('.') || first.contains(':') || first == "localhost");
-    let mut full = if has_domain {
-        image.to_string()
-    } else if image.contains('/') {
-        format!("docker.io/{image}")
-    } else {
-        format!("docker.io/library/{image}")
-    };
-    let last = full.rsplit('/').next().unwrap_or_default();
-    if !last.contains(':') && !full.contains('@') {
-        full.push_str(":latest");
-    }
-    full
-}
-
-/// Images by normalized name.
-#[derive(Debug, Default)]
-pub struct ImageTable {
-    images: HashMap<String, Image>,
-}
-
-impl ImageTable {
-    pub fn insert(&mut self, name: &str, image: Image) {
-        self.images.insert(normalize_image(name), image);
-    }
-
-    pub fn get(&self, name: &str) -> Option<Image> {
-        self.images.get(&normalize_image(name)).cloned()
-    }
-}
-
-fn image_id(image: &str) -> String {
-    use std::hash::{Hash as _, Hasher as _};
-    let full = normalize_image(image);
-    let repo = full.rsplit_once(':').map_or(full.as_str(), |(r, _)| r).to_string();
-    let mut hex = String::new();
-    for i in 0u8..4 {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (i, &full).hash(&mut h);
-        hex.push_str(&format!("{:016x}", h.finish()));
-    }
-    format!("{repo}@sha256:{hex}")
 }
 
 /// Where container cgroups go: one directory per writable hierarchy, under
@@ -1366,14 +1280,6 @@ async fn pump(run: Arc<ContainerRun>, channel: u8, mut pipe: impl AsyncRead + Un
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn image_names_normalize() {
-        assert_eq!(normalize_image("python:3"), "docker.io/library/python:3");
-        assert_eq!(normalize_image("ghcr.io/tlsspy/agent:v0.1.0"), "ghcr.io/tlsspy/agent:v0.1.0");
-        assert_eq!(normalize_image("curlimages/curl"), "docker.io/curlimages/curl:latest");
-        assert_eq!(normalize_image("localhost:5000/x"), "localhost:5000/x:latest");
-    }
 
     #[test]
     fn env_expansion() {
