@@ -3,6 +3,9 @@
 //! container states and events back to the store.
 
 mod images;
+mod process;
+mod signal;
+mod sync;
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::process::ExitStatusExt as _;
@@ -23,6 +26,7 @@ use super::store::{name_of, namespace_of, random_bytes, Change, EventType, Store
 use super::time;
 
 use images::image_id;
+use sync::lock;
 pub use images::{normalize_image, Image, ImageTable};
 
 /// Bytes of container output kept for `pods/log`.
@@ -92,30 +96,6 @@ impl CgroupRoots {
             bases.push(Path::new(mount_point).join(own_path.trim_start_matches('/')));
         }
         CgroupRoots { bases }
-    }
-}
-
-/// Sends a signal to a process group.
-#[allow(unsafe_code, reason = "kill(2) has no safe std wrapper for signals other than SIGKILL")]
-fn signal_group(pgid: u32, sig: i32) {
-    let Ok(pgid) = i32::try_from(pgid) else { return };
-    if pgid <= 1 {
-        return;
-    }
-    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-    unsafe {
-        libc::kill(-pgid, sig);
-    }
-}
-
-#[allow(unsafe_code, reason = "kill(2) has no safe std wrapper for signals other than SIGKILL")]
-fn signal_pid(pid: i32, sig: i32) {
-    if pid <= 1 {
-        return;
-    }
-    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-    unsafe {
-        libc::kill(pid, sig);
     }
 }
 
@@ -197,19 +177,15 @@ impl ContainerRun {
     }
 
     fn kill(&self, sig: i32) {
-        signal_group(self.pid, sig);
+        signal::group(self.pid, sig);
         for cg in &self.cgroups {
             for pid in std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default().lines() {
                 if let Ok(pid) = pid.trim().parse() {
-                    signal_pid(pid, sig);
+                    signal::process(pid, sig);
                 }
             }
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 enum Cmd {
@@ -735,7 +711,7 @@ impl Supervisor {
         let mut backoff = BACKOFF_START;
         loop {
             let missing = {
-                let images = self.k.images.read().unwrap_or_else(|e| e.into_inner());
+                let images = sync::read(&self.k.images);
                 self.containers.iter().position(|c| c.kind != Kind::Ephemeral && images.get(c.image()).is_none())
             };
             let Some(i) = missing else { break };
@@ -810,7 +786,7 @@ impl Supervisor {
     async fn start(&mut self, i: usize) {
         let c = &mut self.containers[i];
         c.restart_at = None;
-        let image = self.k.images.read().unwrap_or_else(|e| e.into_inner()).get(c.image()).unwrap_or_default();
+        let image = sync::read(&self.k.images).get(c.image()).unwrap_or_default();
         let id: String = random_bytes::<32>().iter().map(|b| format!("{b:02x}")).collect();
         c.id = Some(id.clone());
         let name = c.name().to_string();
@@ -906,7 +882,7 @@ impl Supervisor {
                 ever_started: false,
             });
             let i = self.containers.len() - 1;
-            let known = self.k.images.read().unwrap_or_else(|e| e.into_inner()).get(self.containers[i].image()).is_some();
+            let known = sync::read(&self.k.images).get(self.containers[i].image()).is_some();
             if self.phase.terminal() || self.deleting {
                 continue;
             }
@@ -1130,7 +1106,7 @@ async fn spawn(
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
         .arg(r#"while [ "$1" != "--" ]; do echo $$ > "$1" || { echo "cannot join cgroup $1" >&2; exit 125; }; shift; done; shift; exec "$@""#)
-        .arg("tlsspy-kubelet");
+        .arg(process::WRAPPER_NAME);
     for cg in &cgroups {
         cmd.arg(cg.join("cgroup.procs"));
     }
@@ -1143,9 +1119,9 @@ async fn spawn(
         format!("{OCI_PREFIX} {e}: unknown")
     })?;
     let pid = child.id().unwrap_or(0);
-    wait_exec(pid).await;
+    process::wait_exec(pid).await;
     if !cgroups.is_empty() {
-        wait_in_cgroup(pid, id).await;
+        process::wait_in_cgroup(pid, id).await;
     }
     let (exit, _) = watch::channel(None);
     let (log_tx, _) = broadcast::channel(1024);
@@ -1200,51 +1176,6 @@ async fn spawn(
         let _ = exit_tx.send((waiter.name.clone(), exit));
     });
     Ok(run)
-}
-
-/// Marks the wrapper shell in /proc/PID/cmdline until it execs the command.
-const WRAPPER_ARGV0: &[u8] = b"tlsspy-kubelet\0";
-/// How long a container may take to join its cgroups and exec.
-const EXEC_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Waits until /proc/PID/cgroup names the container: a runtime reports a
-/// container running only once it is in its cgroup, and the spy finds
-/// containers' processes through exactly that file. Seen under parallel
-/// tests: the exec was observed before the cgroup write was visible.
-async fn wait_in_cgroup(pid: u32, id: &str) {
-    let until = Instant::now() + EXEC_TIMEOUT;
-    while Instant::now() < until {
-        match std::fs::read_to_string(format!("/proc/{pid}/cgroup")) {
-            Ok(cgroup) if cgroup.contains(id) => return,
-            Ok(_) => tokio::time::sleep(Duration::from_millis(2)).await,
-            Err(_) => return, // gone: its exit is reported instead
-        }
-    }
-}
-
-/// Waits until the wrapper has exec'd the command. A cmdline that still names
-/// the wrapper, or reads empty (a process in the middle of exec reads so for
-/// an instant), means "not yet"; a process gone or a zombie means "never".
-async fn wait_exec(pid: u32) {
-    let until = Instant::now() + EXEC_TIMEOUT;
-    while Instant::now() < until {
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { return };
-        let wrapper = cmdline.windows(WRAPPER_ARGV0.len()).any(|w| w == WRAPPER_ARGV0);
-        if !wrapper && !cmdline.is_empty() {
-            return;
-        }
-        if is_zombie(pid) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-fn is_zombie(pid: u32) -> bool {
-    // The state follows the ")" that ends the command name, which may itself hold spaces or parentheses.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|stat| stat.rsplit_once(')').is_none_or(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])))
-        .unwrap_or(true)
 }
 
 /// Copies one output pipe to the log and to every attached session.
