@@ -2,6 +2,7 @@
 //! each in a cgroup named as containerd names it, and reports pod status,
 //! container states and events back to the store.
 
+mod cgroups;
 mod images;
 mod process;
 mod signal;
@@ -25,6 +26,7 @@ use super::resources::{by_name, ResourceDef};
 use super::store::{name_of, namespace_of, random_bytes, Change, EventType, Store};
 use super::time;
 
+pub use cgroups::CgroupRoots;
 use images::image_id;
 use sync::lock;
 pub use images::{normalize_image, Image, ImageTable};
@@ -52,51 +54,6 @@ fn nodes() -> &'static ResourceDef {
 
 fn events() -> &'static ResourceDef {
     by_name("", "events").expect("events is a built-in resource")
-}
-
-/// Where container cgroups go: one directory per writable hierarchy, under
-/// this process's own cgroup there (so resource limits of whoever runs the
-/// tests still apply to the containers).
-#[derive(Debug, Clone, Default)]
-pub struct CgroupRoots {
-    pub bases: Vec<PathBuf>,
-}
-
-impl CgroupRoots {
-    /// The cgroup v2 hierarchy plus the v1 `pids` and `name=systemd` ones, where mounted.
-    /// (Controllers that need setup before a task can join, like cpuset, or that
-    /// account resources, like memory, are left alone.)
-    pub fn discover() -> Self {
-        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut bases = Vec::new();
-        for line in mountinfo.lines() {
-            let Some((left, right)) = line.split_once(" - ") else { continue };
-            let mut r = right.split_whitespace();
-            let fstype = r.next().unwrap_or_default();
-            let super_opts = r.nth(1).unwrap_or_default();
-            let Some(mount_point) = left.split_whitespace().nth(4) else { continue };
-            let wanted = match fstype {
-                "cgroup2" => Some(""),
-                "cgroup" => super_opts.split(',').find(|o| *o == "pids" || *o == "name=systemd"),
-                _ => None,
-            };
-            let Some(controller) = wanted else { continue };
-            // This process's path in that hierarchy: "0::/x" for v2, "N:pids:/x" for v1.
-            let own_path = own
-                .lines()
-                .filter_map(|l| {
-                    let mut p = l.splitn(3, ':');
-                    let (_, ctrls, path) = (p.next()?, p.next()?, p.next()?);
-                    let hit = if controller.is_empty() { ctrls.is_empty() } else { ctrls.split(',').any(|c| c == controller) };
-                    hit.then(|| path.to_string())
-                })
-                .next()
-                .unwrap_or_else(|| "/".into());
-            bases.push(Path::new(mount_point).join(own_path.trim_start_matches('/')));
-        }
-        CgroupRoots { bases }
-    }
 }
 
 /// How a container's main process ended.
@@ -179,10 +136,8 @@ impl ContainerRun {
     fn kill(&self, sig: i32) {
         signal::group(self.pid, sig);
         for cg in &self.cgroups {
-            for pid in std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default().lines() {
-                if let Ok(pid) = pid.trim().parse() {
-                    signal::process(pid, sig);
-                }
+            for pid in cgroups::procs(cg) {
+                signal::process(pid, sig);
             }
         }
     }
@@ -268,7 +223,7 @@ impl Kubelet {
         }
         let until = Instant::now() + timeout;
         loop {
-            remove_cgroups(&dirs);
+            cgroups::remove(&dirs);
             if dirs.iter().all(|d| !d.exists()) || Instant::now() > until {
                 return;
             }
@@ -929,11 +884,7 @@ impl Supervisor {
 
     fn cleanup(self) {
         lock(&self.k.pods).remove(&self.run.uid);
-        for base in &self.k.cgroups.bases {
-            for qos in ["besteffort", "burstable", ""] {
-                let _ = std::fs::remove_dir(base.join("kubepods").join(qos).join(format!("pod{}", self.run.uid)));
-            }
-        }
+        self.k.cgroups.remove_pod(&self.run.uid);
     }
 }
 
@@ -1053,35 +1004,6 @@ fn argv(spec: &Value, image: &Image, env: &[(String, String)]) -> Result<Vec<Str
     Ok(argv)
 }
 
-/// Creates `kubepods/<qos>/pod<uid>/<id>` in each hierarchy; returns the ones that exist.
-fn make_cgroups(k: &Kubelet, pod: &Value, id: &str) -> Vec<PathBuf> {
-    let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default();
-    let qos = match super::admission::qos_class(&pod["spec"]) {
-        "Guaranteed" => "",
-        "Burstable" => "burstable",
-        _ => "besteffort",
-    };
-    let mut out = Vec::new();
-    for base in &k.cgroups.bases {
-        let mut dir = base.join("kubepods");
-        if !qos.is_empty() {
-            dir = dir.join(qos);
-        }
-        let dir = dir.join(format!("pod{uid}")).join(id);
-        match std::fs::create_dir_all(&dir) {
-            Ok(()) => out.push(dir),
-            Err(e) => log::debug!("no cgroup {}: {e}", dir.display()),
-        }
-    }
-    out
-}
-
-fn remove_cgroups(dirs: &[PathBuf]) {
-    for d in dirs {
-        let _ = std::fs::remove_dir(d);
-    }
-}
-
 /// Starts a container's process. The process joins its cgroups through a tiny
 /// `sh` that writes its own pid to each `cgroup.procs` and then execs the
 /// command, so the command and all its children are in the cgroups from their
@@ -1101,7 +1023,8 @@ async fn spawn(
     if !Path::new(workdir).is_dir() {
         return Err(format!("{OCI_PREFIX} chdir to cwd ({workdir:?}) set in config.json failed: no such file or directory: unknown"));
     }
-    let cgroups = make_cgroups(k, pod, id);
+    let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default();
+    let cgroups = k.cgroups.create(super::admission::qos_class(&pod["spec"]), uid, id);
     let has_stdin = spec["stdin"] == json!(true);
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
@@ -1115,7 +1038,7 @@ async fn spawn(
     cmd.stdin(if has_stdin { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd.process_group(0).kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|e| {
-        remove_cgroups(&cgroups);
+        cgroups::remove(&cgroups);
         format!("{OCI_PREFIX} {e}: unknown")
     })?;
     let pid = child.id().unwrap_or(0);
@@ -1167,7 +1090,7 @@ async fn spawn(
         lock(&waiter.sessions).clear();
         waiter.exit.send_replace(Some(exit.clone()));
         for _ in 0..20 {
-            remove_cgroups(&waiter.cgroups);
+            cgroups::remove(&waiter.cgroups);
             if waiter.cgroups.iter().all(|d| !d.exists()) {
                 break;
             }
