@@ -2,7 +2,9 @@
 //! each in a cgroup named as containerd names it, and reports pod status,
 //! container states and events back to the store.
 
+mod argv;
 mod cgroups;
+mod env;
 mod images;
 mod process;
 mod signal;
@@ -42,7 +44,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 const PULL_ERROR_SHOWN: Duration = Duration::from_secs(1);
 /// How long to wait for output pipes to drain after a container's main process exits.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 fn pods() -> &'static ResourceDef {
     by_name("", "pods").expect("pods is a built-in resource")
@@ -899,111 +900,6 @@ async fn sleep_until(t: Option<Instant>) {
     }
 }
 
-/// Expands `$(VAR)` from the container's environment; `$$(` escapes.
-fn expand(s: &str, env: &[(String, String)]) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(i) = rest.find('$') {
-        out.push_str(&rest[..i]);
-        let tail = &rest[i..];
-        if let Some(after) = tail.strip_prefix("$$") {
-            out.push('$');
-            rest = after;
-        } else if let Some(end) = tail.strip_prefix("$(").and_then(|t| t.find(')')) {
-            let name = &tail[2..2 + end];
-            match env.iter().rev().find(|(k, _)| k == name) {
-                Some((_, v)) => out.push_str(v),
-                None => out.push_str(&tail[..3 + end]),
-            }
-            rest = &tail[3 + end..];
-        } else {
-            out.push('$');
-            rest = &tail[1..];
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-fn field_ref(pod: &Value, pod_ip: &str, path: &str) -> Option<String> {
-    if let Some(key) = path.strip_prefix("metadata.labels['").and_then(|p| p.strip_suffix("']")) {
-        return pod.pointer("/metadata/labels").and_then(|l| l.get(key)).and_then(Value::as_str).map(String::from);
-    }
-    if let Some(key) = path.strip_prefix("metadata.annotations['").and_then(|p| p.strip_suffix("']")) {
-        return pod.pointer("/metadata/annotations").and_then(|l| l.get(key)).and_then(Value::as_str).map(String::from);
-    }
-    match path {
-        "status.podIP" => Some(pod_ip.to_string()),
-        "status.hostIP" => Some("127.0.0.1".into()),
-        _ => pod.pointer(&format!("/{}", path.replace('.', "/"))).and_then(Value::as_str).map(String::from),
-    }
-}
-
-fn container_env(pod: &Value, pod_ip: &str, spec: &Value, image: &Image) -> Vec<(String, String)> {
-    let mut env = vec![
-        ("PATH".to_string(), DEFAULT_PATH.to_string()),
-        ("HOSTNAME".to_string(), name_of(pod).to_string()),
-        ("HOME".to_string(), "/root".to_string()),
-    ];
-    env.extend(image.env.iter().cloned());
-    for e in spec["env"].as_array().into_iter().flatten() {
-        let name = e["name"].as_str().unwrap_or_default().to_string();
-        let value = if let Some(v) = e["value"].as_str() {
-            Some(expand(v, &env))
-        } else if let Some(path) = e.pointer("/valueFrom/fieldRef/fieldPath").and_then(Value::as_str) {
-            field_ref(pod, pod_ip, path)
-        } else if e.get("value").is_none() && e.get("valueFrom").is_none() {
-            Some(String::new())
-        } else {
-            None
-        };
-        if let Some(v) = value {
-            env.push((name, v));
-        }
-    }
-    env
-}
-
-fn lookup_path(prog: &str, env: &[(String, String)]) -> Option<PathBuf> {
-    let path = env.iter().rev().find(|(k, _)| k == "PATH").map_or(DEFAULT_PATH, |(_, v)| v.as_str());
-    path.split(':').map(|d| Path::new(d).join(prog)).find(|p| p.is_file())
-}
-
-const OCI_PREFIX: &str = "failed to create containerd task: failed to create shim task: OCI runtime create failed: \
-runc create failed: unable to start container process: error during container init:";
-
-/// The argv a container runs: command/args over the image's entrypoint/cmd,
-/// `$(VAR)` expanded, argv[0] mapped through the image's files or PATH.
-fn argv(spec: &Value, image: &Image, env: &[(String, String)]) -> Result<Vec<String>, String> {
-    let strings = |v: &Value| -> Vec<String> { v.as_array().into_iter().flatten().filter_map(|s| s.as_str().map(String::from)).collect() };
-    let (command, args) = (strings(&spec["command"]), strings(&spec["args"]));
-    let mut argv = if !command.is_empty() {
-        [command, args].concat()
-    } else if !args.is_empty() {
-        [image.entrypoint.clone(), args].concat()
-    } else {
-        [image.entrypoint.clone(), image.cmd.clone()].concat()
-    };
-    for a in &mut argv {
-        *a = expand(a, env);
-    }
-    let Some(first) = argv.first().cloned() else {
-        return Err(format!("{OCI_PREFIX} no command specified: unknown"));
-    };
-    let exe = if let Some((_, host)) = image.files.iter().find(|(p, _)| *p == first) {
-        host.clone()
-    } else if first.contains('/') {
-        PathBuf::from(&first)
-    } else {
-        lookup_path(&first, env).ok_or_else(|| format!("{OCI_PREFIX} exec: {first:?}: executable file not found in $PATH: unknown"))?
-    };
-    if !exe.is_file() {
-        return Err(format!("{OCI_PREFIX} exec: {first:?}: stat {}: no such file or directory: unknown", exe.display()));
-    }
-    argv[0] = exe.display().to_string();
-    Ok(argv)
-}
-
 /// Starts a container's process. The process joins its cgroups through a tiny
 /// `sh` that writes its own pid to each `cgroup.procs` and then execs the
 /// command, so the command and all its children are in the cgroups from their
@@ -1017,12 +913,9 @@ async fn spawn(
     id: &str,
     exit_tx: mpsc::UnboundedSender<(String, ExitInfo)>,
 ) -> Result<Arc<ContainerRun>, String> {
-    let env = container_env(pod, pod_ip, spec, image);
-    let argv = argv(spec, image, &env)?;
-    let workdir = spec["workingDir"].as_str().filter(|s| !s.is_empty()).unwrap_or("/");
-    if !Path::new(workdir).is_dir() {
-        return Err(format!("{OCI_PREFIX} chdir to cwd ({workdir:?}) set in config.json failed: no such file or directory: unknown"));
-    }
+    let env = env::container_env(pod, pod_ip, spec, image);
+    let argv = argv::argv(spec, image, &env)?;
+    let workdir = argv::working_dir(spec)?;
     let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default();
     let cgroups = k.cgroups.create(super::admission::qos_class(&pod["spec"]), uid, id);
     let has_stdin = spec["stdin"] == json!(true);
@@ -1039,7 +932,7 @@ async fn spawn(
     cmd.process_group(0).kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|e| {
         cgroups::remove(&cgroups);
-        format!("{OCI_PREFIX} {e}: unknown")
+        argv::oci_error(&e.to_string())
     })?;
     let pid = child.id().unwrap_or(0);
     process::wait_exec(pid).await;
@@ -1128,28 +1021,5 @@ async fn pump(run: Arc<ContainerRun>, channel: u8, mut pipe: impl AsyncRead + Un
         if closed {
             lock(&run.sessions).retain(|s| !s.is_closed());
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn env_expansion() {
-        let env = vec![("A".to_string(), "1".to_string())];
-        assert_eq!(expand("x$(A)y$(B)$$(A)", &env), "x1y$(B)$(A)");
-    }
-
-    #[test]
-    fn argv_resolution() {
-        let env = vec![("PATH".to_string(), DEFAULT_PATH.to_string())];
-        let img = Image::host();
-        let spec = json!({"command": ["sh", "-c"], "args": ["true"]});
-        let a = argv(&spec, &img, &env).expect("sh resolves");
-        assert!(a[0].ends_with("/sh"));
-        assert_eq!(&a[1..], ["-c", "true"]);
-        let err = argv(&json!({"command": ["no-such-program-x"]}), &img, &env).expect_err("missing");
-        assert!(err.contains("executable file not found in $PATH"), "{err}");
     }
 }
