@@ -6,11 +6,13 @@ mod argv;
 mod cgroups;
 mod env;
 mod images;
+mod pod_status;
 mod process;
 mod signal;
+mod state;
 mod sync;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -29,7 +31,9 @@ use super::store::{name_of, namespace_of, random_bytes, Change, EventType, Store
 use super::time;
 
 pub use cgroups::CgroupRoots;
-use images::image_id;
+use pod_status::{Conditions, PodView};
+pub use state::ExitInfo;
+use state::{CState, Kind, Phase, State};
 use sync::lock;
 pub use images::{normalize_image, Image, ImageTable};
 
@@ -55,17 +59,6 @@ fn nodes() -> &'static ResourceDef {
 
 fn events() -> &'static ResourceDef {
     by_name("", "events").expect("events is a built-in resource")
-}
-
-/// How a container's main process ended.
-#[derive(Debug, Clone)]
-pub struct ExitInfo {
-    pub code: i32,
-    pub signal: Option<i32>,
-    pub reason: String,
-    pub message: Option<String>,
-    pub started: String,
-    pub finished: String,
 }
 
 /// One running container instance: its process, pipes and attach sessions.
@@ -349,98 +342,6 @@ pub fn record_event(store: &Store, obj: &Value, kind: &str, reason: &str, messag
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    Init,
-    Regular,
-    Ephemeral,
-}
-
-#[derive(Debug, Clone)]
-enum State {
-    Waiting { reason: String, message: Option<String> },
-    Running { started: String },
-    Terminated(ExitInfo),
-}
-
-struct CState {
-    spec: Value,
-    kind: Kind,
-    state: State,
-    last: Option<ExitInfo>,
-    restarts: u32,
-    id: Option<String>,
-    /// When a crashed container is started again.
-    restart_at: Option<Instant>,
-    ever_started: bool,
-}
-
-impl CState {
-    fn name(&self) -> &str {
-        self.spec["name"].as_str().unwrap_or_default()
-    }
-    fn image(&self) -> &str {
-        self.spec["image"].as_str().unwrap_or_default()
-    }
-    fn running(&self) -> bool {
-        matches!(self.state, State::Running { .. })
-    }
-    fn terminated(&self) -> Option<&ExitInfo> {
-        match &self.state {
-            State::Terminated(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-fn state_json(s: &State, id: Option<&str>) -> Value {
-    match s {
-        State::Waiting { reason, message } => {
-            let mut w = json!({"reason": reason});
-            if let Some(m) = message {
-                w["message"] = json!(m);
-            }
-            json!({"waiting": w})
-        }
-        State::Running { started } => json!({"running": {"startedAt": started}}),
-        State::Terminated(e) => {
-            let mut t = json!({"exitCode": e.code, "reason": e.reason, "startedAt": e.started, "finishedAt": e.finished});
-            if let Some(sig) = e.signal {
-                t["signal"] = json!(sig);
-            }
-            if let Some(m) = &e.message {
-                t["message"] = json!(m);
-            }
-            if let Some(id) = id {
-                t["containerID"] = json!(format!("containerd://{id}"));
-            }
-            json!({"terminated": t})
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    Pending,
-    Running,
-    Succeeded,
-    Failed,
-}
-
-impl Phase {
-    fn as_str(self) -> &'static str {
-        match self {
-            Phase::Pending => "Pending",
-            Phase::Running => "Running",
-            Phase::Succeeded => "Succeeded",
-            Phase::Failed => "Failed",
-        }
-    }
-    fn terminal(self) -> bool {
-        matches!(self, Phase::Succeeded | Phase::Failed)
-    }
-}
-
 /// Drives one pod: image pulls, init containers, containers, restarts,
 /// deadline, termination; publishes status after every step.
 struct Supervisor {
@@ -452,7 +353,7 @@ struct Supervisor {
     reason: Option<(String, String)>,
     start_time: String,
     pod_ip: String,
-    conditions: BTreeMap<&'static str, (bool, String)>,
+    conditions: Conditions,
     exit_tx: mpsc::UnboundedSender<(String, ExitInfo)>,
     exit_rx: mpsc::UnboundedReceiver<(String, ExitInfo)>,
     /// Index of the init container being run; `None` once they are all done.
@@ -468,16 +369,7 @@ impl Supervisor {
         for (field, kind) in [("initContainers", Kind::Init), ("containers", Kind::Regular), ("ephemeralContainers", Kind::Ephemeral)] {
             for c in pod["spec"][field].as_array().into_iter().flatten() {
                 let reason = if kind == Kind::Init || !has_init(&pod) { "ContainerCreating" } else { "PodInitializing" };
-                containers.push(CState {
-                    spec: c.clone(),
-                    kind,
-                    state: State::Waiting { reason: reason.into(), message: None },
-                    last: None,
-                    restarts: 0,
-                    id: None,
-                    restart_at: None,
-                    ever_started: false,
-                });
+                containers.push(CState::waiting(c.clone(), kind, reason));
             }
         }
         let (exit_tx, exit_rx) = mpsc::unbounded_channel();
@@ -493,7 +385,7 @@ impl Supervisor {
             reason: None,
             start_time: time::now(),
             pod_ip,
-            conditions: BTreeMap::new(),
+            conditions: Conditions::default(),
             exit_tx,
             exit_rx,
             init_at,
@@ -510,93 +402,18 @@ impl Supervisor {
         Duration::from_secs(self.pod["spec"]["terminationGracePeriodSeconds"].as_u64().unwrap_or(30))
     }
 
-    fn field_path(c: &CState) -> String {
-        let field = match c.kind {
-            Kind::Init => "initContainers",
-            Kind::Regular => "containers",
-            Kind::Ephemeral => "ephemeralContainers",
-        };
-        format!("spec.{field}{{{}}}", c.name())
-    }
-
     fn status(&mut self) -> Value {
-        let list = |kind: Kind, cs: &[CState]| -> Vec<Value> {
-            cs.iter()
-                .filter(|c| c.kind == kind)
-                .map(|c| {
-                    let mut s = json!({
-                        "name": c.name(),
-                        "state": state_json(&c.state, c.id.as_deref()),
-                        "lastState": c.last.as_ref().map_or(json!({}), |e| state_json(&State::Terminated(e.clone()), None)),
-                        "ready": c.running() && kind != Kind::Ephemeral,
-                        "restartCount": c.restarts,
-                        "image": normalize_image(c.image()),
-                        "imageID": if c.ever_started { image_id(c.image()) } else { String::new() },
-                    });
-                    if let Some(id) = &c.id {
-                        s["containerID"] = json!(format!("containerd://{id}"));
-                    }
-                    if kind != Kind::Ephemeral {
-                        s["started"] = json!(c.running());
-                    }
-                    s
-                })
-                .collect()
+        let view = PodView {
+            phase: self.phase,
+            containers: &self.containers,
+            initialized: self.init_at.is_none(),
+            host_ip: &self.k.node_ip,
+            pod_ip: &self.pod_ip,
+            start_time: &self.start_time,
+            qos_class: super::admission::qos_class(&self.pod["spec"]),
+            reason: self.reason.as_ref(),
         };
-        let regular: Vec<&CState> = self.containers.iter().filter(|c| c.kind == Kind::Regular).collect();
-        let all_ready = !regular.is_empty() && regular.iter().all(|c| c.running()) && !self.phase.terminal();
-        let initialized = self.init_at.is_none();
-        let now = time::now();
-        let mut set = |t: &'static str, v: bool| {
-            let entry = self.conditions.entry(t).or_insert((v, now.clone()));
-            if entry.0 != v {
-                *entry = (v, now.clone());
-            }
-        };
-        set("PodReadyToStartContainers", !self.phase.terminal() || self.containers.iter().any(|c| c.running()));
-        set("Initialized", initialized);
-        set("Ready", all_ready);
-        set("ContainersReady", all_ready);
-        set("PodScheduled", true);
-        let conditions: Vec<Value> = ["PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled"]
-            .iter()
-            .filter_map(|t| self.conditions.get(t).map(|(v, at)| (t, v, at)))
-            .map(|(t, v, at)| {
-                let mut c = json!({"type": t, "status": if *v { "True" } else { "False" }, "lastProbeTime": null, "lastTransitionTime": at});
-                if !*v && (*t == "Ready" || *t == "ContainersReady") {
-                    if self.phase.terminal() {
-                        c["reason"] = json!("PodCompleted");
-                    } else {
-                        let not_ready: Vec<&str> = regular.iter().filter(|c| !c.running()).map(|c| c.name()).collect();
-                        c["reason"] = json!("ContainersNotReady");
-                        c["message"] = json!(format!("containers with unready status: [{}]", not_ready.join(" ")));
-                    }
-                }
-                c
-            })
-            .collect();
-        let mut st = json!({
-            "phase": self.phase.as_str(),
-            "conditions": conditions,
-            "hostIP": self.k.node_ip,
-            "hostIPs": [{"ip": self.k.node_ip}],
-            "podIP": self.pod_ip,
-            "podIPs": [{"ip": self.pod_ip}],
-            "startTime": self.start_time,
-            "containerStatuses": list(Kind::Regular, &self.containers),
-            "qosClass": super::admission::qos_class(&self.pod["spec"]),
-        });
-        if has_init(&self.pod) {
-            st["initContainerStatuses"] = json!(list(Kind::Init, &self.containers));
-        }
-        if self.containers.iter().any(|c| c.kind == Kind::Ephemeral) {
-            st["ephemeralContainerStatuses"] = json!(list(Kind::Ephemeral, &self.containers));
-        }
-        if let Some((reason, message)) = &self.reason {
-            st["reason"] = json!(reason);
-            st["message"] = json!(message);
-        }
-        st
+        pod_status::pod_status(&view, &mut self.conditions, &time::now())
     }
 
     fn publish(&mut self) {
@@ -612,7 +429,7 @@ impl Supervisor {
     }
 
     fn event(&self, kind: &str, reason: &str, message: &str, c: Option<&CState>) {
-        let fp = c.map(Self::field_path);
+        let fp = c.map(CState::field_path);
         self.k.event(&self.pod, kind, reason, message, fp.as_deref());
     }
 
@@ -747,7 +564,7 @@ impl Supervisor {
         c.id = Some(id.clone());
         let name = c.name().to_string();
         let image_name = c.image().to_string();
-        let fp = Self::field_path(c);
+        let fp = c.field_path();
         if !c.ever_started {
             self.k.event(&self.pod, "Normal", "Pulled", &format!("Container image \"{image_name}\" already present on machine"), Some(&fp));
         }
@@ -763,8 +580,7 @@ impl Supervisor {
             }
             Err(message) => {
                 self.k.event(&self.pod, "Warning", "Failed", &format!("Error: {message}"), Some(&fp));
-                let now = time::now();
-                let exit = ExitInfo { code: 128, signal: None, reason: "StartError".into(), message: Some(message), started: now.clone(), finished: now };
+                let exit = ExitInfo::start_error(message, time::now());
                 let _ = self.exit_tx.send((name, exit));
                 self.containers[i].state = State::Waiting { reason: "ContainerCreating".into(), message: None };
             }
@@ -827,16 +643,7 @@ impl Supervisor {
             if self.containers.iter().any(|c| c.name() == name) {
                 continue;
             }
-            self.containers.push(CState {
-                spec,
-                kind: Kind::Ephemeral,
-                state: State::Waiting { reason: "ContainerCreating".into(), message: None },
-                last: None,
-                restarts: 0,
-                id: None,
-                restart_at: None,
-                ever_started: false,
-            });
+            self.containers.push(CState::waiting(spec, Kind::Ephemeral, "ContainerCreating"));
             let i = self.containers.len() - 1;
             let known = sync::read(&self.k.images).get(self.containers[i].image()).is_some();
             if self.phase.terminal() || self.deleting {
@@ -865,7 +672,7 @@ impl Supervisor {
                 run.kill(libc::SIGKILL);
                 continue;
             }
-            self.k.event(&self.pod, "Normal", "Killing", &format!("Stopping container {}", c.name()), Some(&Self::field_path(c)));
+            self.k.event(&self.pod, "Normal", "Killing", &format!("Stopping container {}", c.name()), Some(&c.field_path()));
             run.kill(libc::SIGTERM);
             tokio::spawn(async move {
                 let mut exit = run.exit_watch();
@@ -970,15 +777,10 @@ async fn spawn(
             let _ = tokio::time::timeout(DRAIN_TIMEOUT, r).await;
         }
         let (code, signal) = match &status {
-            Ok(s) => match (s.code(), s.signal()) {
-                (Some(c), _) => (c, None),
-                (None, Some(sig)) => (128 + sig, Some(sig)),
-                (None, None) => (-1, None),
-            },
-            Err(_) => (-1, None),
+            Ok(s) => (s.code(), s.signal()),
+            Err(_) => (None, None),
         };
-        let reason = if code == 0 { "Completed" } else { "Error" };
-        let exit = ExitInfo { code, signal, reason: reason.into(), message: None, started: waiter.started.clone(), finished };
+        let exit = ExitInfo::ended(code, signal, waiter.started.clone(), finished);
         // Sessions end after all output was queued to them.
         lock(&waiter.sessions).clear();
         waiter.exit.send_replace(Some(exit.clone()));
