@@ -5,6 +5,7 @@
 mod argv;
 mod cgroups;
 mod env;
+mod events;
 mod images;
 mod pod_status;
 mod process;
@@ -31,6 +32,7 @@ use super::store::{name_of, namespace_of, random_bytes, Change, EventType, Store
 use super::time;
 
 pub use cgroups::CgroupRoots;
+pub use events::record_event;
 use pod_status::{Conditions, PodView};
 pub use state::ExitInfo;
 use state::{CState, Kind, Phase, State};
@@ -55,10 +57,6 @@ fn pods() -> &'static ResourceDef {
 
 fn nodes() -> &'static ResourceDef {
     by_name("", "nodes").expect("nodes is a built-in resource")
-}
-
-fn events() -> &'static ResourceDef {
-    by_name("", "events").expect("events is a built-in resource")
 }
 
 /// One running container instance: its process, pipes and attach sessions.
@@ -300,45 +298,6 @@ impl Kubelet {
 
     fn event(&self, pod: &Value, kind: &str, reason: &str, message: &str, field_path: Option<&str>) {
         record_event(&self.store, pod, kind, reason, message, "kubelet", field_path);
-    }
-}
-
-/// Creates a core/v1 Event about `obj`, as kubelet or scheduler would.
-pub fn record_event(store: &Store, obj: &Value, kind: &str, reason: &str, message: &str, component: &str, field_path: Option<&str>) {
-    let now = time::now();
-    let node = obj.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
-    let suffix: String = random_bytes::<8>().iter().map(|b| format!("{b:02x}")).collect();
-    let mut involved = json!({
-        "kind": obj["kind"],
-        "namespace": namespace_of(obj),
-        "name": name_of(obj),
-        "uid": obj["metadata"]["uid"],
-        "apiVersion": obj["apiVersion"],
-        "resourceVersion": obj["metadata"]["resourceVersion"],
-    });
-    if let Some(fp) = field_path {
-        involved["fieldPath"] = json!(fp);
-    }
-    let mut source = json!({"component": component});
-    if component == "kubelet" {
-        source["host"] = json!(node);
-    }
-    let ev = json!({
-        "metadata": {"name": format!("{}.{suffix}", name_of(obj)), "namespace": namespace_of(obj)},
-        "involvedObject": involved,
-        "reason": reason,
-        "message": message,
-        "source": source,
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "count": 1,
-        "type": kind,
-        "eventTime": null,
-        "reportingComponent": component,
-        "reportingInstance": if component == "kubelet" { node } else { "" },
-    });
-    if let Err(e) = store.create(events(), ev) {
-        log::debug!("event not recorded: {e}");
     }
 }
 
