@@ -4,6 +4,7 @@
 
 mod argv;
 mod cgroups;
+mod container;
 mod env;
 mod events;
 mod images;
@@ -14,24 +15,20 @@ mod state;
 mod sync;
 
 use std::collections::HashMap;
-use std::os::unix::process::ExitStatusExt as _;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use serde_json::{json, Value};
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::process::{ChildStdin, Command};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::mpsc;
 
 use super::resources::{by_name, ResourceDef};
 use super::store::{name_of, namespace_of, random_bytes, Change, EventType, Store};
 use super::time;
 
 pub use cgroups::CgroupRoots;
+pub use container::ContainerRun;
 pub use events::record_event;
 use pod_status::{Conditions, PodView};
 pub use state::ExitInfo;
@@ -39,17 +36,11 @@ use state::{CState, Kind, Phase, State};
 use sync::lock;
 pub use images::{normalize_image, Image, ImageTable};
 
-/// Bytes of container output kept for `pods/log`.
-const LOG_LIMIT: usize = 1 << 20;
-/// Output chunks queued per attach session before the container's writes block.
-const SESSION_QUEUE: usize = 256;
 /// First back-off after a failed image pull or a crashed container.
 const BACKOFF_START: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// How long ErrImagePull shows before ImagePullBackOff.
 const PULL_ERROR_SHOWN: Duration = Duration::from_secs(1);
-/// How long to wait for output pipes to drain after a container's main process exits.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn pods() -> &'static ResourceDef {
     by_name("", "pods").expect("pods is a built-in resource")
@@ -57,82 +48,6 @@ fn pods() -> &'static ResourceDef {
 
 fn nodes() -> &'static ResourceDef {
     by_name("", "nodes").expect("nodes is a built-in resource")
-}
-
-/// One running container instance: its process, pipes and attach sessions.
-pub struct ContainerRun {
-    pub name: String,
-    /// 64 hex characters; `containerd://<id>` in the pod status.
-    pub id: String,
-    pub pid: u32,
-    pub started: String,
-    pub stdin_once: bool,
-    pub has_stdin: bool,
-    stdin: tokio::sync::Mutex<Option<ChildStdin>>,
-    sessions: Mutex<Vec<mpsc::Sender<(u8, Bytes)>>>,
-    attaches: AtomicU32,
-    exit: watch::Sender<Option<ExitInfo>>,
-    log: Mutex<Vec<u8>>,
-    log_tx: broadcast::Sender<Bytes>,
-    cgroups: Vec<PathBuf>,
-}
-
-impl ContainerRun {
-    /// Registers an attach session; output chunks arrive as (channel, bytes), 1 stdout, 2 stderr.
-    pub fn attach(&self) -> mpsc::Receiver<(u8, Bytes)> {
-        let (tx, rx) = mpsc::channel(SESSION_QUEUE);
-        self.attaches.fetch_add(1, Ordering::SeqCst);
-        lock(&self.sessions).push(tx);
-        rx
-    }
-
-    /// Called when an attach session ends: `stdinOnce` closes stdin after the first one.
-    pub async fn detach(&self, used_stdin: bool) {
-        if self.stdin_once && used_stdin {
-            self.close_stdin().await;
-        }
-    }
-
-    pub async fn write_stdin(&self, data: &[u8]) -> std::io::Result<()> {
-        let mut guard = self.stdin.lock().await;
-        match guard.as_mut() {
-            Some(w) => {
-                w.write_all(data).await?;
-                w.flush().await
-            }
-            None => Ok(()),
-        }
-    }
-
-    /// The process reads EOF on stdin from now on.
-    pub async fn close_stdin(&self) {
-        if let Some(mut w) = self.stdin.lock().await.take() {
-            let _ = w.shutdown().await;
-        }
-    }
-
-    pub fn exit_watch(&self) -> watch::Receiver<Option<ExitInfo>> {
-        self.exit.subscribe()
-    }
-
-    /// Captured output (stdout and stderr interleaved), and a receiver for what follows.
-    pub fn logs(&self) -> (Vec<u8>, broadcast::Receiver<Bytes>) {
-        let log = lock(&self.log);
-        (log.clone(), self.log_tx.subscribe())
-    }
-
-    pub fn is_running(&self) -> bool {
-        self.exit.borrow().is_none()
-    }
-
-    fn kill(&self, sig: i32) {
-        signal::group(self.pid, sig);
-        for cg in &self.cgroups {
-            for pid in cgroups::procs(cg) {
-                signal::process(pid, sig);
-            }
-        }
-    }
 }
 
 enum Cmd {
@@ -209,8 +124,8 @@ impl Kubelet {
         let mut dirs: Vec<PathBuf> = Vec::new();
         for p in &pods {
             for c in lock(&p.containers).values() {
-                dirs.extend(c.cgroups.iter().cloned());
-                dirs.extend(c.cgroups.iter().filter_map(|d| d.parent().map(Path::to_path_buf)));
+                dirs.extend(c.cgroups().iter().cloned());
+                dirs.extend(c.cgroups().iter().filter_map(|d| d.parent().map(Path::to_path_buf)));
             }
         }
         let until = Instant::now() + timeout;
@@ -528,7 +443,7 @@ impl Supervisor {
             self.k.event(&self.pod, "Normal", "Pulled", &format!("Container image \"{image_name}\" already present on machine"), Some(&fp));
         }
         let spec = self.containers[i].spec.clone();
-        match spawn(&self.k, &self.pod, &self.pod_ip, &spec, &image, &id, self.exit_tx.clone()).await {
+        match container::spawn(&self.k.cgroups, &self.pod, &self.pod_ip, &spec, &image, &id, self.exit_tx.clone()).await {
             Ok(run) => {
                 self.k.event(&self.pod, "Normal", "Created", &format!("Created container: {name}"), Some(&fp));
                 self.k.event(&self.pod, "Normal", "Started", &format!("Started container {name}"), Some(&fp));
@@ -663,124 +578,5 @@ async fn sleep_until(t: Option<Instant>) {
     match t {
         Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
-    }
-}
-
-/// Starts a container's process. The process joins its cgroups through a tiny
-/// `sh` that writes its own pid to each `cgroup.procs` and then execs the
-/// command, so the command and all its children are in the cgroups from their
-/// first instruction.
-async fn spawn(
-    k: &Arc<Kubelet>,
-    pod: &Value,
-    pod_ip: &str,
-    spec: &Value,
-    image: &Image,
-    id: &str,
-    exit_tx: mpsc::UnboundedSender<(String, ExitInfo)>,
-) -> Result<Arc<ContainerRun>, String> {
-    let env = env::container_env(pod, pod_ip, spec, image);
-    let argv = argv::argv(spec, image, &env)?;
-    let workdir = argv::working_dir(spec)?;
-    let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default();
-    let cgroups = k.cgroups.create(super::admission::qos_class(&pod["spec"]), uid, id);
-    let has_stdin = spec["stdin"] == json!(true);
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(r#"while [ "$1" != "--" ]; do echo $$ > "$1" || { echo "cannot join cgroup $1" >&2; exit 125; }; shift; done; shift; exec "$@""#)
-        .arg(process::WRAPPER_NAME);
-    for cg in &cgroups {
-        cmd.arg(cg.join("cgroup.procs"));
-    }
-    cmd.arg("--").args(&argv);
-    cmd.env_clear().envs(env.iter().map(|(k, v)| (k, v))).current_dir(workdir);
-    cmd.stdin(if has_stdin { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
-    cmd.process_group(0).kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|e| {
-        cgroups::remove(&cgroups);
-        argv::oci_error(&e.to_string())
-    })?;
-    let pid = child.id().unwrap_or(0);
-    process::wait_exec(pid).await;
-    if !cgroups.is_empty() {
-        process::wait_in_cgroup(pid, id).await;
-    }
-    let (exit, _) = watch::channel(None);
-    let (log_tx, _) = broadcast::channel(1024);
-    let run = Arc::new(ContainerRun {
-        name: spec["name"].as_str().unwrap_or_default().to_string(),
-        id: id.to_string(),
-        pid,
-        started: time::now(),
-        stdin_once: spec["stdinOnce"] == json!(true),
-        has_stdin,
-        stdin: tokio::sync::Mutex::new(child.stdin.take()),
-        sessions: Mutex::new(Vec::new()),
-        attaches: AtomicU32::new(0),
-        exit,
-        log: Mutex::new(Vec::new()),
-        log_tx,
-        cgroups,
-    });
-    let readers = [
-        child.stdout.take().map(|o| tokio::spawn(pump(run.clone(), 1, o))),
-        child.stderr.take().map(|e| tokio::spawn(pump(run.clone(), 2, e))),
-    ];
-    let waiter = run.clone();
-    tokio::spawn(async move {
-        let status = child.wait().await;
-        let finished = time::now();
-        // A container ends with its main process: whatever it left behind goes too.
-        waiter.kill(libc::SIGKILL);
-        for r in readers.into_iter().flatten() {
-            let _ = tokio::time::timeout(DRAIN_TIMEOUT, r).await;
-        }
-        let (code, signal) = match &status {
-            Ok(s) => (s.code(), s.signal()),
-            Err(_) => (None, None),
-        };
-        let exit = ExitInfo::ended(code, signal, waiter.started.clone(), finished);
-        // Sessions end after all output was queued to them.
-        lock(&waiter.sessions).clear();
-        waiter.exit.send_replace(Some(exit.clone()));
-        for _ in 0..20 {
-            cgroups::remove(&waiter.cgroups);
-            if waiter.cgroups.iter().all(|d| !d.exists()) {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let _ = exit_tx.send((waiter.name.clone(), exit));
-    });
-    Ok(run)
-}
-
-/// Copies one output pipe to the log and to every attached session.
-/// With nobody attached the bytes go to the log only, as a runtime without a tty does.
-async fn pump(run: Arc<ContainerRun>, channel: u8, mut pipe: impl AsyncRead + Unpin) {
-    let mut buf = vec![0u8; 32 * 1024];
-    loop {
-        let n = match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        let chunk = Bytes::copy_from_slice(&buf[..n]);
-        {
-            let mut log = lock(&run.log);
-            log.extend_from_slice(&chunk);
-            if log.len() > LOG_LIMIT {
-                let cut = log.len() - LOG_LIMIT;
-                log.drain(..cut);
-            }
-        }
-        let _ = run.log_tx.send(chunk.clone());
-        let sessions: Vec<mpsc::Sender<(u8, Bytes)>> = lock(&run.sessions).clone();
-        let mut closed = false;
-        for s in &sessions {
-            closed |= s.send((channel, chunk.clone())).await.is_err();
-        }
-        if closed {
-            lock(&run.sessions).retain(|s| !s.is_closed());
-        }
     }
 }
