@@ -1,7 +1,7 @@
 //! What a container runs and where: command/args over the image's
 //! entrypoint/cmd, `$(VAR)` expanded, the program found through the image's
-//! files or PATH. Failures read as containerd's and runc's do, because the
-//! tests (and the plugin's error messages) match on that wording. No side
+//! files or PATH. Failures read as containerd's and runc's do, so a failed
+//! start shows in the pod status as it would on a real node. No side
 //! effects: it only looks at whether files and directories exist.
 
 #![forbid(unsafe_code)]

@@ -1,6 +1,6 @@
 //! core/v1 Events as a kubelet (or the scheduler) records them: `kubectl
-//! describe` and `kubectl get events` show them, and the tests and the
-//! plugin's messages rely on their reasons and wording.
+//! describe` and `kubectl get events` show them, and the end-to-end tests
+//! check their reasons and messages (a failed image pull, say).
 
 #![forbid(unsafe_code)]
 

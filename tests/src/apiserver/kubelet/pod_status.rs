@@ -111,7 +111,7 @@ fn container_statuses(kind: Kind, containers: &[CState]) -> Vec<Value> {
             if let Some(id) = &c.id {
                 s["containerID"] = json!(format!("containerd://{id}"));
             }
-            // Ephemeral containers have no readiness or startup probes, so no `started`.
+            // Ephemeral containers take no probes and never count as ready or started.
             if kind != Kind::Ephemeral {
                 s["started"] = json!(c.running());
             }
