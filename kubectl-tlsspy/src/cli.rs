@@ -1,5 +1,7 @@
 //! The command line, with kubectl's conventions.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 

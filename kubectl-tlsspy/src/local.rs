@@ -1,5 +1,7 @@
 //! `kubectl tlsspy local`: the spy on this machine, no cluster.
 
+#![allow(unsafe_code, reason = "local mode forks, execs behind a gate and reads its pipe with libc")]
+
 use std::os::unix::process::CommandExt as _;
 
 use std::path::{Path, PathBuf};

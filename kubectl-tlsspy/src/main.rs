@@ -1,5 +1,9 @@
 //! kubectl-tlsspy: show the TLS traffic of Kubernetes pods in clear text.
 
+// Unsafe code is allowed only where the module says why (local mode, the
+// reaper's detach); every other module forbids it.
+#![deny(unsafe_code)]
+
 mod cli;
 mod cluster;
 #[cfg(target_os = "linux")]

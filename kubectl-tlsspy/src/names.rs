@@ -18,6 +18,8 @@
 //! watch.abort();
 //! ```
 
+#![forbid(unsafe_code)]
+
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};

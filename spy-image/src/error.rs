@@ -6,6 +6,8 @@
 //! string, a warning record, a target's reason or a log line,
 //! `to_string()` would drop the cause: [`chain`] puts it back.
 
+#![forbid(unsafe_code)]
+
 use std::error::Error;
 
 /// `err`'s message and every source under it, joined by ": ".

@@ -1,6 +1,8 @@
 //! tlsspy-agent: the spy that runs in the spy pod (or on a host), printing
 //! records as JSON lines on stdout and its log on stderr.
 
+#![forbid(unsafe_code)]
+
 use std::io::{self, BufRead as _};
 use std::process::ExitCode;
 use std::time::Duration;

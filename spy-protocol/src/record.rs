@@ -5,6 +5,8 @@
 //! reader ignores kinds and fields it does not know. Every line carries
 //! [`FORMAT_VERSION`] as `v`.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 
 use base64::Engine as _;

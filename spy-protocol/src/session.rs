@@ -13,6 +13,8 @@
 //! The agent reads lines with [`parse`]; the plugin writes them with
 //! [`Command::line`], so neither side spells a command by hand.
 
+#![forbid(unsafe_code)]
+
 use std::fmt;
 
 use crate::record::PodRef;

@@ -1,6 +1,8 @@
 //! Where records go. The agent writes JSON lines; the plugin's renderers are
 //! sinks too (live lines, the summary table, `-o json`).
 
+#![forbid(unsafe_code)]
+
 use std::io::{self, Write};
 
 use crate::record::{Line, Record};

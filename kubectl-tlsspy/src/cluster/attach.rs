@@ -2,6 +2,8 @@
 //! container commands, heartbeats, EOF), stdout the records, stderr the
 //! agent's log.
 
+#![forbid(unsafe_code)]
+
 use std::collections::VecDeque;
 use std::time::Duration;
 

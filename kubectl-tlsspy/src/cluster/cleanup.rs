@@ -1,6 +1,8 @@
 //! Removing spy pods: a session's own at its end, and the ones earlier
 //! sessions left behind (a plugin killed outright, a dropped network).
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 use std::time::Duration;
 

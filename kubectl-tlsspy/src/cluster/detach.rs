@@ -2,6 +2,8 @@
 //! outside local mode where the plugin needs unsafe code (a `pre_exec`
 //! hook), kept apart so the rest can forbid it.
 
+#![allow(unsafe_code, reason = "setsid in a pre_exec hook: std has no stable setsid for Command")]
+
 use std::process::Command;
 
 /// The reaper in a session of its own: no controlling terminal, so no

@@ -7,6 +7,8 @@
 //!                                   └──── SpyEvent ◀──────────┘ records, log lines, end
 //! ```
 
+#![deny(unsafe_code)]
+
 mod attach;
 pub mod cleanup;
 mod detach;

@@ -5,6 +5,8 @@
 //! [`PERMISSIONS`] is the one list; `deploy/rbac.yaml` grants exactly it
 //! (a test holds the two together).
 
+#![forbid(unsafe_code)]
+
 use anyhow::bail;
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
 use kube::api::PostParams;

@@ -14,6 +14,8 @@
 //! not the reaper, which must outlive it. It deletes by the session label,
 //! so pods a `--follow` session created later are covered too.
 
+#![forbid(unsafe_code)]
+
 use std::io::Write as _;
 use std::process::{Child, ChildStdin, Command, ExitCode, Stdio};
 use std::time::Duration;

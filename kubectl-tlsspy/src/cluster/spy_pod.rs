@@ -1,6 +1,8 @@
 //! One spy pod per node: its spec, its start (with progress and plain-word
 //! failures), and its removal. [`run`] is the whole life of one spy.
 
+#![forbid(unsafe_code)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -2,6 +2,8 @@
 //! pods → (node, container ids); and a watch that keeps that answer fresh
 //! for `--follow`.
 
+#![forbid(unsafe_code)]
+
 use std::collections::BTreeMap;
 
 use anyhow::{bail, Context as _};

@@ -1,6 +1,8 @@
 //! Filters people expect: method, status or class, host, path, protocol.
 //! They apply to exchanges; other records pass.
 
+#![forbid(unsafe_code)]
+
 use anyhow::Context as _;
 use regex::Regex;
 use spy_protocol::record::{Exchange, Protocol, Record};

@@ -1,5 +1,7 @@
 //! Live lines: one line per exchange or chunk, the payload below it.
 
+#![forbid(unsafe_code)]
+
 use std::io::{self, Write};
 
 use spy_protocol::record::{Chunk, Connection, Direction, Exchange, Handshake, Record, Target};

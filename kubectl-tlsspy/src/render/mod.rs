@@ -1,6 +1,8 @@
 //! Renderers: sinks over records. Live lines for people, JSON lines for
 //! machines, and a summary table at the end.
 
+#![forbid(unsafe_code)]
+
 mod filter;
 mod live;
 mod summary;

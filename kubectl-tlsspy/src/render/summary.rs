@@ -1,6 +1,8 @@
 //! The summary table at exit: per host and route, count, errors, latency
 //! percentiles, bytes.
 
+#![forbid(unsafe_code)]
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use comfy_table::{presets, Cell, CellAlignment, ContentArrangement, Table};

@@ -7,6 +7,8 @@
 //! only counts packets, until it closes or idles out. At most [`MAX_FLOWS`]
 //! flows are remembered.
 
+#![forbid(unsafe_code)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 

@@ -8,6 +8,10 @@
 //! first bytes of each flow ([`flows`]), finds the owning target
 //! ([`owner`]) and sends [`CaptureEvent`]s to the spy.
 
+// Only the socket module (packet sockets, setns, a BPF filter) may hold
+// unsafe code; it says so itself.
+#![deny(unsafe_code)]
+
 pub mod flows;
 pub mod owner;
 pub mod packet;

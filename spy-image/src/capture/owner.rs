@@ -1,6 +1,8 @@
 //! Which target process owns a TCP connection: the socket's inode from the
 //! namespace's /proc/net/tcp{,6}, then the target whose fds hold it.
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::fs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

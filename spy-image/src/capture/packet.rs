@@ -1,6 +1,8 @@
 //! IPv4/IPv6 + TCP headers of a captured packet (network header first, as
 //! a SOCK_DGRAM packet socket delivers it). Pure.
 
+#![forbid(unsafe_code)]
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 pub const TCP_FIN: u8 = 0x01;

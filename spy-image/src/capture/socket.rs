@@ -7,6 +7,8 @@
 //! device twice: once out, once in). Packets are cut at [`SNAPLEN`] bytes:
 //! a hello needs the start of a connection, not its bulk.
 
+#![allow(unsafe_code, reason = "packet sockets, setns and socket filters are raw system calls")]
+
 use std::fs::File;
 use std::io;
 use std::mem::{size_of, zeroed};

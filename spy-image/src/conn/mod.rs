@@ -5,6 +5,8 @@
 //! tracker what it knows about each process; the tracker knows nothing of
 //! eBPF.
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 

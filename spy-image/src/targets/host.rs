@@ -60,7 +60,7 @@ impl Host for ProcHost {
 
     fn detect(&self, path: &Path, is_exe: bool) -> Option<DetectedStack> {
         tls_stack::detect(path, is_exe).unwrap_or_else(|err| {
-            log::debug!("{err}");
+            log::debug!("{}", crate::error::chain(&err));
             None
         })
     }

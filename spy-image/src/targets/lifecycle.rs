@@ -230,7 +230,7 @@ impl<H: Host> Targets<H> {
             Some(DetectedStack::Go(bin)) => {
                 if let Err(err) = attach.attach_go(file, path, &bin) {
                     // Not fatal: the target record says why once it runs.
-                    log::info!("{err}");
+                    log::info!("{}", crate::error::chain(&err));
                     return Ok(false);
                 }
             }
@@ -644,7 +644,7 @@ impl<H: Host> Targets<H> {
 fn attach_stack<A: Attach>(detected: DetectedStack, file: &MappedFile, attach: &mut A) -> TlsStack {
     let outcome = |attached: Result<(), A::Error>| match attached {
         Ok(()) => (true, None),
-        Err(err) => (false, Some(err.to_string())),
+        Err(err) => (false, Some(crate::error::chain(&err))),
     };
     let (library, linkage, version, (probed, reason)) = match detected {
         DetectedStack::Openssl(library) => (

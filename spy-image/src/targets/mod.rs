@@ -1,5 +1,7 @@
 //! Target discovery: which processes to spy on, and which TLS stacks they use.
 
+#![forbid(unsafe_code)]
+
 #[cfg(target_os = "linux")]
 pub mod container;
 pub mod go;
