@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test of tlsspy: unit and property tests, the end-to-end tests
 # (real TLS programs spied with eBPF: they need root; with CI=true they fail
-# instead of skipping), lints, and a short fixed-time fuzz run.
+# instead of skipping), the format check, lints, and a short fixed-time fuzz run.
 #
 #   bash scripts/test.sh            everything
 #   TLSSPY_FUZZ_SECONDS=0 bash scripts/test.sh   no fuzzing
@@ -14,6 +14,10 @@ step() { printf '\n== %s\n' "$*"; }
 
 step "build (the end-to-end tests run the built binaries)"
 cargo build --workspace --bins --locked
+
+step "format (rustfmt.toml; cargo fmt --all fixes it)"
+cargo fmt --all --check
+(cd fuzz && cargo fmt --check)
 
 step "lints"
 cargo clippy --workspace --all-targets --locked -- -D warnings
