@@ -324,7 +324,16 @@ mod tests {
     #[test]
     fn cluster_targets_and_kubectl_flags() {
         let cli = Cli::try_parse_from([
-            "kubectl-tlsspy", "pod/foo", "deploy/bar", "-n", "shop", "--context", "prod", "-c", "app", "--follow",
+            "kubectl-tlsspy",
+            "pod/foo",
+            "deploy/bar",
+            "-n",
+            "shop",
+            "--context",
+            "prod",
+            "-c",
+            "app",
+            "--follow",
         ])
         .expect("parse");
         assert!(cli.command.is_none());
@@ -346,7 +355,14 @@ mod tests {
         assert!(args.kube.all_namespaces);
 
         let cli = Cli::try_parse_from([
-            "kubectl-tlsspy", "__reap", "--session", "abc", "--spy-namespace", "tlsspy", "--context", "prod",
+            "kubectl-tlsspy",
+            "__reap",
+            "--session",
+            "abc",
+            "--spy-namespace",
+            "tlsspy",
+            "--context",
+            "prod",
         ])
         .expect("parse");
         let Some(Command::Reap(args)) = cli.command else { panic!("not the reaper") };

@@ -10,8 +10,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context as _};
 use spy_image::probes::LoadOptions;
 use spy_image::proto::ParseOptions;
-use spy_protocol::sink::Sink;
 use spy_image::spy::{Control, Spy, SpyOptions};
+use spy_protocol::sink::Sink;
 use tokio::sync::mpsc;
 
 use crate::cli::LocalArgs;
@@ -203,9 +203,7 @@ fn start_gated(program: &Path, command: &[String], stdout_to_stderr: bool) -> an
             }
         });
     }
-    let child = tokio::process::Command::from(cmd)
-        .spawn()
-        .with_context(|| format!("cannot start `{}`", command[0]))?;
+    let child = tokio::process::Command::from(cmd).spawn().with_context(|| format!("cannot start `{}`", command[0]))?;
     drop(gate);
     let pid = child.id().context("the command exited before it started")?;
     Ok(Gated { pid, child, release })

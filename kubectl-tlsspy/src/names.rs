@@ -31,8 +31,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt as _;
 use kube::{Api, Client, ResourceExt as _};
-use tokio::sync::mpsc;
 use spy_protocol::record::{Connection, Record};
+use tokio::sync::mpsc;
 
 /// The label an EndpointSlice names its service with.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -154,11 +154,8 @@ impl PeerNames {
         let key = key_of(pod);
         self.mark(Kind::Pods, &key);
         let host_network = pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false);
-        let finished = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.phase.as_deref())
-            .is_some_and(|p| p == "Succeeded" || p == "Failed");
+        let finished =
+            pod.status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|p| p == "Succeeded" || p == "Failed");
         let ips = if host_network || finished {
             Vec::new()
         } else {
@@ -221,12 +218,7 @@ impl PeerNames {
             return;
         };
         let addresses = parse_ips(slice.endpoints.iter().flat_map(|e| e.addresses.iter().map(String::as_str)));
-        let ports = slice
-            .ports
-            .iter()
-            .flatten()
-            .filter_map(|p| p.port.and_then(|n| u16::try_from(n).ok()))
-            .collect();
+        let ports = slice.ports.iter().flatten().filter_map(|p| p.port.and_then(|n| u16::try_from(n).ok())).collect();
         self.slices.insert(key, SliceEntry { service, addresses, ports });
     }
 
@@ -283,7 +275,12 @@ pub struct NamesScope {
 /// Transient watch errors are retried with backoff. What the user should
 /// know (a kind that cannot be watched at all) is sent to `notices`, once.
 /// Runs until dropped: abort its task at the end of the session.
-pub async fn keep_current(client: Client, names: SharedPeerNames, scope: NamesScope, notices: mpsc::UnboundedSender<String>) {
+pub async fn keep_current(
+    client: Client,
+    names: SharedPeerNames,
+    scope: NamesScope,
+    notices: mpsc::UnboundedSender<String>,
+) {
     let pods = follow::<Pod>(&client, &scope, Kind::Pods, &names, &notices, |n, e| match e {
         Change::Apply(p) => n.apply_pod(&p),
         Change::Delete(p) => n.delete_pod(&p),

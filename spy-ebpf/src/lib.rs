@@ -179,18 +179,38 @@ macro_rules! assert_layout {
 }
 
 // Offsets as clang lays out tlsspy.h for bpf (and every 64-bit target).
-assert_layout!(ConnTuple, size = 40,
-    family = 0, local_port = 2, remote_port = 4, _pad = 6, local_addr = 8, remote_addr = 24);
-assert_layout!(DataHeader, size = 112,
-    kind = 0, tgid = 4, tid = 8, fd = 12, ts_ns = 16, conn_ptr = 24, call_len = 32,
-    call_offset = 40, data_len = 48, direction = 52, source = 53, library_id = 54, tuple = 56,
-    comm = 96);
-assert_layout!(GoConfig, size = 16,
-    conn_iface = 0, tcpconn_fd = 4, netfd_sysfd = 8, _pad = 12);
+assert_layout!(
+    ConnTuple,
+    size = 40,
+    family = 0,
+    local_port = 2,
+    remote_port = 4,
+    _pad = 6,
+    local_addr = 8,
+    remote_addr = 24
+);
+assert_layout!(
+    DataHeader,
+    size = 112,
+    kind = 0,
+    tgid = 4,
+    tid = 8,
+    fd = 12,
+    ts_ns = 16,
+    conn_ptr = 24,
+    call_len = 32,
+    call_offset = 40,
+    data_len = 48,
+    direction = 52,
+    source = 53,
+    library_id = 54,
+    tuple = 56,
+    comm = 96
+);
+assert_layout!(GoConfig, size = 16, conn_iface = 0, tcpconn_fd = 4, netfd_sysfd = 8, _pad = 12);
 assert_layout!(SocketKey, size = 48, tuple = 0, netns = 40, _pad = 44);
 assert_layout!(SocketOwner, size = 32, tgid = 0, _pad = 4, ts_ns = 8, comm = 16);
-assert_layout!(ProcEvent, size = 40,
-    kind = 0, tgid = 4, parent_tgid = 8, _pad = 12, ts_ns = 16, comm = 24);
+assert_layout!(ProcEvent, size = 40, kind = 0, tgid = 4, parent_tgid = 8, _pad = 12, ts_ns = 16, comm = 24);
 
 #[cfg(test)]
 mod tests {

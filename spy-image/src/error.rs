@@ -53,19 +53,10 @@ mod tests {
     #[test]
     fn every_cause_is_shown_once_in_order() {
         let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
-        let read = Read {
-            path: "/x",
-            source: io(),
-        };
+        let read = Read { path: "/x", source: io() };
         assert_eq!(chain(&read), "cannot read /x: no such file");
-        let examine = Examine(Read {
-            path: "/x",
-            source: io(),
-        });
-        assert_eq!(
-            chain(&examine),
-            "cannot examine the target: cannot read /x: no such file"
-        );
+        let examine = Examine(Read { path: "/x", source: io() });
+        assert_eq!(chain(&examine), "cannot examine the target: cannot read /x: no such file");
         assert_eq!(chain(&Loud(io())), "parse error: no such file");
         assert_eq!(chain(&io()), "no such file");
     }

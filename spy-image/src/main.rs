@@ -80,9 +80,9 @@ const OUTPUT_BUFFER: usize = 64 * 1024;
 mod agent {
     use super::*;
     use spy_image::proto::ParseOptions;
+    use spy_image::spy::{Control, Spy, SpyOptions};
     use spy_protocol::session::{self, Command};
     use spy_protocol::sink::{JsonLines, Sink};
-    use spy_image::spy::{Control, Spy, SpyOptions};
     use tokio::sync::mpsc;
 
     pub async fn run(args: Args) -> anyhow::Result<ExitCode> {

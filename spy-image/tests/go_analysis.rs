@@ -24,8 +24,8 @@ use std::sync::OnceLock;
 use object::{Object, ObjectSection};
 use spy_image::targets::go::offsets_table;
 use spy_image::targets::go::{
-    analyze, analyze_bytes, AnalysisCache, GoAbi, GoAnalysisError, GoArch, GoBinary, GoVersion,
-    OffsetsSource, SymbolSource, TLS_READ_SYMBOL, TLS_WRITE_SYMBOL,
+    analyze, analyze_bytes, AnalysisCache, GoAbi, GoAnalysisError, GoArch, GoBinary, GoVersion, OffsetsSource,
+    SymbolSource, TLS_READ_SYMBOL, TLS_WRITE_SYMBOL,
 };
 
 const TARGET_MAIN: &str = r#"// An HTTPS server and client in one program: tlsspy's Go test target.
@@ -132,23 +132,11 @@ impl Variant {
     ];
 
     fn stripped(self) -> bool {
-        matches!(
-            self,
-            Variant::Stripped
-                | Variant::PieStripped
-                | Variant::Arm64Stripped
-                | Variant::ExternalPieStripped
-        )
+        matches!(self, Variant::Stripped | Variant::PieStripped | Variant::Arm64Stripped | Variant::ExternalPieStripped)
     }
 
     fn pie(self) -> bool {
-        matches!(
-            self,
-            Variant::Pie
-                | Variant::PieStripped
-                | Variant::ExternalPie
-                | Variant::ExternalPieStripped
-        )
+        matches!(self, Variant::Pie | Variant::PieStripped | Variant::ExternalPie | Variant::ExternalPieStripped)
     }
 
     fn arch(self) -> GoArch {
@@ -179,16 +167,8 @@ impl Variant {
             Variant::Arm64 => (vec![], "arm64", "0"),
             Variant::Arm64Stripped => (vec!["-ldflags=-s -w"], "arm64", "0"),
             Variant::ExternalLink => (vec!["-ldflags=-linkmode=external"], "amd64", "1"),
-            Variant::ExternalPie => (
-                vec!["-buildmode=pie", "-ldflags=-linkmode=external"],
-                "amd64",
-                "1",
-            ),
-            Variant::ExternalPieStripped => (
-                vec!["-buildmode=pie", "-ldflags=-linkmode=external -s -w"],
-                "amd64",
-                "1",
-            ),
+            Variant::ExternalPie => (vec!["-buildmode=pie", "-ldflags=-linkmode=external"], "amd64", "1"),
+            Variant::ExternalPieStripped => (vec!["-buildmode=pie", "-ldflags=-linkmode=external -s -w"], "amd64", "1"),
         }
     }
 }
@@ -281,10 +261,7 @@ fn build(toolchain: &Toolchain, src: &Path, variant: Variant, out: &Path) -> Res
 }
 
 fn have_c_compiler() -> bool {
-    Command::new("gcc")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success())
+    Command::new("gcc").arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
 /// Builds every variant once per test process (tests share it).
@@ -341,24 +318,16 @@ fn fixtures() -> Option<&'static Fixtures> {
 }
 
 fn find_build(f: &'static Fixtures, toolchain: &Toolchain, variant: Variant) -> &'static Built {
-    f.builds
-        .iter()
-        .find(|b| b.toolchain.go == toolchain.go && b.variant == variant)
-        .expect("variant built")
+    f.builds.iter().find(|b| b.toolchain.go == toolchain.go && b.variant == variant).expect("variant built")
 }
 
 fn analyse(built: &Built) -> GoBinary {
-    analyze(&built.path)
-        .unwrap_or_else(|e| panic!("{} {:?}: {e}", built.toolchain.version, built.variant))
+    analyze(&built.path).unwrap_or_else(|e| panic!("{} {:?}: {e}", built.toolchain.version, built.variant))
 }
 
 /// `go tool nm` address of a symbol (the toolchain's own reading).
 fn nm_address(built: &Built, symbol: &str) -> u64 {
-    let out = go_command(&built.toolchain.go)
-        .args(["tool", "nm"])
-        .arg(&built.path)
-        .output()
-        .expect("go tool nm");
+    let out = go_command(&built.toolchain.go).args(["tool", "nm"]).arg(&built.path).output().expect("go tool nm");
     assert!(out.status.success(), "go tool nm failed");
     let text = String::from_utf8_lossy(&out.stdout);
     for line in text.lines() {
@@ -367,10 +336,7 @@ fn nm_address(built: &Built, symbol: &str) -> u64 {
             return u64::from_str_radix(fields[0], 16).expect("nm address");
         }
     }
-    panic!(
-        "{symbol} not in go tool nm output of {}",
-        built.path.display()
-    );
+    panic!("{symbol} not in go tool nm output of {}", built.path.display());
 }
 
 fn u32_at(data: &[u8], offset: u64) -> u32 {
@@ -379,16 +345,8 @@ fn u32_at(data: &[u8], offset: u64) -> u32 {
 }
 
 /// Checks a probe against the file's bytes.
-fn check_probe_bytes(
-    built: &Built,
-    data: &[u8],
-    probe: &spy_image::targets::go::GoFunctionProbe,
-    arch: GoArch,
-) {
-    let what = format!(
-        "{} {:?} {}",
-        built.toolchain.version, built.variant, probe.symbol
-    );
+fn check_probe_bytes(built: &Built, data: &[u8], probe: &spy_image::targets::go::GoFunctionProbe, arch: GoArch) {
+    let what = format!("{} {:?} {}", built.toolchain.version, built.variant, probe.symbol);
     assert!(!probe.ret_file_offsets.is_empty(), "{what}: no RET");
     let entry = usize::try_from(probe.entry_file_offset).expect("offset");
     match arch {
@@ -397,8 +355,7 @@ fn check_probe_bytes(
             // `cmp rsp|r12, [r14+0x10]` within the first instructions.
             let head = &data[entry..entry + 16];
             assert!(
-                head.windows(4)
-                    .any(|w| w == [0x49, 0x3b, 0x66, 0x10] || w == [0x4d, 0x3b, 0x66, 0x10]),
+                head.windows(4).any(|w| w == [0x49, 0x3b, 0x66, 0x10] || w == [0x4d, 0x3b, 0x66, 0x10]),
                 "{what}: entry {:#x} does not look like a Go prologue: {head:02x?}",
                 probe.entry_file_offset
             );
@@ -409,11 +366,7 @@ fn check_probe_bytes(
         }
         GoArch::Arm64 => {
             // `ldr x16, [x28, #16]`: g.stackguard0, g in R28.
-            assert_eq!(
-                u32_at(data, probe.entry_file_offset),
-                0xf940_0b90,
-                "{what}: entry"
-            );
+            assert_eq!(u32_at(data, probe.entry_file_offset), 0xf940_0b90, "{what}: entry");
             for &ret in &probe.ret_file_offsets {
                 assert_eq!(u32_at(data, ret), 0xd65f_03c0, "{what}: RET at {ret:#x}");
             }
@@ -442,11 +395,7 @@ fn every_toolchain_and_variant_is_analysed_correctly() {
         assert_eq!(bin.abi, GoAbi::Register, "{what}");
         assert_eq!(bin.pie, built.variant.pie(), "{what}");
         assert_eq!(bin.stripped, built.variant.stripped(), "{what}");
-        let expected_source = if built.variant.stripped() {
-            SymbolSource::Pclntab
-        } else {
-            SymbolSource::Symtab
-        };
+        let expected_source = if built.variant.stripped() { SymbolSource::Pclntab } else { SymbolSource::Symtab };
         assert_eq!(bin.write.symbol, TLS_WRITE_SYMBOL);
         assert_eq!(bin.read.symbol, TLS_READ_SYMBOL);
         assert_eq!(bin.write.source, expected_source, "{what}");
@@ -455,29 +404,12 @@ fn every_toolchain_and_variant_is_analysed_correctly() {
         check_probe_bytes(built, &data, &bin.write, arch);
         check_probe_bytes(built, &data, &bin.read, arch);
         if built.variant.stripped() {
-            assert!(
-                matches!(bin.offsets_source, OffsetsSource::VersionTable(_)),
-                "{what}: {:?}",
-                bin.offsets_source
-            );
+            assert!(matches!(bin.offsets_source, OffsetsSource::VersionTable(_)), "{what}: {:?}", bin.offsets_source);
         } else {
-            assert_eq!(
-                bin.offsets_source,
-                OffsetsSource::Dwarf,
-                "{what}: {:?}",
-                bin.dwarf_problem
-            );
+            assert_eq!(bin.offsets_source, OffsetsSource::Dwarf, "{what}: {:?}", bin.dwarf_problem);
             // The toolchain's own symbol reader agrees on the addresses.
-            assert_eq!(
-                bin.write.address,
-                nm_address(built, TLS_WRITE_SYMBOL),
-                "{what}"
-            );
-            assert_eq!(
-                bin.read.address,
-                nm_address(built, TLS_READ_SYMBOL),
-                "{what}"
-            );
+            assert_eq!(bin.write.address, nm_address(built, TLS_WRITE_SYMBOL), "{what}");
+            assert_eq!(bin.read.address, nm_address(built, TLS_READ_SYMBOL), "{what}");
         }
     }
 }
@@ -488,30 +420,15 @@ fn stripped_and_unstripped_builds_agree() {
     for built in f.builds.iter().filter(|b| b.variant.stripped()) {
         let full = find_build(f, &built.toolchain, built.variant.unstripped());
         let (s, u) = (analyse(built), analyse(full));
-        let what = format!(
-            "{} {:?} vs {:?}",
-            built.toolchain.version, built.variant, full.variant
-        );
-        assert_eq!(
-            (s.arch, s.abi, s.pie, &s.go_version),
-            (u.arch, u.abi, u.pie, &u.go_version),
-            "{what}"
-        );
+        let what = format!("{} {:?} vs {:?}", built.toolchain.version, built.variant, full.variant);
+        assert_eq!((s.arch, s.abi, s.pie, &s.go_version), (u.arch, u.abi, u.pie, &u.go_version), "{what}");
         // Table offsets (stripped) equal DWARF offsets (unstripped).
         assert_eq!(s.offsets, u.offsets, "{what}");
         for (sp, up) in [(&s.write, &u.write), (&s.read, &u.read)] {
             // -s -w removes sections after the code; text is laid out the same.
             assert_eq!(sp.address, up.address, "{what} {}", sp.symbol);
-            assert_eq!(
-                sp.entry_file_offset, up.entry_file_offset,
-                "{what} {}",
-                sp.symbol
-            );
-            assert_eq!(
-                sp.ret_file_offsets, up.ret_file_offsets,
-                "{what} {}",
-                sp.symbol
-            );
+            assert_eq!(sp.entry_file_offset, up.entry_file_offset, "{what} {}", sp.symbol);
+            assert_eq!(sp.ret_file_offsets, up.ret_file_offsets, "{what} {}", sp.symbol);
         }
     }
 }
@@ -520,11 +437,7 @@ fn stripped_and_unstripped_builds_agree() {
 fn offsets_table_matches_dwarf_for_every_toolchain_here() {
     let Some(f) = fixtures() else { return };
     let mut checked = Vec::new();
-    for built in f
-        .builds
-        .iter()
-        .filter(|b| matches!(b.variant, Variant::Normal | Variant::Arm64))
-    {
+    for built in f.builds.iter().filter(|b| matches!(b.variant, Variant::Normal | Variant::Arm64)) {
         let bin = analyse(built);
         assert_eq!(bin.offsets_source, OffsetsSource::Dwarf);
         let (table, label) = offsets_table::lookup(bin.arch, bin.version).expect("table row");
@@ -535,10 +448,7 @@ fn offsets_table_matches_dwarf_for_every_toolchain_here() {
         );
         checked.push(format!("{} {}", bin.go_version, bin.arch));
     }
-    eprintln!(
-        "offsets table checked against DWARF for: {}",
-        checked.join(", ")
-    );
+    eprintln!("offsets table checked against DWARF for: {}", checked.join(", "));
 }
 
 /// Zeroes `e_shoff`, `e_shnum` and `e_shstrndx`: an image with no section
@@ -555,10 +465,7 @@ fn binaries_without_section_headers_are_analysed_from_segments() {
         let mut data = std::fs::read(&built.path).expect("read");
         let reference = analyze_bytes(&data).expect("analysis with sections");
         drop_section_headers(&mut data);
-        let what = format!(
-            "{} {:?} without section headers",
-            built.toolchain.version, built.variant
-        );
+        let what = format!("{} {:?} without section headers", built.toolchain.version, built.variant);
         let bin = analyze_bytes(&data).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(bin.go_version, reference.go_version, "{what}");
         assert_eq!(bin.module_path, reference.module_path, "{what}");
@@ -613,43 +520,27 @@ fn corrupted_pclntab_gives_typed_errors_never_panics() {
     }
     assert!(hits > 0, "symbol name present in funcnametab");
     let err = analyze_bytes(&data).expect_err("renamed function");
-    assert!(
-        matches!(err, GoAnalysisError::FunctionNotFound { symbol } if symbol == TLS_WRITE_SYMBOL),
-        "{err:?}"
-    );
+    assert!(matches!(err, GoAnalysisError::FunctionNotFound { symbol } if symbol == TLS_WRITE_SYMBOL), "{err:?}");
 
     // Bytes flipped in the header and all over the function table (Go ≥
     // 1.20 layout: nfunc at +8, pclnOffset at +0x40, 4-byte fields): any
     // typed outcome, no panic, bounded time.
-    let word =
-        |at: usize| u64::from_le_bytes(original[at..at + 8].try_into().expect("8 bytes")) as usize;
+    let word = |at: usize| u64::from_le_bytes(original[at..at + 8].try_into().expect("8 bytes")) as usize;
     let nfunc = word(start + 8);
     let functab = start + word(start + 0x40);
     let functab_len = (2 * nfunc + 1) * 4;
-    assert!(
-        functab + functab_len <= start + size,
-        "functab inside the section"
-    );
+    assert!(functab + functab_len <= start + size, "functab inside the section");
     let started = std::time::Instant::now();
     let mut outcomes = [0usize; 2];
-    let targets = (0..0x48)
-        .map(|i| start + i)
-        .chain((0..600).map(|k| functab + (k * 7919) % functab_len));
+    let targets = (0..0x48).map(|i| start + i).chain((0..600).map(|k| functab + (k * 7919) % functab_len));
     for (n, at) in targets.enumerate() {
         let mut data = original.clone();
         data[at] ^= if n % 2 == 0 { 0xff } else { 0x5a };
         outcomes[usize::from(analyze_bytes(&data).is_ok())] += 1;
     }
-    eprintln!(
-        "flipped pclntab bytes: {} errors, {} still analysed",
-        outcomes[0], outcomes[1]
-    );
+    eprintln!("flipped pclntab bytes: {} errors, {} still analysed", outcomes[0], outcomes[1]);
     assert!(outcomes[0] > 0, "some corruptions must be detected");
-    assert!(
-        started.elapsed().as_secs() < 120,
-        "corrupt inputs took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed().as_secs() < 120, "corrupt inputs took {:?}", started.elapsed());
 }
 
 #[test]
@@ -657,17 +548,7 @@ fn truncated_go_binary_gives_typed_errors() {
     let Some(f) = fixtures() else { return };
     let built = &f.builds[0];
     let data = std::fs::read(&built.path).expect("read");
-    for len in [
-        0,
-        1,
-        52,
-        64,
-        65,
-        4096,
-        data.len() / 4,
-        data.len() / 2,
-        data.len() - 1,
-    ] {
+    for len in [0, 1, 52, 64, 65, 4096, data.len() / 4, data.len() / 2, data.len() - 1] {
         let err = analyze_bytes(&data[..len]).expect_err("truncated");
         assert!(
             matches!(
@@ -691,10 +572,7 @@ fn a_go_program_without_tls_reports_the_missing_function() {
     let Some(f) = fixtures() else { return };
     let plain = f.plain.as_ref().expect("plain program built");
     let err = analyze(plain).expect_err("no crypto/tls");
-    assert!(
-        matches!(err, GoAnalysisError::FunctionNotFound { .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, GoAnalysisError::FunctionNotFound { .. }), "{err:?}");
     assert!(err.to_string().contains("crypto/tls.(*Conn)."), "{err}");
 }
 
@@ -719,13 +597,8 @@ fn cache_serves_many_processes_of_one_binary_with_one_analysis() {
     let cache = AnalysisCache::new(16);
     let first = cache.analyze(&built.path).expect("analysis");
     let others: Vec<_> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..8)
-            .map(|_| scope.spawn(|| cache.analyze(&built.path).expect("cached")))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("thread"))
-            .collect()
+        let handles: Vec<_> = (0..8).map(|_| scope.spawn(|| cache.analyze(&built.path).expect("cached"))).collect();
+        handles.into_iter().map(|h| h.join().expect("thread")).collect()
     });
     for other in others {
         assert!(std::sync::Arc::ptr_eq(&first, &other));

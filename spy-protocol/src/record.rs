@@ -216,9 +216,7 @@ impl Payload {
     pub fn to_bytes(&self) -> Vec<u8> {
         match self {
             Payload::Text(text) => text.as_bytes().to_vec(),
-            Payload::Base64(b64) => {
-                base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default()
-            }
+            Payload::Base64(b64) => base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default(),
         }
     }
 }

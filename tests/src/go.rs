@@ -42,11 +42,7 @@ pub struct Toolchain {
 impl Toolchain {
     /// [`PREFERRED_GO`] if installed, else the newest Debian toolchain.
     pub fn find(work: &Path) -> Option<Toolchain> {
-        let go = if Path::new(PREFERRED_GO).exists() {
-            PathBuf::from(PREFERRED_GO)
-        } else {
-            installed().pop()?
-        };
+        let go = if Path::new(PREFERRED_GO).exists() { PathBuf::from(PREFERRED_GO) } else { installed().pop()? };
         Some(Toolchain { go, work: work.to_path_buf() })
     }
 

@@ -367,7 +367,8 @@ http {{
             key = cert.key().display(),
         );
         std::fs::write(root.join("nginx.conf"), conf).expect("conf");
-        let nginx = ["/usr/sbin/nginx", "nginx"].into_iter().find(|p| std::path::Path::new(p).exists()).unwrap_or("nginx");
+        let nginx =
+            ["/usr/sbin/nginx", "nginx"].into_iter().find(|p| std::path::Path::new(p).exists()).unwrap_or("nginx");
         let master = Guard(
             Command::new(nginx)
                 .arg("-p")

@@ -49,7 +49,10 @@ fn server() -> ApiServer {
         .image("python:3", Image::host())
         .namespace("locked", &[("pod-security.kubernetes.io/enforce", "baseline")])
         .user("viewer", &[Rule::new(&["get", "list", "watch"], &["pods", "pods/log"])])
-        .user("attacher", &[Rule::new(&["get", "list", "watch", "create", "delete"], &["pods"]).in_namespace("default")])
+        .user(
+            "attacher",
+            &[Rule::new(&["get", "list", "watch", "create", "delete"], &["pods"]).in_namespace("default")],
+        )
         .start()
         .expect("test API server starts")
 }
@@ -81,7 +84,12 @@ fn kubectl(bin: &str, server: &ApiServer, kubeconfig: &Path, args: &[&str], stdi
         }
     }
     let out = child.wait_output(Duration::from_secs(60));
-    eprintln!("$ {bin} {}\n{}{}", args.join(" "), String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "$ {bin} {}\n{}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -138,7 +146,9 @@ fn pod_json(name: &str, labels: Value, command: &[&str], extra: Value) -> String
 }
 
 fn wait_phase(server: &ApiServer, ns: &str, name: &str, phase: &str) -> Value {
-    let got = server.wait_pod(ns, name, WAIT, |p| p.and_then(|p| p.pointer("/status/phase")).and_then(Value::as_str) == Some(phase));
+    let got = server.wait_pod(ns, name, WAIT, |p| {
+        p.and_then(|p| p.pointer("/status/phase")).and_then(Value::as_str) == Some(phase)
+    });
     got.flatten().unwrap_or_else(|| panic!("pod {ns}/{name} never reached {phase}: {:#?}", server.pod(ns, name)))
 }
 
@@ -173,7 +183,13 @@ fn kubectl_version_get_and_selectors() {
     }
     let k = &kubectls()[0];
     let create = |name: &str, app: &str| {
-        let o = kubectl(k, &s, &kc, &["create", "--validate=false", "-f", "-"], Some(&pod_json(name, json!({"app": app}), &["sleep", "300"], json!({}))));
+        let o = kubectl(
+            k,
+            &s,
+            &kc,
+            &["create", "--validate=false", "-f", "-"],
+            Some(&pod_json(name, json!({"app": app}), &["sleep", "300"], json!({}))),
+        );
         assert!(o.status.success(), "{}", stderr(&o));
     };
     create("api-1", "api");
@@ -191,7 +207,13 @@ fn kubectl_version_get_and_selectors() {
         assert_eq!(stdout(&o).trim(), "pod/web-1");
         let o = kubectl(&bin, &s, &kc, &["get", "pods", "-l", "app in (api,web)", "-o", "name"], None);
         assert_eq!(stdout(&o).lines().count(), 2);
-        let o = kubectl(&bin, &s, &kc, &["get", "pods", "--field-selector", "spec.nodeName=node-1,metadata.name=web-1", "-o", "name"], None);
+        let o = kubectl(
+            &bin,
+            &s,
+            &kc,
+            &["get", "pods", "--field-selector", "spec.nodeName=node-1,metadata.name=web-1", "-o", "name"],
+            None,
+        );
         assert_eq!(stdout(&o).trim(), "pod/web-1");
         let o = kubectl(&bin, &s, &kc, &["get", "pod", "api-1", "-o", "json"], None);
         let pod: Value = serde_json::from_slice(&o.stdout).expect("pod JSON");
@@ -207,8 +229,20 @@ fn kubectl_version_get_and_selectors() {
         let o = kubectl(&bin, &s, &kc, &["get", "nodes", "-o", "name"], None);
         assert_eq!(stdout(&o).trim(), "node/node-1");
     }
-    let o = kubectl(k, &s, &kc, &["create", "--validate=false", "-f", "-"], Some(&pod_json("api-1", json!({}), &["true"], json!({}))));
-    assert!(stderr(&o).contains("Error from server (AlreadyExists): error when creating \"STDIN\": pods \"api-1\" already exists"), "{}", stderr(&o));
+    let o = kubectl(
+        k,
+        &s,
+        &kc,
+        &["create", "--validate=false", "-f", "-"],
+        Some(&pod_json("api-1", json!({}), &["true"], json!({}))),
+    );
+    assert!(
+        stderr(&o).contains(
+            "Error from server (AlreadyExists): error when creating \"STDIN\": pods \"api-1\" already exists"
+        ),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -218,7 +252,23 @@ fn kubectl_container_cgroup_names_container_id() {
     }
     let s = server();
     let kc = s.kubeconfig_path();
-    let o = kubectl(&kubectls()[0], &s, &kc, &["run", "target", "--image=python:3", "--restart=Never", "--command", "--", "python3", "-c", "import time; time.sleep(300)"], None);
+    let o = kubectl(
+        &kubectls()[0],
+        &s,
+        &kc,
+        &[
+            "run",
+            "target",
+            "--image=python:3",
+            "--restart=Never",
+            "--command",
+            "--",
+            "python3",
+            "-c",
+            "import time; time.sleep(300)",
+        ],
+        None,
+    );
     assert!(o.status.success(), "{}", stderr(&o));
     let pod = wait_phase(&s, "default", "target", "Running");
     let id = pod.pointer("/status/containerStatuses/0/containerID").and_then(Value::as_str).expect("containerID");
@@ -228,7 +278,11 @@ fn kubectl_container_cgroup_names_container_id() {
     let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).expect("uid");
     assert!(cgroup.lines().any(|l| l.ends_with(&format!("/kubepods/besteffort/pod{uid}/{id}"))), "{cgroup}");
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("cmdline");
-    assert!(String::from_utf8_lossy(&cmdline).contains("time.sleep(300)"), "cmdline of {pid}: {:?}", String::from_utf8_lossy(&cmdline));
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains("time.sleep(300)"),
+        "cmdline of {pid}: {:?}",
+        String::from_utf8_lossy(&cmdline)
+    );
 }
 
 #[test]
@@ -254,7 +308,13 @@ fn kubectl_watch_sees_added_then_deleted() {
         });
         // Let the watch start before the pod exists.
         std::thread::sleep(Duration::from_millis(1500));
-        let o = kubectl(&bin, &s, &kc, &["create", "--validate=false", "-f", "-"], Some(&pod_json(&name, json!({}), &["sleep", "300"], json!({}))));
+        let o = kubectl(
+            &bin,
+            &s,
+            &kc,
+            &["create", "--validate=false", "-f", "-"],
+            Some(&pod_json(&name, json!({}), &["sleep", "300"], json!({}))),
+        );
         assert!(o.status.success());
         wait_phase(&s, "default", &name, "Running");
         let o = kubectl(&bin, &s, &kc, &["delete", "pod", &name], None);
@@ -284,8 +344,18 @@ fn kubectl_delete_kills_the_process() {
     let s = server();
     let kc = s.kubeconfig_path();
     // A shell that ignores SIGTERM: deletion must escalate to SIGKILL after the grace period.
-    let o = kubectl(&kubectls()[0], &s, &kc, &["create", "--validate=false", "-f", "-"],
-        Some(&pod_json("stubborn", json!({}), &["sh", "-c", "trap '' TERM; while :; do sleep 1; done"], json!({"spec": {"terminationGracePeriodSeconds": 2}}))));
+    let o = kubectl(
+        &kubectls()[0],
+        &s,
+        &kc,
+        &["create", "--validate=false", "-f", "-"],
+        Some(&pod_json(
+            "stubborn",
+            json!({}),
+            &["sh", "-c", "trap '' TERM; while :; do sleep 1; done"],
+            json!({"spec": {"terminationGracePeriodSeconds": 2}}),
+        )),
+    );
     assert!(o.status.success());
     wait_phase(&s, "default", "stubborn", "Running");
     let pid = s.container_pid("default", "stubborn", "main").expect("pid");
@@ -307,8 +377,18 @@ fn kubectl_attach_echoes_through_cat() {
     let kc = s.kubeconfig_path();
     for (i, bin) in kubectls().iter().enumerate() {
         let name = format!("cat{i}");
-        let o = kubectl(bin, &s, &kc, &["create", "--validate=false", "-f", "-"],
-            Some(&pod_json(&name, json!({}), &["cat"], json!({"spec": {"containers": [{"name": "main", "image": "busybox", "command": ["cat"], "stdin": true}]}}))));
+        let o = kubectl(
+            bin,
+            &s,
+            &kc,
+            &["create", "--validate=false", "-f", "-"],
+            Some(&pod_json(
+                &name,
+                json!({}),
+                &["cat"],
+                json!({"spec": {"containers": [{"name": "main", "image": "busybox", "command": ["cat"], "stdin": true}]}}),
+            )),
+        );
         assert!(o.status.success());
         wait_phase(&s, "default", &name, "Running");
         let o = kubectl(bin, &s, &kc, &["attach", "-i", &name], Some("hello from kubectl\n"));
@@ -345,7 +425,10 @@ fn kubectl_auth_can_i_and_forbidden() {
         let o = kubectl(&bin, &s, &attacher, &["auth", "can-i", "create", "pods", "--subresource=attach"], None);
         assert_eq!(stdout(&o).trim(), "yes");
         s.revoke_all("attacher");
-        s.allow("attacher", Rule::new(&["get", "list", "watch", "create", "delete"], &["pods"]).in_namespace("default"));
+        s.allow(
+            "attacher",
+            Rule::new(&["get", "list", "watch", "create", "delete"], &["pods"]).in_namespace("default"),
+        );
 
         let o = kubectl(&bin, &s, &viewer, &["run", "x", "--image=busybox", "--restart=Never"], None);
         assert!(!o.status.success());
@@ -355,7 +438,13 @@ fn kubectl_auth_can_i_and_forbidden() {
             stderr(&o)
         );
         let o = kubectl(&bin, &s, &viewer, &["get", "nodes"], None);
-        assert!(stderr(&o).contains(r#"nodes is forbidden: User "viewer" cannot list resource "nodes" in API group "" at the cluster scope"#), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains(
+                r#"nodes is forbidden: User "viewer" cannot list resource "nodes" in API group "" at the cluster scope"#
+            ),
+            "{}",
+            stderr(&o)
+        );
     }
 }
 
@@ -364,7 +453,9 @@ async fn client(server: &ApiServer, user: &str) -> Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let path = server.kubeconfig_for(user).expect("kubeconfig");
     let kc = kube::config::Kubeconfig::read_from(&path).expect("kubeconfig parses");
-    let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await.expect("kube config");
+    let config = kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+        .await
+        .expect("kube config");
     Client::try_from(config).expect("kube client")
 }
 
@@ -419,7 +510,11 @@ async fn kube_watcher_sees_adds_and_deletes() {
         pods.delete(&name, &DeleteParams::default()).await.expect("delete");
         let (mut applied, mut deleted) = (false, false);
         while !deleted {
-            let ev = tokio::time::timeout(WAIT, events.try_next()).await.expect("watcher event").expect("watcher ok").expect("stream");
+            let ev = tokio::time::timeout(WAIT, events.try_next())
+                .await
+                .expect("watcher event")
+                .expect("watcher ok")
+                .expect("stream");
             match ev {
                 watcher::Event::Apply(p) | watcher::Event::InitApply(p) => {
                     assert_eq!(p.metadata.labels.as_ref().and_then(|l| l.get("round")), Some(&i.to_string()));
@@ -455,7 +550,10 @@ async fn kube_attach_writes_reads_and_closes_stdin() {
     pods.create(&PostParams::default(), &p).await.expect("create");
     wait_phase_async(&pods, "echo", "Running").await;
     let pid = s.container_pid("default", "echo", "cat").expect("pid");
-    let mut att = pods.attach("echo", &AttachParams::default().container("cat").stdin(true).stdout(true).stderr(true)).await.expect("attach");
+    let mut att = pods
+        .attach("echo", &AttachParams::default().container("cat").stdin(true).stdout(true).stderr(true))
+        .await
+        .expect("attach");
     let mut stdin = att.stdin().expect("stdin");
     let mut out = att.stdout().expect("stdout");
     stdin.write_all(b"hello\n").await.expect("write");
@@ -466,7 +564,8 @@ async fn kube_attach_writes_reads_and_closes_stdin() {
     stdin.shutdown().await.expect("shutdown");
     let status = att.take_status().expect("status future");
     let done = wait_phase_async(&pods, "echo", "Succeeded").await;
-    let st = done.status.and_then(|s| s.container_statuses).and_then(|c| c.into_iter().next()).expect("container status");
+    let st =
+        done.status.and_then(|s| s.container_statuses).and_then(|c| c.into_iter().next()).expect("container status");
     assert_eq!(st.state.and_then(|s| s.terminated).map(|t| t.exit_code), Some(0));
     let status = tokio::time::timeout(WAIT, status).await.expect("status in time").expect("status sent");
     assert_eq!(status.status.as_deref(), Some("Success"));
@@ -482,13 +581,21 @@ async fn kube_errors_forbidden_not_found_already_exists() {
     let s = server();
     let viewer: Api<Pod> = Api::default_namespaced(client(&s, "viewer").await);
     let admin: Api<Pod> = Api::default_namespaced(client(&s, "admin").await);
-    let p = pod(json!({"metadata": {"name": "x"}, "spec": {"containers": [{"name": "main", "image": "busybox", "command": ["sleep", "300"]}]}}));
+    let p = pod(
+        json!({"metadata": {"name": "x"}, "spec": {"containers": [{"name": "main", "image": "busybox", "command": ["sleep", "300"]}]}}),
+    );
     let st = kube_status(viewer.create(&PostParams::default(), &p).await.expect_err("viewer may not create"));
     assert_eq!((st.code, st.reason.as_str()), (403, "Forbidden"));
-    assert_eq!(st.message, r#"pods is forbidden: User "viewer" cannot create resource "pods" in API group "" in the namespace "default""#);
+    assert_eq!(
+        st.message,
+        r#"pods is forbidden: User "viewer" cannot create resource "pods" in API group "" in the namespace "default""#
+    );
     admin.create(&PostParams::default(), &p).await.expect("admin creates");
     let st = kube_status(admin.create(&PostParams::default(), &p).await.expect_err("duplicate"));
-    assert_eq!((st.code, st.reason.as_str(), st.message.as_str()), (409, "AlreadyExists", r#"pods "x" already exists"#));
+    assert_eq!(
+        (st.code, st.reason.as_str(), st.message.as_str()),
+        (409, "AlreadyExists", r#"pods "x" already exists"#)
+    );
     let st = kube_status(admin.get("nope").await.expect_err("missing"));
     assert_eq!((st.code, st.reason.as_str(), st.message.as_str()), (404, "NotFound", r#"pods "nope" not found"#));
     wait_phase_async(&admin, "x", "Running").await;
@@ -496,7 +603,10 @@ async fn kube_errors_forbidden_not_found_already_exists() {
     let text = format!("{err:?}");
     assert!(text.contains("403") || text.contains("Forbidden"), "{text}");
     let st = kube_status(viewer.delete("x", &DeleteParams::default()).await.expect_err("viewer may not delete"));
-    assert_eq!(st.message, r#"pods "x" is forbidden: User "viewer" cannot delete resource "pods" in API group "" in the namespace "default""#);
+    assert_eq!(
+        st.message,
+        r#"pods "x" is forbidden: User "viewer" cannot delete resource "pods" in API group "" in the namespace "default""#
+    );
     let nameless = pod(json!({"spec": {"containers": [{"name": "main", "image": "busybox"}]}}));
     let st = kube_status(admin.create(&PostParams::default(), &nameless).await.expect_err("no name"));
     assert_eq!((st.code, st.reason.as_str()), (422, "Invalid"));
@@ -530,8 +640,13 @@ async fn pod_security_rejects_privileged_hostpid_pods() {
     );
     s.create_namespace("strict", &[("pod-security.kubernetes.io/enforce", "restricted")]).expect("namespace");
     let strict: Api<Pod> = Api::namespaced(c.clone(), "strict");
-    let st = kube_status(strict.create(&PostParams::default(), &pod(spy.clone())).await.expect_err("restricted rejects"));
-    assert!(st.message.contains(r#"violates PodSecurity "restricted:latest": allowPrivilegeEscalation != false"#), "{}", st.message);
+    let st =
+        kube_status(strict.create(&PostParams::default(), &pod(spy.clone())).await.expect_err("restricted rejects"));
+    assert!(
+        st.message.contains(r#"violates PodSecurity "restricted:latest": allowPrivilegeEscalation != false"#),
+        "{}",
+        st.message
+    );
     let open: Api<Pod> = Api::default_namespaced(c);
     let created = open.create(&PostParams::default(), &pod(spy)).await.expect("default namespace is privileged");
     let name = created.metadata.name.expect("name");
@@ -546,24 +661,55 @@ fn unknown_image_backs_off_and_deadline_fails_pod() {
     let s = server();
     let kc = s.kubeconfig_path();
     let k = &kubectls()[0];
-    let o = kubectl(k, &s, &kc, &["create", "--validate=false", "-f", "-"],
-        Some(&pod_json("pull", json!({}), &["true"], json!({"spec": {"containers": [{"name": "main", "image": "ghcr.io/nobody/missing:v1", "command": ["true"]}]}}))));
+    let o = kubectl(
+        k,
+        &s,
+        &kc,
+        &["create", "--validate=false", "-f", "-"],
+        Some(&pod_json(
+            "pull",
+            json!({}),
+            &["true"],
+            json!({"spec": {"containers": [{"name": "main", "image": "ghcr.io/nobody/missing:v1", "command": ["true"]}]}}),
+        )),
+    );
     assert!(o.status.success());
-    let reason = |p: Option<&Value>| p.and_then(|p| p.pointer("/status/containerStatuses/0/state/waiting/reason")).and_then(Value::as_str).map(String::from);
-    let p = s.wait_pod("default", "pull", WAIT, |p| reason(p).as_deref() == Some("ImagePullBackOff")).flatten().expect("ImagePullBackOff");
+    let reason = |p: Option<&Value>| {
+        p.and_then(|p| p.pointer("/status/containerStatuses/0/state/waiting/reason"))
+            .and_then(Value::as_str)
+            .map(String::from)
+    };
+    let p = s
+        .wait_pod("default", "pull", WAIT, |p| reason(p).as_deref() == Some("ImagePullBackOff"))
+        .flatten()
+        .expect("ImagePullBackOff");
     assert_eq!(p["status"]["phase"], "Pending");
     let o = kubectl(k, &s, &kc, &["get", "pod", "pull"], None);
     assert!(stdout(&o).contains("ImagePullBackOff"), "{}", stdout(&o));
     let o = kubectl(k, &s, &kc, &["get", "events", "--field-selector", "involvedObject.name=pull", "-o", "json"], None);
     let events: Value = serde_json::from_slice(&o.stdout).expect("events JSON");
     let warned = events["items"].as_array().into_iter().flatten().any(|e| {
-        e["type"] == "Warning" && e["reason"] == "Failed" && e["message"].as_str().is_some_and(|m| m.starts_with("Failed to pull image \"ghcr.io/nobody/missing:v1\""))
+        e["type"] == "Warning"
+            && e["reason"] == "Failed"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Failed to pull image \"ghcr.io/nobody/missing:v1\""))
     });
     assert!(warned, "{events:#}");
     // Once the image exists, the pod starts on its next retry (not waited for here: back-off is 10 s).
 
-    let o = kubectl(k, &s, &kc, &["create", "--validate=false", "-f", "-"],
-        Some(&pod_json("deadline", json!({}), &["sleep", "300"], json!({"spec": {"activeDeadlineSeconds": 2, "terminationGracePeriodSeconds": 1}}))));
+    let o = kubectl(
+        k,
+        &s,
+        &kc,
+        &["create", "--validate=false", "-f", "-"],
+        Some(&pod_json(
+            "deadline",
+            json!({}),
+            &["sleep", "300"],
+            json!({"spec": {"activeDeadlineSeconds": 2, "terminationGracePeriodSeconds": 1}}),
+        )),
+    );
     assert!(o.status.success());
     wait_phase(&s, "default", "deadline", "Running");
     let pid = s.container_pid("default", "deadline", "main").expect("pid");
@@ -571,7 +717,12 @@ fn unknown_image_backs_off_and_deadline_fails_pod() {
     assert_eq!(p["status"]["reason"], "DeadlineExceeded");
     assert_eq!(p["status"]["message"], "Pod was active on the node longer than the specified deadline");
     wait_pid_gone(pid);
-    let p = s.wait_pod("default", "deadline", WAIT, |p| p.and_then(|p| p.pointer("/status/containerStatuses/0/state/terminated")).is_some()).flatten().expect("terminated");
+    let p = s
+        .wait_pod("default", "deadline", WAIT, |p| {
+            p.and_then(|p| p.pointer("/status/containerStatuses/0/state/terminated")).is_some()
+        })
+        .flatten()
+        .expect("terminated");
     assert_eq!(p.pointer("/status/containerStatuses/0/state/terminated/exitCode"), Some(&json!(143)));
 }
 
@@ -582,7 +733,13 @@ fn dropping_the_server_kills_its_processes() {
     }
     let s = server();
     let kc = s.kubeconfig_path();
-    let o = kubectl(&kubectls()[0], &s, &kc, &["create", "--validate=false", "-f", "-"], Some(&pod_json("long", json!({}), &["sleep", "300"], json!({}))));
+    let o = kubectl(
+        &kubectls()[0],
+        &s,
+        &kc,
+        &["create", "--validate=false", "-f", "-"],
+        Some(&pod_json("long", json!({}), &["sleep", "300"], json!({}))),
+    );
     assert!(o.status.success());
     wait_phase(&s, "default", "long", "Running");
     let pid = s.container_pid("default", "long", "main").expect("pid");

@@ -86,7 +86,9 @@ fn spy_pods(server: &ApiServer) -> Vec<Value> {
     let res = resources::by_name("", "pods").expect("pods");
     server
         .store()
-        .list(res, None, |p| p.pointer("/metadata/labels/app.kubernetes.io~1managed-by") == Some(&json!("kubectl-tlsspy")))
+        .list(res, None, |p| {
+            p.pointer("/metadata/labels/app.kubernetes.io~1managed-by") == Some(&json!("kubectl-tlsspy"))
+        })
         .0
 }
 
@@ -240,7 +242,8 @@ impl Plugin {
 
     fn wait(&mut self, timeout: Duration) -> ExitStatus {
         let child = self.child.as_mut().expect("running");
-        let status = wait_timeout(child, timeout).unwrap_or_else(|| panic!("the plugin did not exit; stderr:\n{}", self.stderr()));
+        let status = wait_timeout(child, timeout)
+            .unwrap_or_else(|| panic!("the plugin did not exit; stderr:\n{}", self.stderr()));
         self.child = None;
         status
     }
@@ -366,7 +369,8 @@ fn peers_are_named_by_pod_and_by_service() {
     let running = s.wait_pod("default", "client", WAIT, |p| {
         p.and_then(|p| p.pointer("/status/phase")).and_then(Value::as_str) == Some("Running")
     });
-    let client_ip = running.flatten().and_then(|p| p.pointer("/status/podIP").and_then(Value::as_str).map(String::from));
+    let client_ip =
+        running.flatten().and_then(|p| p.pointer("/status/podIP").and_then(Value::as_str).map(String::from));
     let client_ip = client_ip.expect("the client pod has an IP");
 
     let mut plugin = Plugin::start(&s, &s.kubeconfig_path(), &["pod/web", "pod/client", "-o", "json"]);

@@ -21,7 +21,14 @@ fn spy_command(args: &[&str]) -> Vec<Record> {
 }
 
 fn curl_args(cert: &Certificate) -> Vec<String> {
-    vec!["curl".into(), "-s".into(), "-o".into(), "/dev/null".into(), "--cacert".into(), cert.cert().display().to_string()]
+    vec![
+        "curl".into(),
+        "-s".into(),
+        "-o".into(),
+        "/dev/null".into(),
+        "--cacert".into(),
+        cert.cert().display().to_string(),
+    ]
 }
 
 #[test]
@@ -31,7 +38,9 @@ fn curl_over_http1_and_http2_against_nginx_gives_one_exchange_each() {
     }
     let cert = Certificate::new();
     let nginx = Nginx::start(&cert, &[]);
-    for (flag, protocol, version) in [("--http1.1", Protocol::Http1, "HTTP/1.1"), ("--http2", Protocol::Http2, "HTTP/2")] {
+    for (flag, protocol, version) in
+        [("--http1.1", Protocol::Http1, "HTTP/1.1"), ("--http2", Protocol::Http2, "HTTP/2")]
+    {
         let mark = marker("curl");
         let mut args = vec!["--".to_string()];
         args.extend(curl_args(&cert));
@@ -94,8 +103,7 @@ fn fifty_concurrent_http2_streams_on_one_connection_are_paired_correctly_on_the_
 
     let ids: Vec<String> = (0..50).map(|i| marker(&format!("s{i}"))).collect();
     let mut curl = Command::new("curl");
-    curl.args(["-s", "--http2", "--parallel", "--parallel-max", "50", "--cacert"])
-        .arg(cert.cert());
+    curl.args(["-s", "--http2", "--parallel", "--parallel-max", "50", "--cacert"]).arg(cert.cert());
     for id in &ids {
         curl.arg("-o").arg("/dev/null").arg(format!("https://127.0.0.1:{}/echo?id={id}", nginx.port));
     }
@@ -197,7 +205,10 @@ fn grpc_calls_over_an_h2_client_show_method_messages_and_status() {
     let say = by_method("Say");
     assert_eq!(say.protocol, Protocol::Grpc);
     let grpc = say.grpc.as_ref().expect("grpc");
-    assert_eq!((grpc.service.as_str(), grpc.request_messages, grpc.response_messages, grpc.status), ("tlsspy.Echo", 1, 1, Some(0)));
+    assert_eq!(
+        (grpc.service.as_str(), grpc.request_messages, grpc.response_messages, grpc.status),
+        ("tlsspy.Echo", 1, 1, Some(0))
+    );
     let chat = by_method("Chat").grpc.as_ref().expect("grpc");
     assert_eq!((chat.request_messages, chat.response_messages, chat.status), (3, 3, Some(0)));
     let fail = by_method("Fail").grpc.as_ref().expect("grpc");

@@ -457,8 +457,19 @@ fn goroutines_whose_stacks_grow_and_shrink_run_correctly_while_spied() {
     let addr = format!("127.0.0.1:{port}");
     let ca = cert.cert().display().to_string();
     let (workers, rounds) = (8, 25);
-    let args =
-        ["deep", "-ca", &ca, "-addr", &addr, "-workers", &workers.to_string(), "-rounds", &rounds.to_string(), "-mark", &mark];
+    let args = [
+        "deep",
+        "-ca",
+        &ca,
+        "-addr",
+        &addr,
+        "-workers",
+        &workers.to_string(),
+        "-rounds",
+        &rounds.to_string(),
+        "-mark",
+        &mark,
+    ];
     let program = builds.tlsprobe(Variant::Pie);
 
     // Unspied first: the same work must give the same output spied.

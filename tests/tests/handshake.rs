@@ -83,9 +83,12 @@ fn a_python_client_shows_its_handshake_and_its_plaintext_on_one_connection() {
     let (_server, port) = python_https_server(&cert);
     let mark = marker("py");
     let mut cmd = plugin();
-    cmd.args(["local", "-o", "json", "--", "python3", "-c", PYTHON_CLIENT, &port.to_string()])
-        .arg(cert.cert())
-        .args(["localhost", "h2,http/1.1", "1.3", &mark]);
+    cmd.args(["local", "-o", "json", "--", "python3", "-c", PYTHON_CLIENT, &port.to_string()]).arg(cert.cert()).args([
+        "localhost",
+        "h2,http/1.1",
+        "1.3",
+        &mark,
+    ]);
     let records = records_of(&run(cmd));
 
     let ids = plaintext_ids(&records, &mark);
@@ -134,7 +137,8 @@ fn tls_versions_sni_and_alpn_combinations_are_reported() {
         return;
     }
     let cert = Certificate::new();
-    let cases = [("1.2", "localhost", "h2"), ("1.2", "-", "http/1.1"), ("1.3", "localhost", "http/1.1"), ("1.3", "-", "h2")];
+    let cases =
+        [("1.2", "localhost", "h2"), ("1.2", "-", "http/1.1"), ("1.3", "localhost", "http/1.1"), ("1.3", "-", "h2")];
     for (version, sni, alpn) in cases {
         let (_server, port) = openssl_server(&cert, version);
         let mark = marker("matrix");
@@ -200,11 +204,11 @@ fn a_rustls_client_shows_with_a_closed_lock_and_the_reason() {
     let path = format!("/{mark}");
 
     let mut cmd = plugin();
-    cmd.args(["local", "-o", "json", "--"])
-        .arg(&client)
-        .args([&addr, "localhost"])
-        .arg(cert.cert())
-        .args(["h2,http/1.1", "1.3", &path]);
+    cmd.args(["local", "-o", "json", "--"]).arg(&client).args([&addr, "localhost"]).arg(cert.cert()).args([
+        "h2,http/1.1",
+        "1.3",
+        &path,
+    ]);
     let output = run(cmd);
     assert!(String::from_utf8_lossy(&output.stderr).contains(&format!("hello {mark}")), "the client worked");
     let records = records_of(&output);

@@ -32,9 +32,8 @@ fn curl_client_request_and_response_are_captured_exactly() {
     assert!(output.status.success(), "exit {:?}: {}", output.status, String::from_utf8_lossy(&output.stderr));
     let records = records_of(&output);
 
-    let request = format!(
-        "GET /{mark} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: */*\r\nUser-Agent: tlsspy-test\r\n\r\n"
-    );
+    let request =
+        format!("GET /{mark} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAccept: */*\r\nUser-Agent: tlsspy-test\r\n\r\n");
     let sent = stream_with(&records, Direction::Send, mark.as_bytes()).expect("the request was captured");
     assert_eq!(String::from_utf8_lossy(&sent), request);
 
@@ -282,9 +281,11 @@ fn bad_input_gets_one_clear_sentence_and_a_failing_exit() {
 
     // Not root.
     let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-        .arg(workspace_bin("kubectl-tlsspy"))
-        .args(["local", "--pid", &sleeper.pid().to_string()]);
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(workspace_bin("kubectl-tlsspy")).args([
+        "local",
+        "--pid",
+        &sleeper.pid().to_string(),
+    ]);
     one_clear_sentence(&run_plugin(cmd), "tlsspy needs root");
 
     // Nothing to spy on.

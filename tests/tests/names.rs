@@ -81,8 +81,7 @@ async fn peer_names_follow_pods_services_and_endpoint_slices() {
     }))
     .expect("service");
     let created = services.create(&PostParams::default(), &service).await.expect("create service");
-    let cluster_ip: IpAddr =
-        created.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP").parse().expect("an IP");
+    let cluster_ip: IpAddr = created.spec.and_then(|s| s.cluster_ip).expect("a ClusterIP").parse().expect("an IP");
     eventually(&index, cluster_ip, 443, Some("default/api")).await;
 
     // An EndpointSlice with an address that is no pod: named by its service.

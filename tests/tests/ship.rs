@@ -378,7 +378,11 @@ fn one_version_everywhere() {
             if tag.starts_with(|c: char| c.is_ascii_digit()) {
                 assert!(tag.starts_with(&format!("{VERSION}\"")), "{}: tag v{VERSION}", file.display());
             } else {
-                assert!(tag.starts_with("\", env!(\"CARGO_PKG_VERSION\")"), "{}: tag from CARGO_PKG_VERSION", file.display());
+                assert!(
+                    tag.starts_with("\", env!(\"CARGO_PKG_VERSION\")"),
+                    "{}: tag from CARGO_PKG_VERSION",
+                    file.display()
+                );
             }
         }
     }
@@ -588,7 +592,9 @@ fn static_agent(test: &str) -> Option<PathBuf> {
         Some(path) => Some(PathBuf::from(path)),
         None => {
             assert!(!in_ci(), "{test}: CI must build the static agent (scripts/test.sh sets TLSSPY_STATIC_AGENT)");
-            eprintln!("SKIP {test}: TLSSPY_STATIC_AGENT is not set (TLSSPY_STATIC_AGENT=$(bash scripts/build-agent.sh))");
+            eprintln!(
+                "SKIP {test}: TLSSPY_STATIC_AGENT is not set (TLSSPY_STATIC_AGENT=$(bash scripts/build-agent.sh))"
+            );
             None
         }
     }
@@ -629,9 +635,7 @@ fn static_agent_runs_without_a_libc_and_carries_the_ebpf_object() {
 fn embedded_bpf_objects(bytes: &[u8]) -> Vec<&[u8]> {
     const EM_BPF: u16 = 247;
     let u16_at = |b: &[u8], at: usize| b.get(at..at + 2).map(|s| u16::from_le_bytes([s[0], s[1]]));
-    let u64_at = |b: &[u8], at: usize| {
-        b.get(at..at + 8).map(|s| u64::from_le_bytes(s.try_into().expect("8 bytes")))
-    };
+    let u64_at = |b: &[u8], at: usize| b.get(at..at + 8).map(|s| u64::from_le_bytes(s.try_into().expect("8 bytes")));
     let mut found = Vec::new();
     for start in (0..bytes.len().saturating_sub(64)).filter(|&i| bytes[i..].starts_with(b"\x7fELF\x02\x01")) {
         let elf = &bytes[start..];
@@ -660,7 +664,8 @@ fn embedded_bpf_objects(bytes: &[u8]) -> Vec<&[u8]> {
 /// scripts/check-platforms.sh).
 #[test]
 fn plugin_dependencies_stay_portable() {
-    let linux_only = ["aya", "aya-obj", "spy-ebpf", "spy-image", "capstone", "capstone-sys", "gimli", "object", "tls-parser"];
+    let linux_only =
+        ["aya", "aya-obj", "spy-ebpf", "spy-image", "capstone", "capstone-sys", "gimli", "object", "tls-parser"];
     for (os, arch, triple) in PLATFORMS {
         let tree = |depth: Option<&str>| {
             let mut c = Command::new(env!("CARGO"));

@@ -54,10 +54,9 @@ pub async fn stream(
     let failure = |message: String| SpyFailure { message, fatal: false };
     let params = AttachParams::default().container(CONTAINER).stdin(true).stdout(true).stderr(true);
     let mut attached = api.attach(name, &params).await.map_err(|err| match err {
-        kube::Error::Api(status) if status.code == 403 => SpyFailure {
-            message: format!("not allowed to attach to the spy pod: {}", status.message),
-            fatal: true,
-        },
+        kube::Error::Api(status) if status.code == 403 => {
+            SpyFailure { message: format!("not allowed to attach to the spy pod: {}", status.message), fatal: true }
+        }
         other => failure(format!("cannot attach to the spy pod {name} on node {node}: {other}")),
     })?;
     let (Some(mut stdin), Some(stdout), Some(stderr)) = (attached.stdin(), attached.stdout(), attached.stderr()) else {

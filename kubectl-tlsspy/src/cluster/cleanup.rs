@@ -68,11 +68,8 @@ pub async fn remove_session(api: &Api<Pod>, session: &str) -> kube::Result<usize
 pub async fn run(args: CleanupArgs) -> anyhow::Result<ExitCode> {
     let (client, context_ns) = connect(&args.kube).await?;
     let namespace = args.kube.namespace.clone().unwrap_or(context_ns);
-    let api: Api<Pod> = if args.kube.all_namespaces {
-        Api::all(client.clone())
-    } else {
-        Api::namespaced(client.clone(), &namespace)
-    };
+    let api: Api<Pod> =
+        if args.kube.all_namespaces { Api::all(client.clone()) } else { Api::namespaced(client.clone(), &namespace) };
     let pods = api.list(&managed()).await.map_err(|err| anyhow::anyhow!("cannot list spy pods: {err}"))?;
     let (mut removed, mut running) = (0, 0);
     for pod in &pods.items {

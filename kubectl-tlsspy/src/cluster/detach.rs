@@ -38,4 +38,3 @@ pub fn detach(command: &mut Command) {
 
 #[cfg(not(any(unix, windows)))]
 pub fn detach(_command: &mut Command) {}
-

@@ -36,8 +36,8 @@ use tokio::sync::{mpsc, watch};
 use crate::cli::{ClusterArgs, KubeArgs, OutputFormat};
 use crate::names::{self, NamesScope, SharedPeerNames};
 use crate::render::{stats_line, Renderer};
-pub use spy_pod::DEFAULT_IMAGE;
 use spy_pod::SpyConfig;
+pub use spy_pod::DEFAULT_IMAGE;
 use targets::{PodState, PodTarget, Query, TargetEvent, TargetRef};
 
 /// Every spy pod carries this label…
@@ -57,12 +57,25 @@ const STOP_WAIT: Duration = Duration::from_secs(10);
 /// What a spy task reports.
 #[derive(Debug)]
 pub enum SpyEvent {
-    Attached { node: String, pod: String },
-    Record { node: String, record: Box<Record> },
+    Attached {
+        node: String,
+        pod: String,
+    },
+    Record {
+        node: String,
+        record: Box<Record>,
+    },
     /// One line of the agent's log (stderr).
-    Log { node: String, line: String },
+    Log {
+        node: String,
+        line: String,
+    },
     /// The spy is over and its pod deleted. `Ok`: why it stopped.
-    Ended { node: String, pod: Option<String>, outcome: Result<String, SpyFailure> },
+    Ended {
+        node: String,
+        pod: Option<String>,
+        outcome: Result<String, SpyFailure>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -78,7 +91,8 @@ pub struct SpyFailure {
 pub async fn connect(args: &KubeArgs) -> anyhow::Result<(Client, String)> {
     // kube's TLS needs one process-wide crypto provider.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let options = KubeConfigOptions { context: args.context.clone(), cluster: args.cluster.clone(), user: args.user.clone() };
+    let options =
+        KubeConfigOptions { context: args.context.clone(), cluster: args.cluster.clone(), user: args.user.clone() };
     let config = match &args.kubeconfig {
         Some(path) => {
             let kubeconfig =
@@ -86,7 +100,9 @@ pub async fn connect(args: &KubeArgs) -> anyhow::Result<(Client, String)> {
             Config::from_custom_kubeconfig(kubeconfig, &options).await.context("invalid kubeconfig")?
         }
         None => match Kubeconfig::read() {
-            Ok(kubeconfig) => Config::from_custom_kubeconfig(kubeconfig, &options).await.context("invalid kubeconfig")?,
+            Ok(kubeconfig) => {
+                Config::from_custom_kubeconfig(kubeconfig, &options).await.context("invalid kubeconfig")?
+            }
             Err(read_err) => Config::incluster().map_err(|_| {
                 anyhow::Error::new(read_err).context(
                     "no kubeconfig: set KUBECONFIG, pass --kubeconfig, or create ~/.kube/config (and not in a cluster)",
@@ -125,7 +141,8 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         })
         .collect();
     rbac::preflight(&client, target_ns.as_deref(), &spy_ns, &kinds).await?;
-    let query = Query::resolve(&client, target_ns.as_deref(), &refs, args.selector.as_deref(), args.container.clone()).await?;
+    let query =
+        Query::resolve(&client, target_ns.as_deref(), &refs, args.selector.as_deref(), args.container.clone()).await?;
     let initial = query.initial(&client, args.follow).await?;
 
     let spy_api: Api<Pod> = Api::namespaced(client.clone(), &spy_ns);
@@ -320,7 +337,12 @@ impl Session {
             self.events_tx.clone(),
             bar,
         ));
-        self.spies.entry(node.to_string()).or_insert(NodeSpy { commands, attached: false, ended: false, announcements: Vec::new() })
+        self.spies.entry(node.to_string()).or_insert(NodeSpy {
+            commands,
+            attached: false,
+            ended: false,
+            announcements: Vec::new(),
+        })
     }
 
     /// Hands a running target pod's new containers to its node's spy,
@@ -333,10 +355,17 @@ impl Session {
             }
             let command = Command::Container {
                 id: id.clone(),
-                pod: PodRef { namespace: pod.namespace.clone(), name: pod.name.clone(), container: Some(container.clone()) },
+                pod: PodRef {
+                    namespace: pod.namespace.clone(),
+                    name: pod.name.clone(),
+                    container: Some(container.clone()),
+                },
             };
             if let Err(err) = command.line() {
-                self.say(format!("tlsspy: cannot spy on {}/{} (container {container}): {err}", pod.namespace, pod.name));
+                self.say(format!(
+                    "tlsspy: cannot spy on {}/{} (container {container}): {err}",
+                    pod.namespace, pod.name
+                ));
                 continue;
             }
             if !self.spies.contains_key(&pod.node) {
@@ -351,8 +380,10 @@ impl Session {
                 self.say(message);
                 continue;
             }
-            let message =
-                format!("tlsspy: spying on {}/{} (container {container}) on node {}", pod.namespace, pod.name, pod.node);
+            let message = format!(
+                "tlsspy: spying on {}/{} (container {container}) on node {}",
+                pod.namespace, pod.name, pod.node
+            );
             if spy.attached {
                 self.say(message);
             } else {

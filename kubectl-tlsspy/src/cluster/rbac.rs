@@ -263,8 +263,11 @@ mod tests {
                 Scope::Targets | Scope::PeerNames => "ClusterRole",
                 Scope::Spies => "Role",
             };
-            let resource =
-                if p.subresource.is_empty() { p.resource.to_string() } else { format!("{}/{}", p.resource, p.subresource) };
+            let resource = if p.subresource.is_empty() {
+                p.resource.to_string()
+            } else {
+                format!("{}/{}", p.resource, p.subresource)
+            };
             for verb in p.verbs {
                 needed.insert((kind.to_string(), p.group.to_string(), resource.clone(), verb.to_string()));
             }

@@ -146,7 +146,8 @@ async fn life(
     created: &mut Option<String>,
 ) -> Result<String, SpyFailure> {
     progress.set_message(format!("{node}: creating the spy pod"));
-    let pod = api.create(&PostParams::default(), &pod_spec(config, node)).await.map_err(|err| create_failure(err, config))?;
+    let pod =
+        api.create(&PostParams::default(), &pod_spec(config, node)).await.map_err(|err| create_failure(err, config))?;
     let name = pod.metadata.name.clone().unwrap_or_default();
     *created = Some(name.clone());
     progress.set_message(format!("{node}: created pod {}/{name}", config.namespace));
@@ -155,18 +156,19 @@ async fn life(
         () = attach::stopped(&mut stop) => return Ok("stopped before the spy started".into()),
     }
     progress.set_message(format!("{node}: running, attaching"));
-    let end = match attach::stream(api, &name, node, config.heartbeat_timeout, &mut commands, &mut stop, events, progress)
-        .await
-    {
-        Ok(end) => end,
-        // An agent that ended before we attached (it waits for "go" only so
-        // long) is refused by the API server; its exit says more than the refusal.
-        Err(failure) if !failure.fatal => match container_exit(api, &name, ATTACH_REFUSED_EXIT_WAIT).await {
-            Some(exit) => return Err(exit_failure(node, None, None, Some(&exit))),
-            None => return Err(failure),
-        },
-        Err(failure) => return Err(failure),
-    };
+    let end =
+        match attach::stream(api, &name, node, config.heartbeat_timeout, &mut commands, &mut stop, events, progress)
+            .await
+        {
+            Ok(end) => end,
+            // An agent that ended before we attached (it waits for "go" only so
+            // long) is refused by the API server; its exit says more than the refusal.
+            Err(failure) if !failure.fatal => match container_exit(api, &name, ATTACH_REFUSED_EXIT_WAIT).await {
+                Some(exit) => return Err(exit_failure(node, None, None, Some(&exit))),
+                None => return Err(failure),
+            },
+            Err(failure) => return Err(failure),
+        };
     match end {
         StreamEnd::Stopped { reason } => Ok(reason),
         StreamEnd::AgentEnded { errors, bye } => Err(ended_by_itself(api, &name, node, errors, bye).await),
@@ -176,16 +178,18 @@ async fn life(
 fn create_failure(err: kube::Error, config: &SpyConfig) -> SpyFailure {
     let ns = &config.namespace;
     match err {
-        kube::Error::Api(status) if status.code == 403 && status.message.contains("violates PodSecurity") => SpyFailure {
-            message: format!(
+        kube::Error::Api(status) if status.code == 403 && status.message.contains("violates PodSecurity") => {
+            SpyFailure {
+                message: format!(
                 "namespace \"{ns}\" does not allow the spy pod, which must run privileged with hostPID and hostPath \
                  mounts ({}).\nRun the spies in a namespace whose Pod Security allows privileged pods: \
                  --spy-namespace NAMESPACE (deploy/rbac.yaml makes one, `tlsspy`), or label this one: \
                  kubectl label namespace {ns} pod-security.kubernetes.io/enforce=privileged",
                 status.message
             ),
-            fatal: true,
-        },
+                fatal: true,
+            }
+        }
         kube::Error::Api(status) if status.code == 403 => {
             SpyFailure { message: format!("not allowed to create the spy pod: {}", status.message), fatal: true }
         }
@@ -264,8 +268,7 @@ async fn wait_running(
 ) -> Result<(), SpyFailure> {
     let failure = |message: String| SpyFailure { message, fatal: false };
     let mut last = "waiting for the node's kubelet".to_string();
-    let mut events =
-        watcher(api.clone(), watcher::Config::default().fields(&format!("metadata.name={name}"))).boxed();
+    let mut events = watcher(api.clone(), watcher::Config::default().fields(&format!("metadata.name={name}"))).boxed();
     let deadline = tokio::time::Instant::now() + config.startup_timeout;
     loop {
         let event = match tokio::time::timeout_at(deadline, events.next()).await {
@@ -339,7 +342,12 @@ async fn container_exit(api: &Api<Pod>, name: &str, wait: Duration) -> Option<Co
 }
 
 /// The best sentence for an agent that ended: its own words, its bye, its exit.
-fn exit_failure(node: &str, said: Option<String>, bye: Option<String>, exit: Option<&ContainerStateTerminated>) -> SpyFailure {
+fn exit_failure(
+    node: &str,
+    said: Option<String>,
+    bye: Option<String>,
+    exit: Option<&ContainerStateTerminated>,
+) -> SpyFailure {
     let message = match (said, bye, exit) {
         (Some(said), _, _) => format!("the spy on node {node} failed: {said}"),
         (None, Some(bye), _) => format!("the spy on node {node} ended: {bye}"),
@@ -405,7 +413,12 @@ mod tests {
             json!(["tlsspy-agent", "--session", "--node", "$(NODE)", "--heartbeat-timeout", "10", "--max-body", "100"])
         );
         assert_eq!(c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
-        let paths: Vec<&str> = spec["volumes"].as_array().expect("volumes").iter().filter_map(|v| v["hostPath"]["path"].as_str()).collect();
+        let paths: Vec<&str> = spec["volumes"]
+            .as_array()
+            .expect("volumes")
+            .iter()
+            .filter_map(|v| v["hostPath"]["path"].as_str())
+            .collect();
         assert_eq!(paths, ["/sys", "/sys/fs/bpf", "/sys/kernel/tracing"]);
     }
 
@@ -415,16 +428,32 @@ mod tests {
 
     #[test]
     fn startup_failures_are_plain_words() {
-        let pulling = pod(json!({"phase": "Pending", "containerStatuses": [{"name": CONTAINER, "ready": false, "restartCount": 0, "image": "i", "imageID": "",
-            "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"i\""}}}]}));
+        let pulling = pod(
+            json!({"phase": "Pending", "containerStatuses": [{"name": CONTAINER, "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+            "state": {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling image \"i\""}}}]}),
+        );
         let Startup::Failed(why) = startup(&pulling, "n1", "i") else { panic!() };
         assert_eq!(why, "node n1 cannot pull the spy image i (ImagePullBackOff: Back-off pulling image \"i\"); check --image, and that the node can reach its registry");
-        let unschedulable = pod(json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes are available"}]}));
-        assert_eq!(startup(&unschedulable, "n1", "i"), Startup::Failed("the spy pod cannot be placed on node n1: 0/3 nodes are available".into()));
-        let died = pod(json!({"phase": "Failed", "containerStatuses": [{"name": CONTAINER, "ready": false, "restartCount": 0, "image": "i", "imageID": "",
-            "state": {"terminated": {"exitCode": 1, "reason": "Error", "message": "tlsspy-agent: this kernel has no BTF\n"}}}]}));
-        assert_eq!(startup(&died, "n1", "i"), Startup::Failed("the spy pod ended before it could be attached: tlsspy-agent: this kernel has no BTF".into()));
-        let running = pod(json!({"phase": "Running", "containerStatuses": [{"name": CONTAINER, "ready": true, "restartCount": 0, "image": "i", "imageID": "", "state": {"running": {}}}]}));
+        let unschedulable = pod(
+            json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/3 nodes are available"}]}),
+        );
+        assert_eq!(
+            startup(&unschedulable, "n1", "i"),
+            Startup::Failed("the spy pod cannot be placed on node n1: 0/3 nodes are available".into())
+        );
+        let died = pod(
+            json!({"phase": "Failed", "containerStatuses": [{"name": CONTAINER, "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+            "state": {"terminated": {"exitCode": 1, "reason": "Error", "message": "tlsspy-agent: this kernel has no BTF\n"}}}]}),
+        );
+        assert_eq!(
+            startup(&died, "n1", "i"),
+            Startup::Failed(
+                "the spy pod ended before it could be attached: tlsspy-agent: this kernel has no BTF".into()
+            )
+        );
+        let running = pod(
+            json!({"phase": "Running", "containerStatuses": [{"name": CONTAINER, "ready": true, "restartCount": 0, "image": "i", "imageID": "", "state": {"running": {}}}]}),
+        );
         assert_eq!(startup(&running, "n1", "i"), Startup::Running);
     }
 }

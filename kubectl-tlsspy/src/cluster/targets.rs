@@ -158,16 +158,18 @@ impl Query {
         for name in &self.pods {
             let pod = api.get_opt(name).await.with_context(|| format!("cannot read pod \"{name}\""))?;
             match (pod, follow) {
-                (Some(pod), _) => match classify(&pod, self.container.as_deref()) {
-                    PodState::Ready(target) => {
-                        found.insert(target.uid.clone(), target);
+                (Some(pod), _) => {
+                    match classify(&pod, self.container.as_deref()) {
+                        PodState::Ready(target) => {
+                            found.insert(target.uid.clone(), target);
+                        }
+                        PodState::Unsuitable(why) => bail!("pod \"{name}\" {why}"),
+                        PodState::Waiting(why) if !follow => {
+                            bail!("pod \"{name}\" is not running ({why}); wait for it, or add --follow to start when it does")
+                        }
+                        PodState::Waiting(_) => {}
                     }
-                    PodState::Unsuitable(why) => bail!("pod \"{name}\" {why}"),
-                    PodState::Waiting(why) if !follow => {
-                        bail!("pod \"{name}\" is not running ({why}); wait for it, or add --follow to start when it does")
-                    }
-                    PodState::Waiting(_) => {}
-                },
+                }
                 (None, false) => bail!("pod \"{name}\" not found {}", self.where_()),
                 (None, true) => {}
             }
@@ -263,15 +265,10 @@ async fn workload_selector(client: &Client, ns: &str, kind: WorkloadKind, name: 
             let j = Api::<Job>::namespaced(client.clone(), ns).get_opt(name).await.with_context(context)?;
             // The API server fills in a controller-uid selector; job-name is
             // the label every job's pods carry when it did not.
-            Some(
-                j.ok_or_else(not_found)?
-                    .spec
-                    .and_then(|s| s.selector)
-                    .unwrap_or_else(|| LabelSelector {
-                        match_labels: Some([("job-name".to_string(), name.to_string())].into()),
-                        ..LabelSelector::default()
-                    }),
-            )
+            Some(j.ok_or_else(not_found)?.spec.and_then(|s| s.selector).unwrap_or_else(|| LabelSelector {
+                match_labels: Some([("job-name".to_string(), name.to_string())].into()),
+                ..LabelSelector::default()
+            }))
         }
     };
     let selector = selector.map(|s| selector_string(&s)).unwrap_or_default();
@@ -307,10 +304,7 @@ pub fn classify(pod: &Pod, container: Option<&str>) -> PodState {
     let spec_names: Vec<&str> = pod.spec.iter().flat_map(|s| s.containers.iter().map(|c| c.name.as_str())).collect();
     if let Some(wanted) = container {
         if !spec_names.contains(&wanted) {
-            return PodState::Unsuitable(format!(
-                "has no container \"{wanted}\" (it has: {})",
-                spec_names.join(", ")
-            ));
+            return PodState::Unsuitable(format!("has no container \"{wanted}\" (it has: {})", spec_names.join(", ")));
         }
     }
     let status = pod.status.clone().unwrap_or_default();

@@ -85,8 +85,7 @@ impl Filter {
         let host = request.and_then(|r| r.authority.as_deref()).unwrap_or("");
         let status = exchange.response.as_ref().map(|r| r.status);
         (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
-            && (self.statuses.is_empty()
-                || status.is_some_and(|s| self.statuses.iter().any(|m| m.matches(s))))
+            && (self.statuses.is_empty() || status.is_some_and(|s| self.statuses.iter().any(|m| m.matches(s))))
             && self.host.as_deref().is_none_or(|h| host.contains(h))
             && self.path.as_deref().is_none_or(|p| path.contains(p))
             && self.path_regex.as_ref().is_none_or(|r| r.is_match(path))
@@ -150,11 +149,8 @@ mod tests {
 
     #[test]
     fn paths_hosts_and_regexes() {
-        let args = FilterArgs {
-            path_regex: Some("^/v[0-9]+/users".into()),
-            host: Some("api".into()),
-            ..Default::default()
-        };
+        let args =
+            FilterArgs { path_regex: Some("^/v[0-9]+/users".into()), host: Some("api".into()), ..Default::default() };
         let filter = Filter::new(&args).expect("filter");
         assert!(filter.accepts(&exchange("GET", "/v2/users/7", 200)));
         assert!(!filter.accepts(&exchange("GET", "/health", 200)));

@@ -152,7 +152,11 @@ fn write_chunk(out: &mut impl Write, chunk: &Chunk, options: &LiveOptions, style
         style.bold(&who(conn)),
         addr(from),
         addr(to),
-        style.cyan(&format!("{} {} B", if chunk.direction == Direction::Send { "sent" } else { "received" }, chunk.len)),
+        style.cyan(&format!(
+            "{} {} B",
+            if chunk.direction == Direction::Send { "sent" } else { "received" },
+            chunk.len
+        )),
         style.dim(&conn.id),
     )?;
     write_payload(out, &chunk.data.to_bytes(), options, style)
@@ -173,9 +177,10 @@ fn write_exchange(out: &mut impl Write, x: &Exchange, options: &LiveOptions, sty
         }
         None => style.red(x.incomplete.as_deref().unwrap_or("no response")),
     };
-    let grpc = x.grpc.as_ref().map_or(String::new(), |g| {
-        format!(" grpc-status={}", g.status.map_or("?".to_string(), |s| s.to_string()))
-    });
+    let grpc = x
+        .grpc
+        .as_ref()
+        .map_or(String::new(), |g| format!(" grpc-status={}", g.status.map_or("?".to_string(), |s| s.to_string())));
     let latency = x.latency_us.map_or(String::new(), |us| format!(" {}", human_latency(us)));
     let sizes = format!(
         " ↑{} ↓{}",

@@ -87,10 +87,7 @@ impl<W: Write> Sink for Renderer<W> {
 pub fn stats_line(stats: &Stats) -> String {
     let mut line = format!(
         "tlsspy: {} TLS calls captured ({} bytes) on {} connections, {} exchanges",
-        stats.calls,
-        stats.bytes,
-        stats.connections,
-        stats.exchanges
+        stats.calls, stats.bytes, stats.connections, stats.exchanges
     );
     let h = &stats.handshakes;
     if h.handshakes > 0 || h.not_tls_flows > 0 {

@@ -45,8 +45,7 @@ impl Summary {
         stats.count += 1;
         let failed = match &exchange.response {
             Some(response) => {
-                response.status >= 500
-                    || exchange.grpc.as_ref().and_then(|g| g.status).is_some_and(|s| s != 0)
+                response.status >= 500 || exchange.grpc.as_ref().and_then(|g| g.status).is_some_and(|s| s != 0)
             }
             None => true,
         };
@@ -56,8 +55,7 @@ impl Summary {
         if let Some(latency) = exchange.latency_us {
             stats.latencies_us.push(latency);
         }
-        stats.bytes += request.map_or(0, |r| r.body.size)
-            + exchange.response.as_ref().map_or(0, |r| r.body.size);
+        stats.bytes += request.map_or(0, |r| r.body.size) + exchange.response.as_ref().map_or(0, |r| r.body.size);
     }
 
     pub fn table(&self) -> Option<String> {
@@ -221,11 +219,7 @@ mod tests {
                 path: path.into(),
                 ..Default::default()
             }),
-            response: Some(Response {
-                status,
-                body: Body { size: 10, ..Default::default() },
-                ..Default::default()
-            }),
+            response: Some(Response { status, body: Body { size: 10, ..Default::default() }, ..Default::default() }),
             grpc: None,
             latency_us: Some(latency_us),
             incomplete: None,

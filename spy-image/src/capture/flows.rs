@@ -491,7 +491,6 @@ impl<O: Clone> Flow<O> {
     }
 }
 
-
 // A hello never needs more than this of a direction.
 const _: () = assert!(MAX_OUT_OF_ORDER_BYTES >= MAX_HANDSHAKE_BYTES);
 

@@ -36,10 +36,10 @@ mod linux {
 
     use super::flows::{FlowStats, FlowTable, Owners, SeenHandshake};
     use super::owner::{self, KernelOwners, Owner, OwnerResolver};
-    use crate::targets::process;
-    use crate::targets::unprobed;
     use super::packet;
     use super::socket::{self, PacketSocket};
+    use crate::targets::process;
+    use crate::targets::unprobed;
 
     /// Handshakes waiting for the spy; past this they are dropped and counted.
     pub const CAPTURE_QUEUE: usize = 1024;
@@ -57,7 +57,10 @@ mod linux {
     pub enum CaptureEvent {
         Handshake(Box<SeenHandshake<Owner>>),
         /// A namespace could not be watched.
-        Failed { pid: u32, message: String },
+        Failed {
+            pid: u32,
+            message: String,
+        },
     }
 
     /// Counters of all captures, for the `stats` record.
@@ -77,7 +80,8 @@ mod linux {
     /// Every field named, so a new counter cannot be left out of the sum.
     impl std::ops::AddAssign<&CaptureStats> for CaptureStats {
         fn add_assign(&mut self, other: &CaptureStats) {
-            let CaptureStats { namespaces, packets, dropped_packets, skipped_packets, dropped_handshakes, flows } = other;
+            let CaptureStats { namespaces, packets, dropped_packets, skipped_packets, dropped_handshakes, flows } =
+                other;
             self.namespaces += namespaces;
             self.packets += packets;
             self.dropped_packets += dropped_packets;
@@ -307,14 +311,18 @@ mod linux {
             let socket = match opened {
                 Ok(socket) => socket,
                 Err(err) => {
-                    let message = format!("cannot capture the TCP traffic of process {}'s network namespace: {err}", self.pid);
+                    let message =
+                        format!("cannot capture the TCP traffic of process {}'s network namespace: {err}", self.pid);
                     let _ = self.events.try_send(CaptureEvent::Failed { pid: self.pid, message });
                     return;
                 }
             };
             let mut table: FlowTable<Owner> = FlowTable::new();
-            let mut owners =
-                DescribedOwners { kernel: self.kernel.clone(), netns: self.netns, resolver: OwnerResolver::new(self.pids.clone()) };
+            let mut owners = DescribedOwners {
+                kernel: self.kernel.clone(),
+                netns: self.netns,
+                resolver: OwnerResolver::new(self.pids.clone()),
+            };
             let mut buf = vec![0u8; socket::SNAPLEN as usize];
             let mut out = Vec::new();
             let mut local = CaptureStats::default();

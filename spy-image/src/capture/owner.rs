@@ -92,9 +92,8 @@ pub fn parse_socket_table(text: &str, into: &mut HashMap<(SocketAddr, SocketAddr
 fn parse_address(text: &str) -> Option<SocketAddr> {
     let (ip, port) = text.split_once(':')?;
     let port = u16::from_str_radix(port, 16).ok()?;
-    let word = |i: usize| -> Option<[u8; 4]> {
-        Some(u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok()?.to_ne_bytes())
-    };
+    let word =
+        |i: usize| -> Option<[u8; 4]> { Some(u32::from_str_radix(ip.get(i * 8..i * 8 + 8)?, 16).ok()?.to_ne_bytes()) };
     let ip = match ip.len() {
         8 => IpAddr::V4(Ipv4Addr::from(word(0)?)),
         32 => {
@@ -158,10 +157,26 @@ impl Owners<Owner> for OwnerResolver {
                 let Ok(link) = fs::read_link(fd.path()) else { continue };
                 let Some(inode) = socket_inode(&link.to_string_lossy()) else { continue };
                 if Some(inode) == client_inode {
-                    return Some(Owner { pid, local: client, remote: server, role: Role::Client, process: None, unprobed: None, exe: None });
+                    return Some(Owner {
+                        pid,
+                        local: client,
+                        remote: server,
+                        role: Role::Client,
+                        process: None,
+                        unprobed: None,
+                        exe: None,
+                    });
                 }
                 if Some(inode) == server_inode {
-                    return Some(Owner { pid, local: server, remote: client, role: Role::Server, process: None, unprobed: None, exe: None });
+                    return Some(Owner {
+                        pid,
+                        local: server,
+                        remote: client,
+                        role: Role::Server,
+                        process: None,
+                        unprobed: None,
+                        exe: None,
+                    });
                 }
             }
         }

@@ -231,7 +231,7 @@ impl PacketSocket {
         address.sll_family = libc::AF_PACKET as u16;
         address.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
         address.sll_ifindex = 0; // every interface of the namespace
-        // SAFETY: bind with a sockaddr_ll of the size we pass.
+                                 // SAFETY: bind with a sockaddr_ll of the size we pass.
         let rc = unsafe {
             libc::bind(
                 socket.fd.as_raw_fd(),

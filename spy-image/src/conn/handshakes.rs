@@ -90,7 +90,8 @@ impl Tracker {
     /// The session ends: handshakes still waiting for plaintext are
     /// reported as not decrypted, in the order they happened.
     pub(super) fn flush_waiting_handshakes(&mut self, out: &mut Vec<Record>) {
-        let mut waiting: Vec<Handshake> = self.tuples.values_mut().filter_map(|e| e.pending.take().map(|p| p.0)).collect();
+        let mut waiting: Vec<Handshake> =
+            self.tuples.values_mut().filter_map(|e| e.pending.take().map(|p| p.0)).collect();
         waiting.sort_by_key(|r| r.ts_ns);
         for mut record in waiting {
             record.reason = Some(NO_PLAINTEXT.to_string());

@@ -19,8 +19,8 @@ use crate::proto::{ConnectionParser, ParseOptions, Parsed};
 mod handshakes;
 mod stream;
 
-pub use handshakes::{Plaintext, WireHandshake};
 use handshakes::TupleEntry;
+pub use handshakes::{Plaintext, WireHandshake};
 use stream::StreamOffsets;
 
 /// Exited processes whose names are kept for handshakes that come late.
@@ -278,7 +278,8 @@ impl Tracker {
         let last = parsed.len().saturating_sub(1);
         for (i, item) in parsed.into_iter().enumerate() {
             // The last record takes the connection; the others a copy.
-            let mut conn_for = || if i == last { conn.take().unwrap_or_default() } else { conn.clone().unwrap_or_default() };
+            let mut conn_for =
+                || if i == last { conn.take().unwrap_or_default() } else { conn.clone().unwrap_or_default() };
             match item {
                 Parsed::Exchange(mut exchange) => {
                     exchange.conn = conn_for();

@@ -1,7 +1,6 @@
 //! Kernel timestamps (`bpf_ktime_get_ns`) are CLOCK_MONOTONIC; records
 //! carry wall-clock time. The offset between the two is read once.
 
-
 /// Turns monotonic kernel times into wall-clock Unix nanoseconds.
 #[derive(Clone, Copy, Debug)]
 pub struct WallClock {

@@ -28,10 +28,8 @@ pub enum DecodeError {
 }
 
 pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
-    let kind = bytes
-        .get(..4)
-        .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-        .ok_or(DecodeError::Short(bytes.len()))?;
+    let kind =
+        bytes.get(..4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]])).ok_or(DecodeError::Short(bytes.len()))?;
     match kind {
         event_kind::DATA => {
             let header: DataHeader = read_pod(bytes)?;
@@ -132,9 +130,7 @@ mod tests {
         header.tuple.remote_port = 443;
         let mut bytes = header_bytes(&header);
         bytes.extend_from_slice(b"abc");
-        let KernelEvent::Data { header, data } = decode(&bytes).expect("decode") else {
-            panic!("not data")
-        };
+        let KernelEvent::Data { header, data } = decode(&bytes).expect("decode") else { panic!("not data") };
         assert_eq!(header.tgid, 7);
         assert_eq!(data, b"abc");
         let (local, remote) = addresses(&header.tuple);
@@ -144,7 +140,8 @@ mod tests {
 
     #[test]
     fn data_events_say_direction_and_library_in_record_terms() {
-        let mut header = DataHeader { tgid: 7, tid: 8, conn_ptr: 0xabc, call_len: 9, call_offset: 3, ..Default::default() };
+        let mut header =
+            DataHeader { tgid: 7, tid: 8, conn_ptr: 0xabc, call_len: 9, call_offset: 3, ..Default::default() };
         header.direction = spy_ebpf::direction::SEND;
         header.source = spy_ebpf::source::GO;
         header.comm[..4].copy_from_slice(b"curl");

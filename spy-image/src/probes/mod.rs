@@ -18,11 +18,11 @@ use aya::programs::{ProgramError, TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
 use spy_ebpf::{globals, maps, programs, stat};
 
-use spy_protocol::record::{Linkage, TlsLibrary};
-use socket_owners::SocketOwners;
 use crate::targets::go::{GoAbi, GoArch, GoBinary, GoFunctionProbe};
 use crate::targets::process::FileId;
 use crate::targets::tls_stack::{OpensslFunction, OpensslProbes};
+use socket_owners::SocketOwners;
+use spy_protocol::record::{Linkage, TlsLibrary};
 
 const BTF_PATH: &str = "/sys/kernel/btf/vmlinux";
 /// Tests point this elsewhere to see the no-BTF error on a kernel with BTF.
@@ -333,9 +333,7 @@ impl Probes {
     /// Starts tracing `tgid` (and, with `follow_children`, what it forks).
     pub fn add_target(&mut self, tgid: u32, follow_children: bool) -> Result<(), ProbeError> {
         let flags = if follow_children { spy_ebpf::TARGET_FOLLOW_CHILDREN } else { 0 };
-        self.targets
-            .insert(tgid, flags, 0)
-            .map_err(|source| ProbeError::Map { name: maps::TARGET_TGIDS, source })
+        self.targets.insert(tgid, flags, 0).map_err(|source| ProbeError::Map { name: maps::TARGET_TGIDS, source })
     }
 
     pub fn remove_target(&mut self, tgid: u32) {
@@ -514,9 +512,7 @@ impl Probes {
     }
 
     pub fn kernel_stats(&self) -> KernelStats {
-        let sum = |index: u32| -> u64 {
-            self.stats.get(&index, 0).map(|values| values.iter().sum()).unwrap_or(0)
-        };
+        let sum = |index: u32| -> u64 { self.stats.get(&index, 0).map(|values| values.iter().sum()).unwrap_or(0) };
         KernelStats {
             calls: sum(stat::CALLS),
             events: sum(stat::EVENTS),

@@ -85,12 +85,7 @@ impl Codec {
 /// Decodes `input`, keeping at most `max` bytes. Answers the output and
 /// whether it is all of it; `None` when the input does not decode (then the
 /// raw bytes are shown). A truncated input may still give a useful prefix.
-pub(crate) fn decode(
-    codec: Codec,
-    input: &[u8],
-    max: usize,
-    input_truncated: bool,
-) -> Option<(Vec<u8>, bool)> {
+pub(crate) fn decode(codec: Codec, input: &[u8], max: usize, input_truncated: bool) -> Option<(Vec<u8>, bool)> {
     let mut reader: Box<dyn Read + '_> = match codec {
         Codec::Gzip => Box::new(MultiGzDecoder::new(input)),
         // RFC 9110 says "deflate" is zlib-wrapped; some servers send raw
@@ -218,17 +213,12 @@ mod tests {
         body.push(b"\x1f\x8bnot really gzip", 1024);
         let body = body.finish(Some("gzip"), 1024);
         assert!(!body.decoded);
-        assert_eq!(
-            body.data.expect("data").to_bytes(),
-            b"\x1f\x8bnot really gzip"
-        );
+        assert_eq!(body.data.expect("data").to_bytes(), b"\x1f\x8bnot really gzip");
     }
 
     #[test]
     fn a_truncated_gzip_body_shows_the_decoded_prefix() {
-        let plain: Vec<u8> = (0..20_000u32)
-            .flat_map(|i| i.to_string().into_bytes())
-            .collect();
+        let plain: Vec<u8> = (0..20_000u32).flat_map(|i| i.to_string().into_bytes()).collect();
         let wire = gzip(&plain);
         let mut body = BodyBuf::default();
         body.push(&wire, wire.len() / 2);

@@ -30,11 +30,7 @@ pub(crate) fn split_path(path: &str) -> (String, String) {
 
 /// grpc-status and grpc-message (percent-decoded) from a header list.
 pub(crate) fn status(headers: &[Header]) -> (Option<u32>, Option<String>) {
-    let find = |name: &str| {
-        headers
-            .iter()
-            .find(|h| !h.unknown && h.name.eq_ignore_ascii_case(name))
-    };
+    let find = |name: &str| headers.iter().find(|h| !h.unknown && h.name.eq_ignore_ascii_case(name));
     let code = find("grpc-status").and_then(|h| h.value.trim().parse().ok());
     let message = find("grpc-message").map(|h| percent_decode(&h.value));
     (code, message)
@@ -44,9 +40,7 @@ pub(crate) fn status(headers: &[Header]) -> (Option<u32>, Option<String>) {
 /// `%` without two hex digits after it stays as it is; bytes that are not
 /// UTF-8 once decoded show as U+FFFD, since a peer may send anything.
 fn percent_decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(s)
-        .decode_utf8_lossy()
-        .into_owned()
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
 /// Counts length-prefixed messages in one direction of a stream, fed in
@@ -67,9 +61,7 @@ impl MessageCounter {
     pub(crate) fn push(&mut self, mut data: &[u8]) {
         while !data.is_empty() && !self.lost {
             if self.remaining > 0 {
-                let n = data
-                    .len()
-                    .min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
+                let n = data.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
                 self.remaining -= n as u64;
                 data = &data[n..];
                 continue;
@@ -79,12 +71,7 @@ impl MessageCounter {
             self.prefix_len += n;
             data = &data[n..];
             if self.prefix_len == PREFIX_LEN {
-                let len = u32::from_be_bytes([
-                    self.prefix[1],
-                    self.prefix[2],
-                    self.prefix[3],
-                    self.prefix[4],
-                ]);
+                let len = u32::from_be_bytes([self.prefix[1], self.prefix[2], self.prefix[3], self.prefix[4]]);
                 self.count = self.count.saturating_add(1);
                 if self.sizes.len() < MAX_GRPC_SIZES {
                     self.sizes.push(len);
@@ -122,10 +109,7 @@ mod tests {
 
     #[test]
     fn paths_split_into_service_and_method() {
-        assert_eq!(
-            split_path("/helloworld.Greeter/SayHello"),
-            ("helloworld.Greeter".into(), "SayHello".into())
-        );
+        assert_eq!(split_path("/helloworld.Greeter/SayHello"), ("helloworld.Greeter".into(), "SayHello".into()));
         assert_eq!(split_path("/odd"), ("odd".into(), String::new()));
     }
 
@@ -138,11 +122,7 @@ mod tests {
             let mut c = MessageCounter::default();
             c.push(&wire[..split]);
             c.push(&wire[split..]);
-            assert_eq!(
-                (c.count, c.sizes.as_slice()),
-                (3, &[3, 0, 300][..]),
-                "split {split}"
-            );
+            assert_eq!((c.count, c.sizes.as_slice()), (3, &[3, 0, 300][..]), "split {split}");
         }
     }
 
@@ -158,16 +138,8 @@ mod tests {
 
     #[test]
     fn status_and_percent_decoded_message() {
-        let h = |n: &str, v: &str| Header {
-            name: n.into(),
-            value: v.into(),
-            redacted: false,
-            unknown: false,
-        };
-        let (code, msg) = status(&[
-            h("grpc-status", "5"),
-            h("grpc-message", "not%20found%3A%20x%zz"),
-        ]);
+        let h = |n: &str, v: &str| Header { name: n.into(), value: v.into(), redacted: false, unknown: false };
+        let (code, msg) = status(&[h("grpc-status", "5"), h("grpc-message", "not%20found%3A%20x%zz")]);
         assert_eq!(code, Some(5));
         assert_eq!(msg.as_deref(), Some("not found: x%zz"));
         assert_eq!(status(&[]), (None, None));

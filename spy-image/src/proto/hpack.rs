@@ -94,12 +94,7 @@ impl std::fmt::Debug for Decoder {
 
 impl Default for Decoder {
     fn default() -> Self {
-        Decoder {
-            table: VecDeque::new(),
-            size: 0,
-            max_size: DEFAULT_TABLE_SIZE,
-            huffman: None,
-        }
+        Decoder { table: VecDeque::new(), size: 0, max_size: DEFAULT_TABLE_SIZE, huffman: None }
     }
 }
 
@@ -134,10 +129,7 @@ impl Decoder {
                 // Literal with incremental indexing.
                 let field = self.literal(block, &mut pos, 6)?;
                 if let Some(value) = &field.value {
-                    self.insert(Entry {
-                        name: field.name.clone(),
-                        value: value.clone(),
-                    });
+                    self.insert(Entry { name: field.name.clone(), value: value.clone() });
                 }
                 field
             } else if first & 0x20 != 0 {
@@ -150,9 +142,8 @@ impl Decoder {
                 // Literal without indexing (0000) or never indexed (0001).
                 self.literal(block, &mut pos, 4)?
             };
-            let field_size = field.name.as_ref().map_or(0, Vec::len)
-                + field.value.as_ref().map_or(0, Vec::len)
-                + ENTRY_OVERHEAD;
+            let field_size =
+                field.name.as_ref().map_or(0, Vec::len) + field.value.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD;
             list_size = list_size.saturating_add(field_size);
             if list_size > MAX_HEADER_LIST_SIZE {
                 out.truncated = true;
@@ -165,16 +156,9 @@ impl Decoder {
 
     fn literal(&mut self, block: &[u8], pos: &mut usize, prefix: u8) -> Result<Field, HpackError> {
         let index = integer(block, pos, prefix)?;
-        let name = if index == 0 {
-            Some(self.string(block, pos)?)
-        } else {
-            self.lookup(index)?.name
-        };
+        let name = if index == 0 { Some(self.string(block, pos)?) } else { self.lookup(index)?.name };
         let value = self.string(block, pos)?;
-        Ok(Field {
-            name,
-            value: Some(value),
-        })
+        Ok(Field { name, value: Some(value) })
     }
 
     fn lookup(&self, index: usize) -> Result<Field, HpackError> {
@@ -182,20 +166,11 @@ impl Decoder {
             return Err(HpackError::ZeroIndex);
         }
         if let Some(&(name, value)) = STATIC_TABLE.get(index - 1) {
-            return Ok(Field {
-                name: Some(name.as_bytes().to_vec()),
-                value: Some(value.as_bytes().to_vec()),
-            });
+            return Ok(Field { name: Some(name.as_bytes().to_vec()), value: Some(value.as_bytes().to_vec()) });
         }
         Ok(match self.table.get(index - 1 - STATIC_TABLE.len()) {
-            Some(entry) => Field {
-                name: entry.name.clone(),
-                value: Some(entry.value.clone()),
-            },
-            None => Field {
-                name: None,
-                value: None,
-            },
+            Some(entry) => Field { name: entry.name.clone(), value: Some(entry.value.clone()) },
+            None => Field { name: None, value: None },
         })
     }
 
@@ -229,10 +204,7 @@ impl Decoder {
         let raw = block.get(*pos..end).ok_or(HpackError::Truncated)?;
         *pos = end;
         if huffman {
-            self.huffman
-                .get_or_insert_with(HuffmanDecoder::new)
-                .decode(raw)
-                .map_err(|_| HpackError::Huffman)
+            self.huffman.get_or_insert_with(HuffmanDecoder::new).decode(raw).map_err(|_| HpackError::Huffman)
         } else {
             Ok(raw.to_vec())
         }
@@ -336,10 +308,7 @@ pub(crate) mod tests {
     use super::*;
 
     fn known(name: &str, value: &str) -> Field {
-        Field {
-            name: Some(name.as_bytes().to_vec()),
-            value: Some(value.as_bytes().to_vec()),
-        }
+        Field { name: Some(name.as_bytes().to_vec()), value: Some(value.as_bytes().to_vec()) }
     }
 
     fn decode_all(dec: &mut Decoder, block: &[u8]) -> Vec<Field> {
@@ -387,10 +356,7 @@ pub(crate) mod tests {
     /// RFC 7541 C.6: responses with Huffman coding and evictions (table 256).
     #[test]
     fn rfc7541_c6_responses_with_eviction() {
-        let mut dec = Decoder {
-            max_size: 256,
-            ..Decoder::default()
-        };
+        let mut dec = Decoder { max_size: 256, ..Decoder::default() };
         let c61 = hex("488264025885aec3771a4b6196d07abe941054d444a8200595040b8166e082a62d1bff6e919d29ad171863c78f0b97c8e9ae82ae43d3");
         assert_eq!(
             decode_all(&mut dec, &c61),
@@ -420,10 +386,7 @@ pub(crate) mod tests {
                 known("date", "Mon, 21 Oct 2013 20:13:22 GMT"),
                 known("location", "https://www.example.com"),
                 known("content-encoding", "gzip"),
-                known(
-                    "set-cookie",
-                    "foo=ASDJKHQKBZXOQWEOPIUAXQWEOIU; max-age=3600; version=1"
-                ),
+                known("set-cookie", "foo=ASDJKHQKBZXOQWEOPIUAXQWEOIU; max-age=3600; version=1"),
             ]
         );
         assert_eq!(dec.size, 215);
@@ -440,53 +403,26 @@ pub(crate) mod tests {
         assert_eq!(
             decode_all(&mut dec, &block),
             vec![
-                Field {
-                    name: None,
-                    value: None
-                },
-                Field {
-                    name: None,
-                    value: Some(b"v1".to_vec())
-                },
+                Field { name: None, value: None },
+                Field { name: None, value: Some(b"v1".to_vec()) },
                 known(":method", "GET")
             ]
         );
         // The inserted entry is now index 62: its value is known.
-        assert_eq!(
-            decode_all(&mut dec, &[0xbe]),
-            vec![Field {
-                name: None,
-                value: Some(b"v1".to_vec())
-            }]
-        );
+        assert_eq!(decode_all(&mut dec, &[0xbe]), vec![Field { name: None, value: Some(b"v1".to_vec()) }]);
     }
 
     #[test]
     fn errors_clear_the_table_and_the_next_block_still_decodes() {
         let mut dec = Decoder::default();
-        decode_all(
-            &mut dec,
-            &hex("400a637573746f6d2d6b65790d637573746f6d2d686561646572"),
-        );
-        assert_eq!(
-            decode_all(&mut dec, &[0xbe]),
-            vec![known("custom-key", "custom-header")]
-        );
+        decode_all(&mut dec, &hex("400a637573746f6d2d6b65790d637573746f6d2d686561646572"));
+        assert_eq!(decode_all(&mut dec, &[0xbe]), vec![known("custom-key", "custom-header")]);
         assert_eq!(dec.decode(&[0x80]), Err(HpackError::ZeroIndex));
         assert_eq!(
             decode_all(&mut dec, &[0xbe, 0x82]),
-            vec![
-                Field {
-                    name: None,
-                    value: None
-                },
-                known(":method", "GET")
-            ]
+            vec![Field { name: None, value: None }, known(":method", "GET")]
         );
-        assert_eq!(
-            dec.decode(&[0x7f, 0xff, 0xff, 0xff, 0xff, 0x7f]),
-            Err(HpackError::Overflow)
-        );
+        assert_eq!(dec.decode(&[0x7f, 0xff, 0xff, 0xff, 0xff, 0x7f]), Err(HpackError::Overflow));
         assert_eq!(dec.decode(&[0x40, 0x05, b'a']), Err(HpackError::Truncated));
         assert_eq!(dec.decode(&[0x40, 0x81, 0xff]), Err(HpackError::Huffman));
     }
@@ -517,11 +453,7 @@ pub(crate) mod tests {
         block.extend(std::iter::repeat_n(0xbe, 100_000));
         let out = dec.decode(&block).expect("decodes");
         assert!(out.truncated);
-        let kept: usize = out
-            .fields
-            .iter()
-            .map(|f| f.value.as_ref().map_or(0, Vec::len))
-            .sum();
+        let kept: usize = out.fields.iter().map(|f| f.value.as_ref().map_or(0, Vec::len)).sum();
         assert!(kept <= MAX_HEADER_LIST_SIZE);
         assert!(out.fields.len() > 2);
     }
@@ -532,11 +464,7 @@ pub(crate) mod tests {
             for prefix in [4u8, 5, 6, 7] {
                 let wire = int(prefix, 0, value);
                 let mut pos = 0;
-                assert_eq!(
-                    integer(&wire, &mut pos, prefix),
-                    Ok(value),
-                    "{value} /{prefix}"
-                );
+                assert_eq!(integer(&wire, &mut pos, prefix), Ok(value), "{value} /{prefix}");
                 assert_eq!(pos, wire.len());
             }
         }
@@ -550,20 +478,14 @@ pub(crate) mod tests {
             let theirs = loona_hpack::Decoder::new().decode(&block).expect("theirs");
             assert_eq!(
                 ours,
-                vec![Field {
-                    name: Some(theirs[0].0.clone()),
-                    value: Some(theirs[0].1.clone())
-                }],
+                vec![Field { name: Some(theirs[0].0.clone()), value: Some(theirs[0].1.clone()) }],
                 "index {index}"
             );
         }
     }
 
     pub(crate) fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-            .collect()
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
     }
 
     proptest! {

@@ -128,13 +128,7 @@ impl Http1 {
         self.req_dir
     }
 
-    pub(crate) fn feed(
-        &mut self,
-        dir: Direction,
-        ts: u64,
-        data: &[u8],
-        out: &mut Vec<Parsed>,
-    ) -> Flow {
+    pub(crate) fn feed(&mut self, dir: Direction, ts: u64, data: &[u8], out: &mut Vec<Parsed>) -> Flow {
         let data = match self.body_straight(dir, ts, data, out) {
             Ok(rest) => rest,
             Err(message) => return self.give_up(message, out),
@@ -185,9 +179,7 @@ impl Http1 {
                 ReadState::Body(f) => {
                     let fits = match &mut f.framing {
                         Framing::UntilClose => true,
-                        Framing::Length(rem) | Framing::Chunked(Chunk::Data(rem))
-                            if *rem >= len =>
-                        {
+                        Framing::Length(rem) | Framing::Chunked(Chunk::Data(rem)) if *rem >= len => {
                             *rem -= len;
                             true
                         }
@@ -201,10 +193,7 @@ impl Http1 {
                 ReadState::Head | ReadState::Hold => false,
             };
         if !stepped {
-            return self.give_up(
-                format!("HTTP/1: {len} bytes lost in the {dir:?} stream"),
-                out,
-            );
+            return self.give_up(format!("HTTP/1: {len} bytes lost in the {dir:?} stream"), out);
         }
         reader.input.skip(len);
         self.pump(out)
@@ -253,8 +242,7 @@ impl Http1 {
                 Ok(Step::Idle)
             }
             ReadState::Body(f) => {
-                let (used, done) =
-                    f.advance(self.requests.input.bytes(), max_body, show_secrets)?;
+                let (used, done) = f.advance(self.requests.input.bytes(), max_body, show_secrets)?;
                 self.requests.input.consume(used);
                 if done {
                     self.complete_request(out);
@@ -272,9 +260,7 @@ impl Http1 {
                 let used = match req.parse(bytes) {
                     Ok(httparse::Status::Complete(n)) => n,
                     Ok(httparse::Status::Partial) if bytes.len() > MAX_HEAD_BYTES => {
-                        return Err(format!(
-                            "HTTP/1: request header section over {MAX_HEAD_BYTES} bytes"
-                        ))
+                        return Err(format!("HTTP/1: request header section over {MAX_HEAD_BYTES} bytes"))
                     }
                     Ok(httparse::Status::Partial) => return Ok(Step::Idle),
                     Err(e) => return Err(format!("HTTP/1: bad request head: {e}")),
@@ -283,11 +269,7 @@ impl Http1 {
                 let method = req.method.unwrap_or_default().to_owned();
                 let version = req.version.unwrap_or(1);
                 let request = Request {
-                    authority: req
-                        .headers
-                        .iter()
-                        .find(|h| h.name.eq_ignore_ascii_case("host"))
-                        .map(|h| lossy(h.value)),
+                    authority: req.headers.iter().find(|h| h.name.eq_ignore_ascii_case("host")).map(|h| lossy(h.value)),
                     path: req.path.unwrap_or_default().to_owned(),
                     version: format!("HTTP/1.{version}"),
                     headers: headers_of(req.headers, self.opts.show_secrets),
@@ -305,9 +287,7 @@ impl Http1 {
                     info.content_length.filter(|&n| n > 0).map(Framing::Length)
                 };
                 if self.queue.len() >= MAX_PENDING {
-                    return Err(format!(
-                        "HTTP/1: more than {MAX_PENDING} requests without responses"
-                    ));
+                    return Err(format!("HTTP/1: more than {MAX_PENDING} requests without responses"));
                 }
                 let seq = self.next_seq;
                 self.next_seq += 1;
@@ -325,12 +305,7 @@ impl Http1 {
                 });
                 match framing {
                     Some(framing) => {
-                        self.requests.state = ReadState::Body(Box::new(InFlight::new(
-                            framing,
-                            Some(seq),
-                            None,
-                            false,
-                        )));
+                        self.requests.state = ReadState::Body(Box::new(InFlight::new(framing, Some(seq), None, false)));
                     }
                     None => self.complete_request(out),
                 }
@@ -372,8 +347,7 @@ impl Http1 {
                 Ok(Step::Idle)
             }
             ReadState::Body(f) => {
-                let (used, done) =
-                    f.advance(self.responses.input.bytes(), max_body, show_secrets)?;
+                let (used, done) = f.advance(self.responses.input.bytes(), max_body, show_secrets)?;
                 self.responses.input.consume(used);
                 if done {
                     self.complete_response(false, out);
@@ -391,9 +365,7 @@ impl Http1 {
                 let used = match resp.parse(bytes) {
                     Ok(httparse::Status::Complete(n)) => n,
                     Ok(httparse::Status::Partial) if bytes.len() > MAX_HEAD_BYTES => {
-                        return Err(format!(
-                            "HTTP/1: response header section over {MAX_HEAD_BYTES} bytes"
-                        ))
+                        return Err(format!("HTTP/1: response header section over {MAX_HEAD_BYTES} bytes"))
                     }
                     Ok(httparse::Status::Partial) => return Ok(Step::Idle),
                     Err(e) => return Err(format!("HTTP/1: bad response head: {e}")),
@@ -426,11 +398,7 @@ impl Http1 {
                 let framing = if switch || head_method || status == 204 || status == 304 {
                     None
                 } else if info.transfer_encoding {
-                    Some(if info.chunked {
-                        Framing::Chunked(Chunk::Size)
-                    } else {
-                        Framing::UntilClose
-                    })
+                    Some(if info.chunked { Framing::Chunked(Chunk::Size) } else { Framing::UntilClose })
                 } else {
                     match info.content_length {
                         Some(0) => None,
@@ -441,10 +409,7 @@ impl Http1 {
                 let orphan = match slot {
                     Some(slot) => {
                         slot.response = Some(response);
-                        if !switch
-                            && matches!(self.requests.state, ReadState::Hold)
-                            && (slot.upgrade || slot.connect)
-                        {
+                        if !switch && matches!(self.requests.state, ReadState::Hold) && (slot.upgrade || slot.connect) {
                             // Not switching after all: requests go on.
                             self.requests.state = ReadState::Head;
                         }
@@ -453,8 +418,7 @@ impl Http1 {
                     None => Some(response),
                 };
                 let framing = framing.unwrap_or(Framing::Length(0));
-                self.responses.state =
-                    ReadState::Body(Box::new(InFlight::new(framing, seq, orphan, close)));
+                self.responses.state = ReadState::Body(Box::new(InFlight::new(framing, seq, orphan, close)));
                 if switch {
                     self.complete_response(false, out);
                     return Ok(Step::Switch);
@@ -482,11 +446,7 @@ impl Http1 {
             response.body = f.body.finish(encoding.as_deref(), max_body);
             response.trailers = f.trailers;
         };
-        match (
-            f.seq
-                .and_then(|seq| self.queue.iter_mut().find(|s| s.seq == seq)),
-            f.orphan,
-        ) {
+        match (f.seq.and_then(|seq| self.queue.iter_mut().find(|s| s.seq == seq)), f.orphan) {
             (Some(slot), _) => {
                 if let Some(response) = &mut slot.response {
                     finish(response);
@@ -502,22 +462,14 @@ impl Http1 {
             (None, None) => {}
         }
         if !at_close {
-            self.responses.state = if close {
-                ReadState::Closed
-            } else {
-                ReadState::Head
-            };
+            self.responses.state = if close { ReadState::Closed } else { ReadState::Head };
         }
         self.emit_ready(out);
     }
 
     /// Emits finished exchanges from the front of the queue, in order.
     fn emit_ready(&mut self, out: &mut Vec<Parsed>) {
-        while self
-            .queue
-            .front()
-            .is_some_and(|s| s.req_done && s.resp_done)
-        {
+        while self.queue.front().is_some_and(|s| s.req_done && s.resp_done) {
             if let Some(slot) = self.queue.pop_front() {
                 let latency = Some(slot.resp_end_ts.saturating_sub(slot.request.ts_ns) / 1000);
                 out.push(exchange(Some(slot.request), slot.response, latency, None));
@@ -527,9 +479,7 @@ impl Http1 {
 
     /// Bad framing: say so once, emit what we have, pass the rest through.
     fn give_up(&mut self, message: String, out: &mut Vec<Parsed>) -> Flow {
-        out.push(Parsed::Error {
-            message: message.clone(),
-        });
+        out.push(Parsed::Error { message: message.clone() });
         self.flush_all(&format!("parse error: {message}"), false, out);
         Flow::Passthrough
     }
@@ -538,27 +488,20 @@ impl Http1 {
     /// a response delimited by the close is complete.
     fn flush_all(&mut self, reason: &str, closing: bool, out: &mut Vec<Parsed>) {
         let max_body = self.opts.max_body;
-        if closing
-            && matches!(&self.responses.state, ReadState::Body(f) if f.framing == Framing::UntilClose)
-        {
+        if closing && matches!(&self.responses.state, ReadState::Body(f) if f.framing == Framing::UntilClose) {
             self.complete_response(true, out);
         }
         // Partial bodies go into their messages.
         if let ReadState::Body(f) = std::mem::take(&mut self.requests.state) {
-            if let Some(slot) = f
-                .seq
-                .and_then(|seq| self.queue.iter_mut().find(|s| s.seq == seq))
-            {
+            if let Some(slot) = f.seq.and_then(|seq| self.queue.iter_mut().find(|s| s.seq == seq)) {
                 let encoding = header_value(&slot.request.headers, "content-encoding");
                 slot.request.body = f.body.finish(encoding.as_deref(), max_body);
             }
         }
         if let ReadState::Body(f) = std::mem::take(&mut self.responses.state) {
             let f = *f;
-            let target = f
-                .seq
-                .and_then(|seq| self.queue.iter_mut().find(|s| s.seq == seq))
-                .and_then(|s| s.response.as_mut());
+            let target =
+                f.seq.and_then(|seq| self.queue.iter_mut().find(|s| s.seq == seq)).and_then(|s| s.response.as_mut());
             let mut orphan = f.orphan;
             if let Some(response) = target.or(orphan.as_mut()) {
                 let encoding = header_value(&response.headers, "content-encoding");
@@ -566,12 +509,7 @@ impl Http1 {
                 response.trailers = f.trailers;
             }
             if let Some(response) = orphan {
-                out.push(exchange(
-                    None,
-                    Some(response),
-                    None,
-                    Some(reason.to_owned()),
-                ));
+                out.push(exchange(None, Some(response), None, Some(reason.to_owned())));
             }
         }
         self.requests.input.flush(self.req_dir, out);
@@ -579,14 +517,8 @@ impl Http1 {
         self.emit_ready(out);
         for slot in self.queue.drain(..) {
             let complete = slot.req_done && slot.resp_done;
-            let latency =
-                complete.then(|| slot.resp_end_ts.saturating_sub(slot.request.ts_ns) / 1000);
-            out.push(exchange(
-                Some(slot.request),
-                slot.response,
-                latency,
-                (!complete).then(|| reason.to_owned()),
-            ));
+            let latency = complete.then(|| slot.resp_end_ts.saturating_sub(slot.request.ts_ns) / 1000);
+            out.push(exchange(Some(slot.request), slot.response, latency, (!complete).then(|| reason.to_owned())));
         }
         self.requests.state = ReadState::Closed;
         self.responses.state = ReadState::Closed;
@@ -595,24 +527,12 @@ impl Http1 {
 
 impl InFlight {
     fn new(framing: Framing, seq: Option<u64>, orphan: Option<Response>, close: bool) -> Self {
-        InFlight {
-            framing,
-            body: BodyBuf::default(),
-            trailers: Vec::new(),
-            seq,
-            orphan,
-            close,
-        }
+        InFlight { framing, body: BodyBuf::default(), trailers: Vec::new(), seq, orphan, close }
     }
 
     /// Takes body bytes from `bytes`: how many were used, and whether the
     /// body is complete.
-    fn advance(
-        &mut self,
-        bytes: &[u8],
-        max_body: usize,
-        show_secrets: bool,
-    ) -> Result<(usize, bool), String> {
+    fn advance(&mut self, bytes: &[u8], max_body: usize, show_secrets: bool) -> Result<(usize, bool), String> {
         match &mut self.framing {
             Framing::Length(rem) => {
                 let n = take_len(bytes.len(), *rem);
@@ -628,12 +548,7 @@ impl InFlight {
         }
     }
 
-    fn advance_chunked(
-        &mut self,
-        bytes: &[u8],
-        max_body: usize,
-        show_secrets: bool,
-    ) -> Result<(usize, bool), String> {
+    fn advance_chunked(&mut self, bytes: &[u8], max_body: usize, show_secrets: bool) -> Result<(usize, bool), String> {
         let mut pos = 0;
         loop {
             let Framing::Chunked(chunk) = &mut self.framing else {
@@ -644,19 +559,13 @@ impl InFlight {
                 Chunk::Size => {
                     let Some(nl) = rest.iter().position(|&b| b == b'\n') else {
                         if rest.len() > MAX_CHUNK_LINE {
-                            return Err(format!(
-                                "HTTP/1: chunk-size line over {MAX_CHUNK_LINE} bytes"
-                            ));
+                            return Err(format!("HTTP/1: chunk-size line over {MAX_CHUNK_LINE} bytes"));
                         }
                         return Ok((pos, false));
                     };
                     let size = chunk_size(&rest[..=nl])?;
                     pos += nl + 1;
-                    *chunk = if size == 0 {
-                        Chunk::Trailers
-                    } else {
-                        Chunk::Data(size)
-                    };
+                    *chunk = if size == 0 { Chunk::Trailers } else { Chunk::Data(size) };
                 }
                 Chunk::Data(rem) => {
                     if rest.is_empty() {
@@ -689,9 +598,9 @@ impl InFlight {
                             self.trailers = headers_of(trailers, show_secrets);
                             Ok((pos + n, true))
                         }
-                        Ok(httparse::Status::Partial) if rest.len() > MAX_HEAD_BYTES => Err(
-                            format!("HTTP/1: trailer section over {MAX_HEAD_BYTES} bytes"),
-                        ),
+                        Ok(httparse::Status::Partial) if rest.len() > MAX_HEAD_BYTES => {
+                            Err(format!("HTTP/1: trailer section over {MAX_HEAD_BYTES} bytes"))
+                        }
                         Ok(httparse::Status::Partial) => Ok((pos, false)),
                         Err(e) => Err(format!("HTTP/1: bad trailers: {e}")),
                     };
@@ -703,10 +612,7 @@ impl InFlight {
 
 /// Record headers, secrets redacted unless `show_secrets`.
 fn headers_of(headers: &[httparse::Header<'_>], show_secrets: bool) -> Vec<Header> {
-    headers
-        .iter()
-        .map(|h| redact::header(h.name.to_owned(), lossy(h.value), show_secrets))
-        .collect()
+    headers.iter().map(|h| redact::header(h.name.to_owned(), lossy(h.value), show_secrets)).collect()
 }
 
 fn lossy(bytes: &[u8]) -> String {
@@ -715,10 +621,7 @@ fn lossy(bytes: &[u8]) -> String {
 
 /// First value of a header (from an unredacted list, or a harmless one).
 fn header_value(headers: &[Header], name: &str) -> Option<String> {
-    headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| h.value.clone())
+    headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.clone())
 }
 
 fn take_len(available: usize, remaining: u64) -> usize {
@@ -735,15 +638,9 @@ fn take_len(available: usize, remaining: u64) -> usize {
 fn chunk_size(line: &[u8]) -> Result<u64, String> {
     let bad = || {
         let size = line.split(|&b| b == b';').next().unwrap_or_default();
-        format!(
-            "HTTP/1: bad chunk size {:?}",
-            String::from_utf8_lossy(size.trim_ascii())
-        )
+        format!("HTTP/1: bad chunk size {:?}", String::from_utf8_lossy(size.trim_ascii()))
     };
-    let blanks = line
-        .iter()
-        .take_while(|&&b| b == b' ' || b == b'\t')
-        .count();
+    let blanks = line.iter().take_while(|&&b| b == b' ' || b == b'\t').count();
     let line = &line[blanks..];
     if !line.first().is_some_and(u8::is_ascii_hexdigit) {
         return Err(bad());
@@ -773,9 +670,7 @@ fn head_info(headers: &[httparse::Header<'_>]) -> Result<HeadInfo, String> {
         match name.as_str() {
             "content-length" => {
                 for token in tokens(h.value) {
-                    let n: u64 = token
-                        .parse()
-                        .map_err(|_| format!("HTTP/1: bad content-length {token:?}"))?;
+                    let n: u64 = token.parse().map_err(|_| format!("HTTP/1: bad content-length {token:?}"))?;
                     if info.content_length.is_some_and(|m| m != n) {
                         return Err("HTTP/1: conflicting content-length values".into());
                     }
@@ -862,10 +757,7 @@ mod tests {
         ] {
             assert!(size(line).is_err(), "{line:?}");
         }
-        assert_eq!(
-            size("zz;ext\r\n"),
-            Err("HTTP/1: bad chunk size \"zz\"".into())
-        );
+        assert_eq!(size("zz;ext\r\n"), Err("HTTP/1: bad chunk size \"zz\"".into()));
         assert!(chunk_size(b"\xff\r\n").is_err());
     }
 }

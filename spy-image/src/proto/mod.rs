@@ -39,10 +39,7 @@ pub struct ParseOptions {
 
 impl Default for ParseOptions {
     fn default() -> Self {
-        ParseOptions {
-            max_body: DEFAULT_MAX_BODY,
-            show_secrets: false,
-        }
+        ParseOptions { max_body: DEFAULT_MAX_BODY, show_secrets: false }
     }
 }
 
@@ -53,12 +50,7 @@ pub enum Parsed {
     Exchange(Box<Exchange>),
     /// Bytes no parser claimed, to be shown as a chunk.
     /// `offset` is where `data` starts in that direction's stream.
-    Unclaimed {
-        direction: Direction,
-        ts_ns: u64,
-        offset: u64,
-        data: Vec<u8>,
-    },
+    Unclaimed { direction: Direction, ts_ns: u64, offset: u64, data: Vec<u8> },
     /// The parser gave up on a stream or on the connection (bad framing);
     /// counted in stats.
     Error { message: String },
@@ -99,17 +91,12 @@ fn classify(dir: Direction, first: &[u8]) -> Detected {
     }
     const STATUS_LINE: &[u8] = b"HTTP/1.";
     if first.starts_with(STATUS_LINE) {
-        return Detected::Http1 {
-            requests: dir.flip(),
-        };
+        return Detected::Http1 { requests: dir.flip() };
     }
     if STATUS_LINE.starts_with(first) {
         return Detected::NeedMore;
     }
-    let method_len = first
-        .iter()
-        .take_while(|b| b.is_ascii_uppercase() || **b == b'-' || **b == b'_')
-        .count();
+    let method_len = first.iter().take_while(|b| b.is_ascii_uppercase() || **b == b'-' || **b == b'_').count();
     if method_len > 0 && method_len <= MAX_METHOD_LEN {
         match first.get(method_len) {
             Some(b' ') => return Detected::Http1 { requests: dir },
@@ -118,9 +105,7 @@ fn classify(dir: Direction, first: &[u8]) -> Detected {
         }
     }
     match http2::plausible_first_frame(first) {
-        Some(http2::FirstFrame::Settings) => Detected::Http2 {
-            client: Some(dir.flip()),
-        },
+        Some(http2::FirstFrame::Settings) => Detected::Http2 { client: Some(dir.flip()) },
         Some(http2::FirstFrame::Other) => Detected::Http2 { client: None },
         None if first.len() < http2::FRAME_HEADER_LEN => Detected::NeedMore,
         None => Detected::Unknown,
@@ -201,12 +186,7 @@ impl Input {
     pub(crate) fn flush(&mut self, direction: Direction, out: &mut Vec<Parsed>) {
         if !self.is_empty() {
             let data = self.buf[self.pos..].to_vec();
-            out.push(Parsed::Unclaimed {
-                direction,
-                ts_ns: self.front_ts,
-                offset: self.offset,
-                data,
-            });
+            out.push(Parsed::Unclaimed { direction, ts_ns: self.front_ts, offset: self.offset, data });
             let n = self.buf.len() - self.pos;
             self.consume(n);
         }
@@ -243,11 +223,7 @@ pub struct ConnectionParser {
 
 impl ConnectionParser {
     pub fn new(options: ParseOptions) -> Self {
-        ConnectionParser {
-            options,
-            offsets: [0, 0],
-            state: State::Detect(Vec::new()),
-        }
+        ConnectionParser { options, offsets: [0, 0], state: State::Detect(Vec::new()) }
     }
 
     /// Bytes that moved in `direction`, in order, at `ts_ns`.
@@ -259,12 +235,7 @@ impl ConnectionParser {
         self.offsets[direction as usize] += data.len() as u64;
         let flow = match &mut self.state {
             State::Passthrough => {
-                out.push(Parsed::Unclaimed {
-                    direction,
-                    ts_ns,
-                    offset,
-                    data: data.to_vec(),
-                });
+                out.push(Parsed::Unclaimed { direction, ts_ns, offset, data: data.to_vec() });
                 Flow::Continue
             }
             State::Http1(p) => p.feed(direction, ts_ns, data, out),
@@ -329,11 +300,8 @@ impl ConnectionParser {
         };
         let mut decided = Detected::NeedMore;
         for dir in [Direction::Send, Direction::Recv] {
-            let first: Vec<u8> = pending
-                .iter()
-                .filter(|(d, _, _)| *d == dir)
-                .flat_map(|(_, _, b)| b.iter().copied())
-                .collect();
+            let first: Vec<u8> =
+                pending.iter().filter(|(d, _, _)| *d == dir).flat_map(|(_, _, b)| b.iter().copied()).collect();
             match classify(dir, &first) {
                 Detected::NeedMore => {}
                 found => {
@@ -350,12 +318,8 @@ impl ConnectionParser {
             }
             // Replayed below as unclaimed.
             Detected::Unknown => State::Passthrough,
-            Detected::Http1 { requests } => {
-                State::Http1(Box::new(http1::Http1::new(self.options.clone(), requests)))
-            }
-            Detected::Http2 { client } => {
-                State::Http2(Box::new(http2::Http2::new(self.options.clone(), client)))
-            }
+            Detected::Http1 { requests } => State::Http1(Box::new(http1::Http1::new(self.options.clone(), requests))),
+            Detected::Http2 { client } => State::Http2(Box::new(http2::Http2::new(self.options.clone(), client))),
         };
         // Detection holds every byte from the start of both directions.
         let mut offsets = [0u64; 2];
@@ -366,12 +330,7 @@ impl ConnectionParser {
                 State::Http1(p) => p.feed(dir, ts, &data, out),
                 State::Http2(p) => p.feed(dir, ts, &data, out),
                 State::Passthrough | State::Detect(_) => {
-                    out.push(Parsed::Unclaimed {
-                        direction: dir,
-                        ts_ns: ts,
-                        offset,
-                        data,
-                    });
+                    out.push(Parsed::Unclaimed { direction: dir, ts_ns: ts, offset, data });
                     Flow::Continue
                 }
             };
@@ -390,12 +349,7 @@ impl ConnectionParser {
         for (direction, ts_ns, data) in pending.drain(..) {
             let offset = offsets[direction as usize];
             offsets[direction as usize] += data.len() as u64;
-            out.push(Parsed::Unclaimed {
-                direction,
-                ts_ns,
-                offset,
-                data,
-            });
+            out.push(Parsed::Unclaimed { direction, ts_ns, offset, data });
         }
     }
 }

@@ -59,12 +59,7 @@ pub(crate) fn is_secret(name: &str) -> bool {
 /// A header for the record, its value redacted when it is a secret.
 pub(crate) fn header(name: String, value: String, show_secrets: bool) -> Header {
     let redacted = !show_secrets && is_secret(&name);
-    Header {
-        name,
-        value: if redacted { REDACTED.to_owned() } else { value },
-        redacted,
-        unknown: false,
-    }
+    Header { name, value: if redacted { REDACTED.to_owned() } else { value }, redacted, unknown: false }
 }
 
 /// An HTTP/2 header whose name we could not learn (a dynamic-table entry we
@@ -89,15 +84,9 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted_by_name_case_insensitively() {
-        for name in [
-            "Authorization",
-            "cookie",
-            "Set-Cookie",
-            "X-Api-Key",
-            "x-auth-token",
-            "X-Vault-Token",
-            "x-client-secret",
-        ] {
+        for name in
+            ["Authorization", "cookie", "Set-Cookie", "X-Api-Key", "x-auth-token", "X-Vault-Token", "x-client-secret"]
+        {
             let h = header(name.into(), "hunter2".into(), false);
             assert!(h.redacted, "{name}");
             assert_eq!(h.value, REDACTED);

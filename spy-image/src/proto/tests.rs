@@ -32,47 +32,23 @@ fn ts(step: usize) -> u64 {
 }
 
 fn exchanges(out: &[Parsed]) -> Vec<Exchange> {
-    out.iter()
-        .filter_map(|p| {
-            if let Parsed::Exchange(e) = p {
-                Some((**e).clone())
-            } else {
-                None
-            }
-        })
-        .collect()
+    out.iter().filter_map(|p| if let Parsed::Exchange(e) = p { Some((**e).clone()) } else { None }).collect()
 }
 
 fn errors(out: &[Parsed]) -> Vec<String> {
-    out.iter()
-        .filter_map(|p| {
-            if let Parsed::Error { message } = p {
-                Some(message.clone())
-            } else {
-                None
-            }
-        })
-        .collect()
+    out.iter().filter_map(|p| if let Parsed::Error { message } = p { Some(message.clone()) } else { None }).collect()
 }
 
 /// Unclaimed bytes per direction, joined, with the offset they start at.
 fn unclaimed(out: &[Parsed], dir: Direction) -> Runs {
     let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
     for p in out {
-        if let Parsed::Unclaimed {
-            direction,
-            offset,
-            data,
-            ..
-        } = p
-        {
+        if let Parsed::Unclaimed { direction, offset, data, .. } = p {
             if *direction != dir {
                 continue;
             }
             match runs.last_mut() {
-                Some((start, bytes)) if *start + bytes.len() as u64 == *offset => {
-                    bytes.extend_from_slice(data)
-                }
+                Some((start, bytes)) if *start + bytes.len() as u64 == *offset => bytes.extend_from_slice(data),
                 _ => runs.push((*offset, data.clone())),
             }
         }
@@ -81,62 +57,29 @@ fn unclaimed(out: &[Parsed], dir: Direction) -> Runs {
 }
 
 fn body_text(body: &spy_protocol::record::Body) -> String {
-    String::from_utf8(
-        body.data
-            .as_ref()
-            .map(Payload::to_bytes)
-            .unwrap_or_default(),
-    )
-    .expect("utf-8 body")
+    String::from_utf8(body.data.as_ref().map(Payload::to_bytes).unwrap_or_default()).expect("utf-8 body")
 }
 
 fn header<'a>(headers: &'a [spy_protocol::record::Header], name: &str) -> Option<&'a str> {
-    headers
-        .iter()
-        .find(|h| h.name.eq_ignore_ascii_case(name))
-        .map(|h| h.value.as_str())
+    headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str())
 }
 
 // ---------------------------------------------------------------- detection
 
 #[test]
 fn detection_reads_first_bytes() {
-    assert_eq!(
-        classify(Send, b"GET / HTTP/1.1\r\n"),
-        Detected::Http1 { requests: Send }
-    );
-    assert_eq!(
-        classify(Recv, b"POST /x"),
-        Detected::Http1 { requests: Recv }
-    );
-    assert_eq!(
-        classify(Recv, b"HTTP/1.1 200 OK\r\n"),
-        Detected::Http1 { requests: Send }
-    );
+    assert_eq!(classify(Send, b"GET / HTTP/1.1\r\n"), Detected::Http1 { requests: Send });
+    assert_eq!(classify(Recv, b"POST /x"), Detected::Http1 { requests: Recv });
+    assert_eq!(classify(Recv, b"HTTP/1.1 200 OK\r\n"), Detected::Http1 { requests: Send });
     assert_eq!(classify(Send, b"GE"), Detected::NeedMore);
     assert_eq!(classify(Send, b"HTT"), Detected::NeedMore);
     assert_eq!(classify(Send, b"PRI * HTTP/2"), Detected::NeedMore);
-    assert_eq!(
-        classify(Recv, H2_PREFACE),
-        Detected::Http2 { client: Some(Recv) }
-    );
-    assert_eq!(
-        classify(Send, &h2_frame(4, 0, 0, &[])),
-        Detected::Http2 { client: Some(Recv) }
-    );
-    assert_eq!(
-        classify(Send, &h2_frame(1, 4, 3, &[0x82])),
-        Detected::Http2 { client: None }
-    );
-    assert_eq!(
-        classify(Send, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc"),
-        Detected::Unknown
-    );
+    assert_eq!(classify(Recv, H2_PREFACE), Detected::Http2 { client: Some(Recv) });
+    assert_eq!(classify(Send, &h2_frame(4, 0, 0, &[])), Detected::Http2 { client: Some(Recv) });
+    assert_eq!(classify(Send, &h2_frame(1, 4, 3, &[0x82])), Detected::Http2 { client: None });
+    assert_eq!(classify(Send, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc"), Detected::Unknown);
     assert_eq!(classify(Send, b"hello world"), Detected::Unknown);
-    assert_eq!(
-        classify(Send, b"220 smtp.example.com ESMTP"),
-        Detected::Unknown
-    );
+    assert_eq!(classify(Send, b"220 smtp.example.com ESMTP"), Detected::Unknown);
 }
 
 #[test]
@@ -162,17 +105,10 @@ fn the_client_direction_comes_from_the_protocol() {
 
 #[test]
 fn unknown_protocols_pass_through_untouched_without_error() {
-    let out = run(&[
-        (Send, b"hello server"),
-        (Recv, b"hello client"),
-        (Send, b"bye"),
-    ]);
+    let out = run(&[(Send, b"hello server"), (Recv, b"hello client"), (Send, b"bye")]);
     assert!(exchanges(&out).is_empty());
     assert!(errors(&out).is_empty());
-    assert_eq!(
-        unclaimed(&out, Send),
-        vec![(0, b"hello serverbye".to_vec())]
-    );
+    assert_eq!(unclaimed(&out, Send), vec![(0, b"hello serverbye".to_vec())]);
     assert_eq!(unclaimed(&out, Recv), vec![(0, b"hello client".to_vec())]);
 }
 
@@ -184,7 +120,8 @@ fn a_short_undecided_stream_is_flushed_at_finish() {
 
 // ---------------------------------------------------------------- HTTP/1
 
-const GET: &[u8] = b"GET /items?id=7 HTTP/1.1\r\nHost: api.example.com\r\nAuthorization: Bearer s3cr3t\r\nCookie: a=b\r\n\r\n";
+const GET: &[u8] =
+    b"GET /items?id=7 HTTP/1.1\r\nHost: api.example.com\r\nAuthorization: Bearer s3cr3t\r\nCookie: a=b\r\n\r\n";
 const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nSet-Cookie: s=1\r\nContent-Length: 5\r\n\r\nhello";
 
 #[test]
@@ -197,10 +134,7 @@ fn http1_exchange_as_client() {
     assert_eq!(ex.protocol, Protocol::Http1);
     assert_eq!(ex.incomplete, None);
     let req = ex.request.as_ref().expect("request");
-    assert_eq!(
-        (req.method.as_str(), req.path.as_str(), req.version.as_str()),
-        ("GET", "/items?id=7", "HTTP/1.1")
-    );
+    assert_eq!((req.method.as_str(), req.path.as_str(), req.version.as_str()), ("GET", "/items?id=7", "HTTP/1.1"));
     assert_eq!(req.authority.as_deref(), Some("api.example.com"));
     assert_eq!(req.ts_ns, ts(0));
     let resp = ex.response.as_ref().expect("response");
@@ -224,33 +158,14 @@ fn http1_exchange_as_server() {
 fn http1_secrets_are_redacted_unless_asked() {
     let ex = exchanges(&run(&[(Send, GET), (Recv, OK)]));
     let req = ex[0].request.as_ref().expect("request");
-    let auth = req
-        .headers
-        .iter()
-        .find(|h| h.name == "Authorization")
-        .expect("auth");
+    let auth = req.headers.iter().find(|h| h.name == "Authorization").expect("auth");
     assert!(auth.redacted);
     assert_eq!(auth.value, "<redacted>");
     assert_eq!(header(&req.headers, "cookie"), Some("<redacted>"));
-    assert_eq!(
-        header(
-            &ex[0].response.as_ref().expect("resp").headers,
-            "set-cookie"
-        ),
-        Some("<redacted>")
-    );
-    assert_eq!(
-        header(
-            &ex[0].response.as_ref().expect("resp").headers,
-            "content-type"
-        ),
-        Some("text/plain")
-    );
+    assert_eq!(header(&ex[0].response.as_ref().expect("resp").headers, "set-cookie"), Some("<redacted>"));
+    assert_eq!(header(&ex[0].response.as_ref().expect("resp").headers, "content-type"), Some("text/plain"));
 
-    let shown = ParseOptions {
-        show_secrets: true,
-        ..opts()
-    };
+    let shown = ParseOptions { show_secrets: true, ..opts() };
     let ex = exchanges(&run_with(shown, &[(Send, GET), (Recv, OK)]));
     let req = ex[0].request.as_ref().expect("request");
     assert_eq!(header(&req.headers, "authorization"), Some("Bearer s3cr3t"));
@@ -263,11 +178,7 @@ fn numbered_get(i: usize) -> Vec<u8> {
 
 fn numbered_ok(i: usize) -> Vec<u8> {
     let body = format!("response {i}");
-    format!(
-        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len()).into_bytes()
 }
 
 #[test]
@@ -279,22 +190,14 @@ fn http1_pipelined_requests_match_responses_in_order() {
     assert_eq!(ex.len(), 5);
     for (i, e) in ex.iter().enumerate() {
         assert_eq!(e.request.as_ref().expect("req").path, format!("/r/{i}"));
-        assert_eq!(
-            body_text(&e.response.as_ref().expect("resp").body),
-            format!("response {i}")
-        );
+        assert_eq!(body_text(&e.response.as_ref().expect("resp").body), format!("response {i}"));
         assert_eq!(e.incomplete, None);
     }
 }
 
 #[test]
 fn http1_keep_alive_sequence() {
-    let (r0, a0, r1, a1) = (
-        numbered_get(0),
-        numbered_ok(0),
-        numbered_get(1),
-        numbered_ok(1),
-    );
+    let (r0, a0, r1, a1) = (numbered_get(0), numbered_ok(0), numbered_get(1), numbered_ok(1));
     let out = run(&[(Send, &r0), (Recv, &a0), (Send, &r1), (Recv, &a1)]);
     let ex = exchanges(&out);
     assert_eq!(ex.len(), 2);
@@ -320,10 +223,7 @@ fn http1_chunked_response_with_trailers() {
 #[test]
 fn http1_chunked_request_body() {
     let req = b"POST /upload HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
-    let ex = exchanges(&run(&[
-        (Send, req),
-        (Recv, b"HTTP/1.1 204 No Content\r\n\r\n"),
-    ]));
+    let ex = exchanges(&run(&[(Send, req), (Recv, b"HTTP/1.1 204 No Content\r\n\r\n")]));
     assert_eq!(ex.len(), 1);
     assert_eq!(body_text(&ex[0].request.as_ref().expect("req").body), "abc");
     assert_eq!(ex[0].response.as_ref().expect("resp").status, 204);
@@ -335,10 +235,7 @@ fn http1_body_until_close() {
     let ex = exchanges(&run(&[(Send, b"GET / HTTP/1.0\r\n\r\n"), (Recv, resp)]));
     assert_eq!(ex.len(), 1);
     assert_eq!(ex[0].incomplete, None);
-    assert_eq!(
-        body_text(&ex[0].response.as_ref().expect("resp").body),
-        "all of this until the end"
-    );
+    assert_eq!(body_text(&ex[0].response.as_ref().expect("resp").body), "all of this until the end");
 }
 
 #[test]
@@ -346,15 +243,8 @@ fn http1_head_204_304_have_no_body() {
     let reqs = b"HEAD /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\nGET /c HTTP/1.1\r\nHost: h\r\n\r\nGET /d HTTP/1.1\r\nHost: h\r\n\r\n";
     let resps = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nHTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 304 Not Modified\r\nContent-Length: 50\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
     let ex = exchanges(&run(&[(Send, reqs), (Recv, resps)]));
-    let got: Vec<(u16, u64)> = ex
-        .iter()
-        .map(|e| {
-            e.response
-                .as_ref()
-                .map(|r| (r.status, r.body.size))
-                .expect("resp")
-        })
-        .collect();
+    let got: Vec<(u16, u64)> =
+        ex.iter().map(|e| e.response.as_ref().map(|r| (r.status, r.body.size)).expect("resp")).collect();
     assert_eq!(got, [(200, 0), (204, 0), (304, 0), (200, 2)]);
     assert!(ex.iter().all(|e| e.incomplete.is_none()));
 }
@@ -371,10 +261,7 @@ fn http1_100_continue_does_not_complete_the_exchange() {
     let ex = exchanges(&out);
     assert_eq!(ex.len(), 1, "{out:?}");
     assert_eq!(ex[0].response.as_ref().expect("resp").status, 201);
-    assert_eq!(
-        body_text(&ex[0].request.as_ref().expect("req").body),
-        "data"
-    );
+    assert_eq!(body_text(&ex[0].request.as_ref().expect("req").body), "data");
     assert_eq!(ex[0].latency_us, Some((ts(3) - ts(0)) / 1000));
 }
 
@@ -385,29 +272,18 @@ fn http1_connection_close_then_bytes_are_unclaimed() {
     let out = run(&[(Send, req), (Recv, resp), (Recv, b"junk"), (Send, b"more")]);
     assert_eq!(exchanges(&out).len(), 1);
     assert!(errors(&out).is_empty());
-    assert_eq!(
-        unclaimed(&out, Recv),
-        vec![(resp.len() as u64, b"junk".to_vec())]
-    );
-    assert_eq!(
-        unclaimed(&out, Send),
-        vec![(req.len() as u64, b"more".to_vec())]
-    );
+    assert_eq!(unclaimed(&out, Recv), vec![(resp.len() as u64, b"junk".to_vec())]);
+    assert_eq!(unclaimed(&out, Send), vec![(req.len() as u64, b"more".to_vec())]);
 }
 
 #[test]
 fn http1_upgrade_101_passes_the_rest_through() {
     let req = b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n";
-    let resp =
-        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+    let resp = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
     let mut server_bytes = resp.to_vec();
     server_bytes.extend_from_slice(b"\x81\x05hello");
-    let out = run(&[
-        (Send, req),
-        (Send, b"\x81\x85abcdxxxxx"),
-        (Recv, &server_bytes),
-        (Send, b"GET / HTTP/1.1\r\n\r\n"),
-    ]);
+    let out =
+        run(&[(Send, req), (Send, b"\x81\x85abcdxxxxx"), (Recv, &server_bytes), (Send, b"GET / HTTP/1.1\r\n\r\n")]);
     let ex = exchanges(&out);
     assert_eq!(ex.len(), 1);
     assert_eq!(ex[0].response.as_ref().expect("resp").status, 101);
@@ -416,16 +292,12 @@ fn http1_upgrade_101_passes_the_rest_through() {
     let mut sent = b"\x81\x85abcdxxxxx".to_vec();
     sent.extend_from_slice(b"GET / HTTP/1.1\r\n\r\n");
     assert_eq!(unclaimed(&out, Send), vec![(req.len() as u64, sent)]);
-    assert_eq!(
-        unclaimed(&out, Recv),
-        vec![(resp.len() as u64, b"\x81\x05hello".to_vec())]
-    );
+    assert_eq!(unclaimed(&out, Recv), vec![(resp.len() as u64, b"\x81\x05hello".to_vec())]);
 }
 
 #[test]
 fn http1_refused_upgrade_goes_on_with_http() {
-    let req =
-        b"GET /a HTTP/1.1\r\nHost: h\r\nUpgrade: h2c\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n";
+    let req = b"GET /a HTTP/1.1\r\nHost: h\r\nUpgrade: h2c\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n";
     let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\naHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nb";
     let ex = exchanges(&run(&[(Send, req), (Recv, resp)]));
     assert_eq!(ex.len(), 2);
@@ -437,16 +309,9 @@ fn http1_refused_upgrade_goes_on_with_http() {
 fn http1_connect_tunnel_is_unclaimed() {
     let req = b"CONNECT db:5432 HTTP/1.1\r\nHost: db:5432\r\n\r\n";
     let resp = b"HTTP/1.1 200 Connection established\r\n\r\n";
-    let out = run(&[
-        (Send, req),
-        (Recv, resp),
-        (Send, b"\x00\x00\x00\x08startup"),
-    ]);
+    let out = run(&[(Send, req), (Recv, resp), (Send, b"\x00\x00\x00\x08startup")]);
     assert_eq!(exchanges(&out).len(), 1);
-    assert_eq!(
-        unclaimed(&out, Send),
-        vec![(req.len() as u64, b"\x00\x00\x00\x08startup".to_vec())]
-    );
+    assert_eq!(unclaimed(&out, Send), vec![(req.len() as u64, b"\x00\x00\x00\x08startup".to_vec())]);
 }
 
 #[test]
@@ -455,11 +320,8 @@ fn http1_gzip_response_is_decoded() {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
     enc.write_all(b"{\"ok\":true}").expect("gzip");
     let gz = enc.finish().expect("gzip");
-    let mut resp = format!(
-        "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
-        gz.len()
-    )
-    .into_bytes();
+    let mut resp =
+        format!("HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n", gz.len()).into_bytes();
     resp.extend_from_slice(&gz);
     let ex = exchanges(&run(&[(Send, GET), (Recv, &resp)]));
     let body = &ex[0].response.as_ref().expect("resp").body;
@@ -471,19 +333,11 @@ fn http1_gzip_response_is_decoded() {
 
 #[test]
 fn http1_huge_content_length_keeps_max_body_and_counts_everything() {
-    let options = ParseOptions {
-        max_body: 1000,
-        ..opts()
-    };
+    let options = ParseOptions { max_body: 1000, ..opts() };
     let mut parser = ConnectionParser::new(options);
     let mut out = Vec::new();
     parser.feed(Send, 1, GET, &mut out);
-    parser.feed(
-        Recv,
-        2,
-        b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000000\r\n\r\n",
-        &mut out,
-    );
+    parser.feed(Recv, 2, b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000000\r\n\r\n", &mut out);
     let chunk = vec![b'x'; MB];
     for _ in 0..3 {
         parser.feed(Recv, 3, &chunk, &mut out);
@@ -514,28 +368,17 @@ fn http1_a_gap_outside_a_body_gives_up_once() {
     assert_eq!(errors(&out).len(), 1);
     let ex = exchanges(&out);
     assert_eq!(ex.len(), 1);
-    assert!(ex[0]
-        .incomplete
-        .as_deref()
-        .is_some_and(|r| r.starts_with("parse error")));
-    assert_eq!(
-        unclaimed(&out, Send),
-        vec![(GET.len() as u64 + 10, b"after".to_vec())]
-    );
+    assert!(ex[0].incomplete.as_deref().is_some_and(|r| r.starts_with("parse error")));
+    assert_eq!(unclaimed(&out, Send), vec![(GET.len() as u64 + 10, b"after".to_vec())]);
     assert_eq!(unclaimed(&out, Recv), vec![(0, OK.to_vec())]);
 }
 
 #[test]
 fn http1_unanswered_request_is_incomplete_at_finish() {
-    let out = run(&[
-        (Send, GET),
-        (Send, b"POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc"),
-    ]);
+    let out = run(&[(Send, GET), (Send, b"POST /x HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")]);
     let ex = exchanges(&out);
     assert_eq!(ex.len(), 2);
-    assert!(ex
-        .iter()
-        .all(|e| e.incomplete.as_deref() == Some("closed") && e.response.is_none()));
+    assert!(ex.iter().all(|e| e.incomplete.as_deref() == Some("closed") && e.response.is_none()));
     assert_eq!(ex[1].request.as_ref().expect("req").body.size, 3);
 }
 
@@ -591,24 +434,18 @@ fn http1_limits_on_headers_and_chunks() {
 /// An HTTP/1 conversation touching most paths, as causal steps.
 fn http1_conversation() -> Vec<(Direction, Vec<u8>)> {
     let mut pipelined = numbered_get(1);
-    pipelined.extend_from_slice(
-        b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwiki\r\n0\r\n\r\n",
-    );
+    pipelined
+        .extend_from_slice(b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nwiki\r\n0\r\n\r\n");
     pipelined.extend_from_slice(b"HEAD /h HTTP/1.1\r\n\r\n");
     let mut answers = CHUNKED.to_vec();
-    answers.extend_from_slice(
-        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc",
-    );
+    answers.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc");
     answers.extend_from_slice(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n");
     vec![
         (Send, GET.to_vec()),
         (Recv, OK.to_vec()),
         (Send, pipelined),
         (Recv, answers),
-        (
-            Send,
-            b"GET /last HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec(),
-        ),
+        (Send, b"GET /last HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec()),
         (Recv, b"HTTP/1.1 200 OK\r\n\r\nuntil close".to_vec()),
     ]
 }
@@ -620,16 +457,10 @@ fn http1_conversation_parses_fully() {
     let out = run(&refs);
     assert!(errors(&out).is_empty(), "{:?}", errors(&out));
     let ex = exchanges(&out);
-    let paths: Vec<&str> = ex
-        .iter()
-        .map(|e| e.request.as_ref().expect("req").path.as_str())
-        .collect();
+    let paths: Vec<&str> = ex.iter().map(|e| e.request.as_ref().expect("req").path.as_str()).collect();
     assert_eq!(paths, ["/items?id=7", "/r/1", "/c", "/h", "/last"]);
     assert!(ex.iter().all(|e| e.incomplete.is_none()), "{ex:?}");
-    assert_eq!(
-        body_text(&ex[4].response.as_ref().expect("resp").body),
-        "until close"
-    );
+    assert_eq!(body_text(&ex[4].response.as_ref().expect("resp").body), "until close");
 }
 
 // ---------------------------------------------------------------- splits
@@ -641,10 +472,8 @@ fn run_split(steps: &[(Direction, Vec<u8>)], cuts: &[Vec<usize>], picks: &[bool]
     // Pieces per direction, each tagged with its step.
     let mut pieces: [Vec<(usize, Vec<u8>)>; 2] = [Vec::new(), Vec::new()];
     for (i, (dir, bytes)) in steps.iter().enumerate() {
-        let mut points: Vec<usize> = cuts
-            .get(i)
-            .map(|c| c.iter().map(|p| p % (bytes.len() + 1)).collect())
-            .unwrap_or_default();
+        let mut points: Vec<usize> =
+            cuts.get(i).map(|c| c.iter().map(|p| p % (bytes.len() + 1)).collect()).unwrap_or_default();
         points.extend([0, bytes.len()]);
         points.sort_unstable();
         points.dedup();
@@ -705,11 +534,7 @@ fn http1_every_single_split_point_gives_the_same_result() {
         for cut in 0..=steps[i].1.len() {
             let mut cuts = vec![Vec::new(); steps.len()];
             cuts[i] = vec![cut];
-            assert_eq!(
-                normalized(&run_split(&steps, &cuts, &[false])),
-                expected,
-                "step {i} cut {cut}"
-            );
+            assert_eq!(normalized(&run_split(&steps, &cuts, &[false])), expected, "step {i} cut {cut}");
         }
     }
 }
@@ -723,11 +548,7 @@ fn http2_every_single_split_point_gives_the_same_result() {
         for cut in 0..=steps[i].1.len() {
             let mut cuts = vec![Vec::new(); steps.len()];
             cuts[i] = vec![cut];
-            assert_eq!(
-                normalized(&run_split(&steps, &cuts, &[true])),
-                expected,
-                "step {i} cut {cut}"
-            );
+            assert_eq!(normalized(&run_split(&steps, &cuts, &[true])), expected, "step {i} cut {cut}");
         }
     }
 }
@@ -814,12 +635,7 @@ fn hpack_literal(headers: &[(&str, &str)]) -> Vec<u8> {
 }
 
 fn headers_frame(stream: u32, end_stream: bool, headers: &[(&str, &str)]) -> Vec<u8> {
-    h2_frame(
-        1,
-        0x4 | u8::from(end_stream),
-        stream,
-        &hpack_literal(headers),
-    )
+    h2_frame(1, 0x4 | u8::from(end_stream), stream, &hpack_literal(headers))
 }
 
 fn data_frame(stream: u32, end_stream: bool, data: &[u8]) -> Vec<u8> {
@@ -866,11 +682,7 @@ fn h2_conversation() -> Vec<(Direction, Vec<u8>)> {
     client.extend(headers_frame(
         5,
         false,
-        &[
-            (":method", "POST"),
-            (":path", "/pkg.Svc/Do"),
-            ("content-type", "application/grpc"),
-        ],
+        &[(":method", "POST"), (":path", "/pkg.Svc/Do"), ("content-type", "application/grpc")],
     ));
     let messages = [grpc_msg(b"one"), grpc_msg(b"two!")].concat();
     client.extend(data_frame(5, false, &messages[..6]));
@@ -881,26 +693,14 @@ fn h2_conversation() -> Vec<(Direction, Vec<u8>)> {
     server.extend(h2_frame(4, 1, 0, &[]));
     server.extend(h2_frame(6, 0, 0, &[0; 8]));
     server.extend(headers_frame(3, false, &[(":status", "100")]));
-    server.extend(headers_frame(
-        1,
-        false,
-        &[(":status", "200"), ("set-cookie", "s=1")],
-    ));
+    server.extend(headers_frame(1, false, &[(":status", "200"), ("set-cookie", "s=1")]));
     server.extend(headers_frame(3, false, &[(":status", "201")]));
     server.extend(data_frame(1, true, b"answer a"));
     server.extend(data_frame(3, true, b"answer b"));
     server.extend(h2_frame(2, 0, 3, &[0, 0, 0, 0, 5]));
-    server.extend(headers_frame(
-        5,
-        false,
-        &[(":status", "200"), ("content-type", "application/grpc")],
-    ));
+    server.extend(headers_frame(5, false, &[(":status", "200"), ("content-type", "application/grpc")]));
     server.extend(data_frame(5, false, &grpc_msg(b"result")));
-    server.extend(headers_frame(
-        5,
-        true,
-        &[("grpc-status", "3"), ("grpc-message", "bad%20arg")],
-    ));
+    server.extend(headers_frame(5, true, &[("grpc-status", "3"), ("grpc-message", "bad%20arg")]));
     server.extend(h2_frame(7, 0, 0, &[0, 0, 0, 5, 0, 0, 0, 0]));
     vec![(Send, client), (Recv, server)]
 }
@@ -914,18 +714,10 @@ fn http2_conversation_parses_fully() {
     assert_eq!(ex.len(), 3);
 
     let a = &ex[0];
-    assert_eq!(
-        (a.stream_id, a.protocol, a.incomplete.as_deref()),
-        (Some(1), Protocol::Http2, None)
-    );
+    assert_eq!((a.stream_id, a.protocol, a.incomplete.as_deref()), (Some(1), Protocol::Http2, None));
     let req = a.request.as_ref().expect("req");
     assert_eq!(
-        (
-            req.method.as_str(),
-            req.path.as_str(),
-            req.authority.as_deref(),
-            req.version.as_str()
-        ),
+        (req.method.as_str(), req.path.as_str(), req.authority.as_deref(), req.version.as_str()),
         ("GET", "/a", Some("h"), "HTTP/2")
     );
     assert_eq!(header(&req.headers, ":scheme"), Some("https"));
@@ -951,26 +743,11 @@ fn http2_conversation_parses_fully() {
     assert_eq!(c.protocol, Protocol::Grpc);
     assert_eq!(c.incomplete, None);
     let grpc = c.grpc.as_ref().expect("grpc");
-    assert_eq!(
-        (grpc.service.as_str(), grpc.method.as_str()),
-        ("pkg.Svc", "Do")
-    );
-    assert_eq!(
-        (grpc.request_messages, grpc.request_sizes.as_slice()),
-        (2, &[3, 4][..])
-    );
-    assert_eq!(
-        (grpc.response_messages, grpc.response_sizes.as_slice()),
-        (1, &[6][..])
-    );
-    assert_eq!(
-        (grpc.status, grpc.message.as_deref()),
-        (Some(3), Some("bad arg"))
-    );
-    assert_eq!(
-        header(&c.response.as_ref().expect("resp").trailers, "grpc-status"),
-        Some("3")
-    );
+    assert_eq!((grpc.service.as_str(), grpc.method.as_str()), ("pkg.Svc", "Do"));
+    assert_eq!((grpc.request_messages, grpc.request_sizes.as_slice()), (2, &[3, 4][..]));
+    assert_eq!((grpc.response_messages, grpc.response_sizes.as_slice()), (1, &[6][..]));
+    assert_eq!((grpc.status, grpc.message.as_deref()), (Some(3), Some("bad arg")));
+    assert_eq!(header(&c.response.as_ref().expect("resp").trailers, "grpc-status"), Some("3"));
 }
 
 #[test]
@@ -980,17 +757,9 @@ fn http2_as_server_with_settings_first() {
     let mut server = settings();
     let mut client = H2_PREFACE.to_vec();
     client.extend(settings());
-    client.extend(headers_frame(
-        1,
-        true,
-        &[(":method", "GET"), (":path", "/s")],
-    ));
+    client.extend(headers_frame(1, true, &[(":method", "GET"), (":path", "/s")]));
     server.extend(headers_frame(1, true, &[(":status", "404")]));
-    let out = run(&[
-        (Send, &settings()),
-        (Recv, &client),
-        (Send, &server[settings().len()..]),
-    ]);
+    let out = run(&[(Send, &settings()), (Recv, &client), (Send, &server[settings().len()..])]);
     let ex = exchanges(&out);
     assert_eq!(ex.len(), 1, "{out:?}");
     assert_eq!(ex[0].request.as_ref().expect("req").path, "/s");
@@ -1008,11 +777,7 @@ fn http2_fifty_interleaved_streams_keep_their_ids() {
         client.extend(headers_frame(
             id,
             false,
-            &[
-                (":method", "POST"),
-                (":path", "/echo"),
-                ("x-request-id", &format!("req-{id}")),
-            ],
+            &[(":method", "POST"), (":path", "/echo"), ("x-request-id", &format!("req-{id}"))],
         ));
     }
     for piece in 0..3 {
@@ -1023,19 +788,11 @@ fn http2_fifty_interleaved_streams_keep_their_ids() {
     }
     let mut server = settings();
     for &id in ids.iter().rev() {
-        server.extend(headers_frame(
-            id,
-            false,
-            &[(":status", "200"), ("x-request-id", &format!("req-{id}"))],
-        ));
+        server.extend(headers_frame(id, false, &[(":status", "200"), ("x-request-id", &format!("req-{id}"))]));
     }
     for piece in 0..2 {
         for &id in ids.iter().rev() {
-            server.extend(data_frame(
-                id,
-                piece == 1,
-                format!("echo req-{id} part {piece};").as_bytes(),
-            ));
+            server.extend(data_frame(id, piece == 1, format!("echo req-{id} part {piece};").as_bytes()));
         }
     }
     let out = run(&[(Send, &client), (Recv, &server)]);
@@ -1046,19 +803,10 @@ fn http2_fifty_interleaved_streams_keep_their_ids() {
         let id = e.stream_id.expect("stream id");
         let req = e.request.as_ref().expect("req");
         let resp = e.response.as_ref().expect("resp");
-        assert_eq!(
-            header(&req.headers, "x-request-id"),
-            Some(format!("req-{id}").as_str())
-        );
+        assert_eq!(header(&req.headers, "x-request-id"), Some(format!("req-{id}").as_str()));
         assert_eq!(body_text(&req.body), format!("[{id}:0][{id}:1][{id}:2]"));
-        assert_eq!(
-            header(&resp.headers, "x-request-id"),
-            Some(format!("req-{id}").as_str())
-        );
-        assert_eq!(
-            body_text(&resp.body),
-            format!("echo req-{id} part 0;echo req-{id} part 1;")
-        );
+        assert_eq!(header(&resp.headers, "x-request-id"), Some(format!("req-{id}").as_str()));
+        assert_eq!(body_text(&resp.body), format!("echo req-{id} part 0;echo req-{id} part 1;"));
         assert_eq!(e.incomplete, None);
     }
 }
@@ -1086,24 +834,15 @@ fn http2_joined_mid_way_marks_unknown_headers_and_goes_on() {
     let old = &ex[0];
     assert_eq!(old.stream_id, Some(5));
     assert!(old.request.is_none());
-    assert_eq!(
-        body_text(&old.response.as_ref().expect("resp").body),
-        "tail of an older response"
-    );
-    assert_eq!(
-        old.incomplete.as_deref(),
-        Some("headers not seen (joined mid-stream)")
-    );
+    assert_eq!(body_text(&old.response.as_ref().expect("resp").body), "tail of an older response");
+    assert_eq!(old.incomplete.as_deref(), Some("headers not seen (joined mid-stream)"));
 
     let first = &ex[1];
     let req = first.request.as_ref().expect("req");
     assert_eq!((req.method.as_str(), req.path.as_str()), ("POST", "/"));
     assert_eq!(req.headers.len(), 2);
     assert!(req.headers[0].unknown && req.headers[0].name.is_empty() && !req.headers[0].redacted);
-    assert!(
-        req.headers[1].unknown && req.headers[1].redacted,
-        "a value under an unknown name may be a secret"
-    );
+    assert!(req.headers[1].unknown && req.headers[1].redacted, "a value under an unknown name may be a secret");
     let resp = first.response.as_ref().expect("resp");
     assert_eq!(resp.status, 200);
     assert!(resp.headers[0].unknown);
@@ -1111,21 +850,14 @@ fn http2_joined_mid_way_marks_unknown_headers_and_goes_on() {
 
     let second = &ex[2];
     let req = second.request.as_ref().expect("req");
-    assert!(
-        req.headers[0].unknown && req.headers[0].redacted,
-        "name still unknown, value known"
-    );
+    assert!(req.headers[0].unknown && req.headers[0].redacted, "name still unknown, value known");
     assert_eq!(second.response.as_ref().expect("resp").status, 200);
 }
 
 #[test]
 fn http2_reset_stream_is_incomplete() {
     let mut client = H2_PREFACE.to_vec();
-    client.extend(headers_frame(
-        1,
-        false,
-        &[(":method", "POST"), (":path", "/r")],
-    ));
+    client.extend(headers_frame(1, false, &[(":method", "POST"), (":path", "/r")]));
     client.extend(data_frame(1, false, b"partial"));
     client.extend(h2_frame(3, 0, 1, &8u32.to_be_bytes()));
     client.extend(h2_frame(8, 0, 1, &[0, 0, 1, 0])); // late WINDOW_UPDATE
@@ -1134,10 +866,7 @@ fn http2_reset_stream_is_incomplete() {
     let ex = exchanges(&out);
     assert_eq!(ex.len(), 1, "{out:?}");
     assert_eq!(ex[0].incomplete.as_deref(), Some("stream reset (CANCEL)"));
-    assert_eq!(
-        body_text(&ex[0].request.as_ref().expect("req").body),
-        "partial"
-    );
+    assert_eq!(body_text(&ex[0].request.as_ref().expect("req").body), "partial");
     assert!(ex[0].response.is_none());
 }
 
@@ -1147,11 +876,7 @@ fn http2_grpc_trailers_only_response() {
     client.extend(headers_frame(
         1,
         false,
-        &[
-            (":method", "POST"),
-            (":path", "/a.B/C"),
-            ("content-type", "application/grpc+proto"),
-        ],
+        &[(":method", "POST"), (":path", "/a.B/C"), ("content-type", "application/grpc+proto")],
     ));
     client.extend(data_frame(1, true, &grpc_msg(b"")));
     let server = headers_frame(
@@ -1166,10 +891,7 @@ fn http2_grpc_trailers_only_response() {
     );
     let ex = exchanges(&run(&[(Send, &client), (Recv, &server)]));
     let grpc = ex[0].grpc.as_ref().expect("grpc");
-    assert_eq!(
-        (grpc.status, grpc.message.as_deref()),
-        (Some(12), Some("unimplemented"))
-    );
+    assert_eq!((grpc.status, grpc.message.as_deref()), (Some(12), Some("unimplemented")));
     assert_eq!((grpc.request_messages, grpc.response_messages), (1, 0));
 }
 
@@ -1178,22 +900,13 @@ fn http2_gap_inside_data_is_stepped_over() {
     let mut parser = ConnectionParser::new(opts());
     let mut out = Vec::new();
     let mut client = H2_PREFACE.to_vec();
-    client.extend(headers_frame(
-        1,
-        false,
-        &[(":method", "PUT"), (":path", "/big")],
-    ));
+    client.extend(headers_frame(1, false, &[(":method", "PUT"), (":path", "/big")]));
     let big = data_frame(1, true, &vec![b'z'; 1000]);
     client.extend_from_slice(&big[..100]);
     parser.feed(Send, 1, &client, &mut out);
     parser.gap(Send, 800, &mut out);
     parser.feed(Send, 2, &big[900..], &mut out);
-    parser.feed(
-        Recv,
-        3,
-        &headers_frame(1, true, &[(":status", "204")]),
-        &mut out,
-    );
+    parser.feed(Recv, 3, &headers_frame(1, true, &[(":status", "204")]), &mut out);
     parser.finish("closed", &mut out);
     assert!(errors(&out).is_empty(), "{out:?}");
     let ex = exchanges(&out);
@@ -1233,18 +946,8 @@ fn http2_sixteen_megabyte_header_block_is_capped() {
     }
     parser.feed(Send, 5, &h2_frame(9, 0x4, 1, &[]), &mut out);
     // The connection goes on: the next stream decodes.
-    parser.feed(
-        Send,
-        6,
-        &headers_frame(3, true, &[(":method", "GET"), (":path", "/next")]),
-        &mut out,
-    );
-    parser.feed(
-        Recv,
-        7,
-        &headers_frame(3, true, &[(":status", "200")]),
-        &mut out,
-    );
+    parser.feed(Send, 6, &headers_frame(3, true, &[(":method", "GET"), (":path", "/next")]), &mut out);
+    parser.feed(Recv, 7, &headers_frame(3, true, &[(":status", "200")]), &mut out);
     if let State::Http2(h2) = &parser.state {
         assert!(format!("{h2:?}").len() < 100_000, "state stays small");
     }
@@ -1253,27 +956,16 @@ fn http2_sixteen_megabyte_header_block_is_capped() {
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert!(errs[0].contains("header block over"), "{errs:?}");
     let ex = exchanges(&out);
-    assert!(
-        ex.iter()
-            .any(|e| e.stream_id == Some(3) && e.incomplete.is_none()),
-        "{ex:?}"
-    );
+    assert!(ex.iter().any(|e| e.stream_id == Some(3) && e.incomplete.is_none()), "{ex:?}");
 }
 
 #[test]
 fn http2_a_data_frame_claiming_16_mb_is_counted_not_kept() {
-    let options = ParseOptions {
-        max_body: 100,
-        ..opts()
-    };
+    let options = ParseOptions { max_body: 100, ..opts() };
     let mut parser = ConnectionParser::new(options);
     let mut out = Vec::new();
     let mut client = H2_PREFACE.to_vec();
-    client.extend(headers_frame(
-        1,
-        false,
-        &[(":method", "PUT"), (":path", "/")],
-    ));
+    client.extend(headers_frame(1, false, &[(":method", "PUT"), (":path", "/")]));
     parser.feed(Send, 1, &client, &mut out);
     let len = (1u32 << 24) - 1;
     let mut head = data_frame(1, true, &[]);
@@ -1284,12 +976,7 @@ fn http2_a_data_frame_claiming_16_mb_is_counted_not_kept() {
         parser.feed(Send, 3, &piece, &mut out);
     }
     parser.feed(Send, 3, &piece[..MB - 1], &mut out);
-    parser.feed(
-        Recv,
-        4,
-        &headers_frame(1, true, &[(":status", "200")]),
-        &mut out,
-    );
+    parser.feed(Recv, 4, &headers_frame(1, true, &[(":status", "200")]), &mut out);
     parser.finish("closed", &mut out);
     let ex = exchanges(&out);
     let body = &ex[0].request.as_ref().expect("req").body;
@@ -1308,26 +995,16 @@ fn http2_bad_framing_gives_up_once_and_passes_through() {
         [h2_frame(1, 0, 1, &[0x82]), h2_frame(0, 0, 1, b"x")].concat(), // block not continued
     ] {
         let mut client = H2_PREFACE.to_vec();
-        client.extend(headers_frame(
-            1,
-            false,
-            &[(":method", "GET"), (":path", "/")],
-        ));
+        client.extend(headers_frame(1, false, &[(":method", "GET"), (":path", "/")]));
         let before = client.len();
         client.extend_from_slice(&bad);
         let out = run(&[(Send, &client), (Send, b"after")]);
         assert_eq!(errors(&out).len(), 1, "{bad:?}: {out:?}");
         let ex = exchanges(&out);
         assert_eq!(ex.len(), 1);
-        assert!(ex[0]
-            .incomplete
-            .as_deref()
-            .is_some_and(|r| r.starts_with("parse error")));
+        assert!(ex[0].incomplete.as_deref().is_some_and(|r| r.starts_with("parse error")));
         let runs = unclaimed(&out, Send);
-        assert_eq!(
-            runs.last().map(|(o, d)| o + d.len() as u64),
-            Some(client.len() as u64 + 5)
-        );
+        assert_eq!(runs.last().map(|(o, d)| o + d.len() as u64), Some(client.len() as u64 + 5));
         assert!(runs[0].0 >= before as u64 - 9);
     }
 }
@@ -1336,11 +1013,7 @@ fn http2_bad_framing_gives_up_once_and_passes_through() {
 fn http2_bad_hpack_drops_the_stream_not_the_connection() {
     let mut client = H2_PREFACE.to_vec();
     client.extend(h2_frame(1, 0x5, 1, &[0x80])); // index 0
-    client.extend(headers_frame(
-        3,
-        true,
-        &[(":method", "GET"), (":path", "/ok")],
-    ));
+    client.extend(headers_frame(3, true, &[(":method", "GET"), (":path", "/ok")]));
     let server = headers_frame(3, true, &[(":status", "200")]);
     let out = run(&[(Send, &client), (Recv, &server)]);
     assert_eq!(errors(&out).len(), 1);
@@ -1355,11 +1028,7 @@ fn http2_bad_hpack_drops_the_stream_not_the_connection() {
 fn http2_too_many_streams_emits_the_oldest() {
     let mut client = H2_PREFACE.to_vec();
     for i in 0..(http2::MAX_STREAMS as u32 + 3) {
-        client.extend(headers_frame(
-            1 + 2 * i,
-            false,
-            &[(":method", "GET"), (":path", "/")],
-        ));
+        client.extend(headers_frame(1 + 2 * i, false, &[(":method", "GET"), (":path", "/")]));
     }
     let mut parser = ConnectionParser::new(opts());
     let mut out = Vec::new();
@@ -1367,10 +1036,7 @@ fn http2_too_many_streams_emits_the_oldest() {
     let ex = exchanges(&out);
     assert_eq!(ex.len(), 3);
     assert_eq!(ex[0].stream_id, Some(1));
-    assert!(ex[0]
-        .incomplete
-        .as_deref()
-        .is_some_and(|r| r.contains("open streams")));
+    assert!(ex[0].incomplete.as_deref().is_some_and(|r| r.contains("open streams")));
 }
 
 fn fixture_steps() -> Vec<(Direction, Vec<u8>)> {
@@ -1399,52 +1065,29 @@ fn http2_real_fixture_from_python_h2() {
     let body = &ex[0].response.as_ref().expect("resp").body;
     assert!(body.decoded);
     assert_eq!(body_text(body), r#"{"items":[1,2,3]}"#);
-    assert_eq!(
-        header(
-            &ex[0].response.as_ref().expect("resp").headers,
-            "set-cookie"
-        ),
-        Some("<redacted>")
-    );
+    assert_eq!(header(&ex[0].response.as_ref().expect("resp").headers, "set-cookie"), Some("<redacted>"));
 
     let post = &ex[1];
     assert_eq!(post.request.as_ref().expect("req").method, "POST");
-    assert_eq!(
-        body_text(&post.request.as_ref().expect("req").body),
-        r#"{"name":"widget"}"#
-    );
+    assert_eq!(body_text(&post.request.as_ref().expect("req").body), r#"{"name":"widget"}"#);
     assert_eq!(post.response.as_ref().expect("resp").status, 201);
-    assert_eq!(
-        header(&post.response.as_ref().expect("resp").headers, "location"),
-        Some("/v1/items/4")
-    );
+    assert_eq!(header(&post.response.as_ref().expect("resp").headers, "location"), Some("/v1/items/4"));
 
     let call = &ex[2];
     assert_eq!(call.protocol, Protocol::Grpc);
     let grpc = call.grpc.as_ref().expect("grpc");
-    assert_eq!(
-        (grpc.service.as_str(), grpc.method.as_str()),
-        ("helloworld.Greeter", "SayHello")
-    );
+    assert_eq!((grpc.service.as_str(), grpc.method.as_str()), ("helloworld.Greeter", "SayHello"));
     assert_eq!(grpc.request_sizes, [7, 5]);
     assert_eq!(grpc.response_sizes, [13]);
-    assert_eq!(
-        (grpc.status, grpc.message.as_deref()),
-        (Some(0), Some("all good"))
-    );
+    assert_eq!((grpc.status, grpc.message.as_deref()), (Some(0), Some("all good")));
 }
 
 #[test]
 fn http2_fixture_fed_from_the_server_side() {
-    let [(_, client), (_, server)]: [(Direction, Vec<u8>); 2] =
-        fixture_steps().try_into().expect("two steps");
+    let [(_, client), (_, server)]: [(Direction, Vec<u8>); 2] = fixture_steps().try_into().expect("two steps");
     let as_server = exchanges(&run(&[(Recv, &client), (Send, &server)]));
     let as_client = exchanges(&whole(&fixture_steps()));
     assert_eq!(as_server.len(), 3);
-    let paths = |ex: &[Exchange]| {
-        ex.iter()
-            .map(|e| e.request.as_ref().map(|r| r.path.clone()))
-            .collect::<Vec<_>>()
-    };
+    let paths = |ex: &[Exchange]| ex.iter().map(|e| e.request.as_ref().map(|r| r.path.clone())).collect::<Vec<_>>();
     assert_eq!(paths(&as_server), paths(&as_client));
 }

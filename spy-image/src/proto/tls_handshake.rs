@@ -502,7 +502,7 @@ fn is_grease_alpn(protocol: &[u8]) -> bool {
 /// JA4's two ALPN characters: first and last of the first value, or of its
 /// hex form when either is not alphanumeric; "00" without one.
 fn ja4_alpn(first: Option<&[u8]>) -> String {
-    let Some(value @ [head, .., ]) = first else { return "00".into() };
+    let Some(value @ [head, ..]) = first else { return "00".into() };
     let tail = value[value.len() - 1];
     if head.is_ascii_alphanumeric() && tail.is_ascii_alphanumeric() {
         format!("{}{}", *head as char, tail as char)

@@ -74,7 +74,9 @@ mod tests {
 
     #[test]
     fn cgroup_v1_v2_and_runtime_formats() {
-        let v2 = format!("0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-{ID}.scope\n");
+        let v2 = format!(
+            "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-{ID}.scope\n"
+        );
         let v1 = format!("12:memory:/kubepods/besteffort/pod0b1c/{ID}\n11:cpu:/kubepods/besteffort/pod0b1c/{ID}\n");
         let crio = format!("0::/kubepods.slice/crio-{ID}.scope\n");
         let docker = format!("0::/system.slice/docker-{ID}.scope\n");

@@ -10,16 +10,12 @@ use std::sync::Arc;
 
 use object::{Object, ObjectSegment, ObjectSymbol};
 
-use spy_protocol::record::{Linkage, TlsLibrary};
 use crate::targets::go::{self, GoBinary};
+use spy_protocol::record::{Linkage, TlsLibrary};
 
 /// The functions we probe, in the order of [`OpensslProbes::offsets`].
-pub const OPENSSL_FUNCTIONS: [OpensslFunction; 4] = [
-    OpensslFunction::Write,
-    OpensslFunction::Read,
-    OpensslFunction::WriteEx,
-    OpensslFunction::ReadEx,
-];
+pub const OPENSSL_FUNCTIONS: [OpensslFunction; 4] =
+    [OpensslFunction::Write, OpensslFunction::Read, OpensslFunction::WriteEx, OpensslFunction::ReadEx];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum OpensslFunction {
@@ -75,8 +71,7 @@ pub enum DetectedStack {
 /// exports no SSL_* symbols), then, like libraries, for OpenSSL.
 /// `Ok(None)`: no TLS stack.
 pub fn detect(path: &Path, is_executable: bool) -> Result<Option<DetectedStack>, DetectError> {
-    let data = std::fs::read(path)
-        .map_err(|source| DetectError::Read { path: path.display().to_string(), source })?;
+    let data = std::fs::read(path).map_err(|source| DetectError::Read { path: path.display().to_string(), source })?;
     if is_executable {
         match go::analyze_bytes(&data) {
             Ok(bin) => return Ok(Some(DetectedStack::Go(Arc::new(bin)))),
@@ -99,21 +94,16 @@ pub fn detect(path: &Path, is_executable: bool) -> Result<Option<DetectedStack>,
 
 /// Looks for SSL_read/SSL_write in `path`. `Ok(None)`: not a TLS library.
 pub fn detect_openssl(path: &Path, is_executable: bool) -> Result<Option<OpensslProbes>, DetectError> {
-    let data = std::fs::read(path)
-        .map_err(|source| DetectError::Read { path: path.display().to_string(), source })?;
+    let data = std::fs::read(path).map_err(|source| DetectError::Read { path: path.display().to_string(), source })?;
     detect_openssl_in(&data, path, is_executable)
 }
 
-pub fn detect_openssl_in(
-    data: &[u8],
-    path: &Path,
-    is_executable: bool,
-) -> Result<Option<OpensslProbes>, DetectError> {
+pub fn detect_openssl_in(data: &[u8], path: &Path, is_executable: bool) -> Result<Option<OpensslProbes>, DetectError> {
     if !data.starts_with(b"\x7fELF") {
         return Ok(None);
     }
-    let file = object::File::parse(data)
-        .map_err(|source| DetectError::Parse { path: path.display().to_string(), source })?;
+    let file =
+        object::File::parse(data).map_err(|source| DetectError::Parse { path: path.display().to_string(), source })?;
 
     let mut offsets = Vec::new();
     let mut boringssl = false;

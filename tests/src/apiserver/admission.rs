@@ -153,7 +153,11 @@ pub fn validate_pod(pod: &Value) -> Result<(), ApiError> {
     validate_containers(spec, "ephemeralContainers", false, &mut errs, &mut seen);
     if let Some(d) = spec.get("activeDeadlineSeconds").filter(|v| !v.is_null()) {
         if d.as_i64().is_none_or(|d| d <= 0) {
-            errs.push(FieldError::invalid("spec.activeDeadlineSeconds", d, "must be between 1 and 2147483647, inclusive"));
+            errs.push(FieldError::invalid(
+                "spec.activeDeadlineSeconds",
+                d,
+                "must be between 1 and 2147483647, inclusive",
+            ));
         }
     }
     let policy = spec["restartPolicy"].as_str().unwrap_or_default();
@@ -164,7 +168,11 @@ pub fn validate_pod(pod: &Value) -> Result<(), ApiError> {
             message: format!("Unsupported value: {policy:?}: supported values: \"Always\", \"OnFailure\", \"Never\""),
         });
     }
-    if errs.is_empty() { Ok(()) } else { Err(ApiError::invalid("Pod", name, &errs)) }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid("Pod", name, &errs))
+    }
 }
 
 /// Checks a pod update through the main resource: the spec is immutable but for a few fields.
@@ -213,7 +221,10 @@ pub fn validate_ephemeral_update(old: &Value, new: &Value) -> Result<(), ApiErro
             return Err(ApiError::invalid(
                 "Pod",
                 name,
-                &[FieldError::forbidden("spec.ephemeralContainers", &format!("existing ephemeral containers {n:?} may not be changed"))],
+                &[FieldError::forbidden(
+                    "spec.ephemeralContainers",
+                    &format!("existing ephemeral containers {n:?} may not be changed"),
+                )],
             ));
         }
     }
@@ -264,8 +275,19 @@ fn containers_phrase(names: &[String]) -> String {
 }
 
 const BASELINE_CAPS: &[&str] = &[
-    "AUDIT_WRITE", "CHOWN", "DAC_OVERRIDE", "FOWNER", "FSETID", "KILL", "MKNOD", "NET_BIND_SERVICE", "SETFCAP",
-    "SETGID", "SETPCAP", "SETUID", "SYS_CHROOT",
+    "AUDIT_WRITE",
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "MKNOD",
+    "NET_BIND_SERVICE",
+    "SETFCAP",
+    "SETGID",
+    "SETPCAP",
+    "SETUID",
+    "SYS_CHROOT",
 ];
 
 /// Pod Security Admission: the reasons a pod violates a level, in the order the
@@ -276,7 +298,8 @@ pub fn pod_security_violations(pod: &Value, level: Level) -> Vec<String> {
     }
     let spec = &pod["spec"];
     let all: Vec<Value> =
-        [containers(spec, "initContainers"), containers(spec, "containers"), containers(spec, "ephemeralContainers")].concat();
+        [containers(spec, "initContainers"), containers(spec, "containers"), containers(spec, "ephemeralContainers")]
+            .concat();
     let name = |c: &Value| c["name"].as_str().unwrap_or_default().to_string();
     let sc = |c: &Value, f: &str| c.pointer(&format!("/securityContext/{f}")).cloned().unwrap_or(Value::Null);
     let psc = |f: &str| spec.pointer(&format!("/securityContext/{f}")).cloned().unwrap_or(Value::Null);
@@ -285,7 +308,8 @@ pub fn pod_security_violations(pod: &Value, level: Level) -> Vec<String> {
 
     // allowPrivilegeEscalation (restricted)
     if restricted {
-        let bad: Vec<String> = all.iter().filter(|c| sc(c, "allowPrivilegeEscalation") != json!(false)).map(name).collect();
+        let bad: Vec<String> =
+            all.iter().filter(|c| sc(c, "allowPrivilegeEscalation") != json!(false)).map(name).collect();
         if !bad.is_empty() {
             out.push(format!(
                 "allowPrivilegeEscalation != false ({} must set securityContext.allowPrivilegeEscalation=false)",
@@ -295,7 +319,10 @@ pub fn pod_security_violations(pod: &Value, level: Level) -> Vec<String> {
     }
     // capabilities_baseline / capabilities_restricted
     let added = |c: &Value| -> Vec<String> {
-        sc(c, "capabilities")["add"].as_array().map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect()).unwrap_or_default()
+        sc(c, "capabilities")["add"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+            .unwrap_or_default()
     };
     if restricted {
         let no_drop: Vec<String> = all
@@ -377,19 +404,29 @@ pub fn pod_security_violations(pod: &Value, level: Level) -> Vec<String> {
     // privileged
     let privileged: Vec<String> = all.iter().filter(|c| sc(c, "privileged") == json!(true)).map(name).collect();
     if !privileged.is_empty() {
-        out.push(format!("privileged ({} must not set securityContext.privileged=true)", containers_phrase(&privileged)));
+        out.push(format!(
+            "privileged ({} must not set securityContext.privileged=true)",
+            containers_phrase(&privileged)
+        ));
     }
     // restrictedVolumes
     if restricted && !host_paths.is_empty() {
         let word = if host_paths.len() == 1 { "volume" } else { "volumes" };
         let verb = if host_paths.len() == 1 { "uses" } else { "use" };
-        out.push(format!("restricted volume types ({word} {} {verb} restricted volume type \"hostPath\")", quoted(&host_paths)));
+        out.push(format!(
+            "restricted volume types ({word} {} {verb} restricted volume type \"hostPath\")",
+            quoted(&host_paths)
+        ));
     }
     // runAsNonRoot
     if restricted && psc("runAsNonRoot") != json!(true) {
         let bad: Vec<String> = all.iter().filter(|c| sc(c, "runAsNonRoot") != json!(true)).map(name).collect();
         if !bad.is_empty() {
-            let who = if bad.len() == 1 { format!("pod or container {}", quoted(&bad)) } else { format!("pod or containers {}", quoted(&bad)) };
+            let who = if bad.len() == 1 {
+                format!("pod or container {}", quoted(&bad))
+            } else {
+                format!("pod or containers {}", quoted(&bad))
+            };
             out.push(format!("runAsNonRoot != true ({who} must set securityContext.runAsNonRoot=true)"));
         }
     }
@@ -414,12 +451,20 @@ pub fn pod_security_violations(pod: &Value, level: Level) -> Vec<String> {
             .iter()
             .filter(|c| {
                 let t = sc(c, "seccompProfile")["type"].clone();
-                if t.is_null() { !pod_ok } else { !matches!(t.as_str(), Some("RuntimeDefault" | "Localhost")) }
+                if t.is_null() {
+                    !pod_ok
+                } else {
+                    !matches!(t.as_str(), Some("RuntimeDefault" | "Localhost"))
+                }
             })
             .map(name)
             .collect();
         if !bad.is_empty() {
-            let who = if bad.len() == 1 { format!("pod or container {}", quoted(&bad)) } else { format!("pod or containers {}", quoted(&bad)) };
+            let who = if bad.len() == 1 {
+                format!("pod or container {}", quoted(&bad))
+            } else {
+                format!("pod or containers {}", quoted(&bad))
+            };
             out.push(format!("seccompProfile ({who} must set securityContext.seccompProfile.type to \"RuntimeDefault\" or \"Localhost\")"));
         }
     }
@@ -435,7 +480,11 @@ pub fn check_pod_security(pod: &Value, namespace: &Value) -> Result<(), ApiError
     }
     let name = pod["metadata"]["name"].as_str().unwrap_or_default();
     let why = format!("violates PodSecurity \"{}:{version}\": {}", level.name(), violations.join(", "));
-    Err(ApiError::forbidden(super::resources::by_name("", "pods").unwrap_or(&super::resources::RESOURCES[2]), name, &why))
+    Err(ApiError::forbidden(
+        super::resources::by_name("", "pods").unwrap_or(&super::resources::RESOURCES[2]),
+        name,
+        &why,
+    ))
 }
 
 #[cfg(test)]

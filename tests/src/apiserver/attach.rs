@@ -22,7 +22,8 @@ pub const RESIZE: u8 = 4;
 pub const CLOSE: u8 = 255;
 
 /// Subprotocols we speak, best first.
-pub const PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"];
+pub const PROTOCOLS: &[&str] =
+    &["v5.channel.k8s.io", "v4.channel.k8s.io", "v3.channel.k8s.io", "v2.channel.k8s.io", "channel.k8s.io"];
 
 /// Picks our best protocol among those the client offers.
 pub fn negotiate(offered: &str) -> Option<&'static str> {
@@ -40,7 +41,12 @@ pub struct Streams {
 
 /// Runs one attach session over an upgraded connection until the client
 /// leaves or the container exits.
-pub async fn session(upgraded: hyper::upgrade::Upgraded, protocol: &'static str, container: Arc<ContainerRun>, streams: Streams) {
+pub async fn session(
+    upgraded: hyper::upgrade::Upgraded,
+    protocol: &'static str,
+    container: Arc<ContainerRun>,
+    streams: Streams,
+) {
     let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
     let (mut tx, mut rx) = ws.split();
     let mut output = container.attach();
@@ -94,11 +100,8 @@ pub async fn session(upgraded: hyper::upgrade::Upgraded, protocol: &'static str,
     }
     if exited {
         // The kubelet reports a finished attach as success on the error channel.
-        let status = if structured_status {
-            json!({"metadata": {}, "status": "Success"}).to_string()
-        } else {
-            String::new()
-        };
+        let status =
+            if structured_status { json!({"metadata": {}, "status": "Success"}).to_string() } else { String::new() };
         let _ = tx.send(frame(ERROR, status.as_bytes())).await;
         let _ = tx.send(Message::Close(Some(CloseFrame { code: 1000.into(), reason: "".into() }))).await;
     }

@@ -150,7 +150,8 @@ async fn route(sh: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
         _ => {}
     }
     let user = authenticate(sh, &req)?;
-    let query: HashMap<String, String> = form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes()).into_owned().collect();
+    let query: HashMap<String, String> =
+        form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes()).into_owned().collect();
     let ctx = Ctx {
         user,
         query,
@@ -159,7 +160,8 @@ async fn route(sh: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
     };
     let segs: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(String::from).collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
-    let get_only = |r: Response<Body>| if req.method() == Method::GET { Ok(r) } else { Err(ApiError::method_not_allowed()) };
+    let get_only =
+        |r: Response<Body>| if req.method() == Method::GET { Ok(r) } else { Err(ApiError::method_not_allowed()) };
     match segs.as_slice() {
         ["api"] => {
             if wants_aggregated(&ctx.accept) {
@@ -175,7 +177,9 @@ async fn route(sh: &Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body
         }
         ["api", "v1"] => get_only(json_response(200, &resources::api_resource_list(""))),
         ["apis", g] if resources::GROUPS.contains(g) => get_only(json_response(200, &resources::api_group(g))),
-        ["apis", g, v] if resources::group_known(g, v) => get_only(json_response(200, &resources::api_resource_list(g))),
+        ["apis", g, v] if resources::group_known(g, v) => {
+            get_only(json_response(200, &resources::api_resource_list(g)))
+        }
         ["api", "v1", rest @ ..] => resource(sh, req, ctx, "", "v1", rest).await,
         ["apis", g, v, rest @ ..] if resources::group_known(g, v) => resource(sh, req, ctx, g, v, rest).await,
         ["apis", ..] | ["api", ..] => Err(ApiError::no_such_resource()),
@@ -240,9 +244,8 @@ async fn read_body(req: Request<Incoming>, ctx: &Ctx) -> Result<Value, ApiError>
     if bytes.is_empty() {
         return Ok(Value::Null);
     }
-    serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request(format!("the object provided is unrecognized or could not be decoded: {e}"))
-    })
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("the object provided is unrecognized or could not be decoded: {e}")))
 }
 
 /// A SelfSubjectAccessReview body: JSON, or protobuf as kubectl's typed client sends it.
@@ -258,7 +261,14 @@ async fn read_review(req: Request<Incoming>, ctx: &Ctx) -> Result<Value, ApiErro
     super::proto::self_subject_access_review(&raw).map_err(|e| ApiError::bad_request(e.to_string()))
 }
 
-async fn resource(sh: &Arc<Shared>, req: Request<Incoming>, ctx: Ctx, group: &str, version: &str, rest: &[&str]) -> Result<Response<Body>, ApiError> {
+async fn resource(
+    sh: &Arc<Shared>,
+    req: Request<Incoming>,
+    ctx: Ctx,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+) -> Result<Response<Body>, ApiError> {
     let t = parse_target(group, version, rest)?;
     let method = req.method().clone();
     let is_watch = ctx.q_true("watch");
@@ -277,7 +287,11 @@ async fn resource(sh: &Arc<Shared>, req: Request<Incoming>, ctx: Ctx, group: &st
     if !t.res.verbs.contains(&verb) && t.sub.is_none() {
         return Err(ApiError::method_not_allowed());
     }
-    if t.res.namespaced && t.ns.is_none() && !(verb == "list" || verb == "watch") && !t.res.is("authorization.k8s.io", "selfsubjectaccessreviews") {
+    if t.res.namespaced
+        && t.ns.is_none()
+        && !(verb == "list" || verb == "watch")
+        && !t.res.is("authorization.k8s.io", "selfsubjectaccessreviews")
+    {
         return Err(ApiError::no_such_resource());
     }
     let attrs = Attributes {
@@ -297,7 +311,9 @@ async fn resource(sh: &Arc<Shared>, req: Request<Incoming>, ctx: Ctx, group: &st
     match (verb, t.sub.as_deref()) {
         ("list", _) => list(sh, &ctx, t.res, t.ns.as_deref()),
         ("watch", _) => watch(sh, &ctx, t.res, t.ns.as_deref(), None),
-        ("get", Some("attach")) | ("create", Some("attach")) => attach_upgrade(sh, req, &ctx, &ns, t.name.as_deref().unwrap_or_default()).await,
+        ("get", Some("attach")) | ("create", Some("attach")) => {
+            attach_upgrade(sh, req, &ctx, &ns, t.name.as_deref().unwrap_or_default()).await
+        }
         ("get", Some("log")) => logs(sh, &ctx, &ns, t.name.as_deref().unwrap_or_default()),
         ("get", _) => {
             let name = t.name.unwrap_or_default();
@@ -351,7 +367,11 @@ async fn resource(sh: &Arc<Shared>, req: Request<Incoming>, ctx: Ctx, group: &st
 fn render_one(ctx: &Ctx, res: &ResourceDef, obj: &Value, code: u16) -> Response<Body> {
     let rv = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default();
     if ctx.wants_table() {
-        return json_typed(code, &table::table(res, std::slice::from_ref(obj), rv, ctx.include(), true), "application/json;as=Table;v=v1;g=meta.k8s.io");
+        return json_typed(
+            code,
+            &table::table(res, std::slice::from_ref(obj), rv, ctx.include(), true),
+            "application/json;as=Table;v=v1;g=meta.k8s.io",
+        );
     }
     if ctx.wants_metadata() {
         return json_response(code, &table::partial_metadata(obj));
@@ -360,7 +380,10 @@ fn render_one(ctx: &Ctx, res: &ResourceDef, obj: &Value, code: u16) -> Response<
 }
 
 fn selectors(ctx: &Ctx, res: &ResourceDef) -> Result<(LabelSelector, FieldSelector), ApiError> {
-    Ok((LabelSelector::parse(ctx.q("labelSelector").unwrap_or_default())?, FieldSelector::parse(ctx.q("fieldSelector").unwrap_or_default(), res)?))
+    Ok((
+        LabelSelector::parse(ctx.q("labelSelector").unwrap_or_default())?,
+        FieldSelector::parse(ctx.q("fieldSelector").unwrap_or_default(), res)?,
+    ))
 }
 
 /// Items of a list lose their kind and apiVersion, as in the real server's typed lists.
@@ -377,10 +400,11 @@ fn list(sh: &Shared, ctx: &Ctx, res: &'static ResourceDef, ns: Option<&str>) -> 
     let (items, rv) = sh.store.list(res, ns, |o| ls.matches(o) && fs.matches(o));
     // Pagination: the continue token is the offset into the (name-ordered) result.
     let offset: usize = match ctx.q("continue") {
-        Some(tok) => tok
-            .strip_prefix("offset-")
-            .and_then(|o| o.parse().ok())
-            .ok_or_else(|| ApiError::bad_request("continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)"))?,
+        Some(tok) => tok.strip_prefix("offset-").and_then(|o| o.parse().ok()).ok_or_else(|| {
+            ApiError::bad_request(
+                "continue key is not valid: incorrect encoded start resourceVersion (version meta.k8s.io/v1)",
+            )
+        })?,
         None => 0,
     };
     let limit: usize = ctx.q("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
@@ -399,10 +423,16 @@ fn list(sh: &Shared, ctx: &Ctx, res: &'static ResourceDef, ns: Option<&str>) -> 
     }
     if ctx.wants_metadata() {
         let items: Vec<Value> = page.iter().map(|o| list_item(table::partial_metadata(o))).collect();
-        return Ok(json_response(200, &json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "items": items})));
+        return Ok(json_response(
+            200,
+            &json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "items": items}),
+        ));
     }
     let items: Vec<Value> = page.into_iter().map(list_item).collect();
-    Ok(json_response(200, &json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": meta, "items": items})))
+    Ok(json_response(
+        200,
+        &json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": meta, "items": items}),
+    ))
 }
 
 /// How a watch shows objects.
@@ -413,7 +443,13 @@ enum WatchFormat {
     Table(Include),
 }
 
-fn watch(sh: &Shared, ctx: &Ctx, res: &'static ResourceDef, ns: Option<&str>, name: Option<&str>) -> Result<Response<Body>, ApiError> {
+fn watch(
+    sh: &Shared,
+    ctx: &Ctx,
+    res: &'static ResourceDef,
+    ns: Option<&str>,
+    name: Option<&str>,
+) -> Result<Response<Body>, ApiError> {
     let (ls, mut fs) = selectors(ctx, res)?;
     if let Some(n) = name {
         fs = FieldSelector::parse(&format!("metadata.name={n}"), res)?;
@@ -423,9 +459,12 @@ fn watch(sh: &Shared, ctx: &Ctx, res: &'static ResourceDef, ns: Option<&str>, na
     let start = match ctx.q("resourceVersion") {
         None | Some("0") => WatchStart::Now,
         Some(_) if send_initial => WatchStart::Now,
-        Some(rv) => WatchStart::After(rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?),
+        Some(rv) => {
+            WatchStart::After(rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?)
+        }
     };
-    let timeout = ctx.q("timeoutSeconds").and_then(|t| t.parse().ok()).map_or(WATCH_DEFAULT_TIMEOUT, Duration::from_secs);
+    let timeout =
+        ctx.q("timeoutSeconds").and_then(|t| t.parse().ok()).map_or(WATCH_DEFAULT_TIMEOUT, Duration::from_secs);
     let format = if ctx.wants_table() {
         WatchFormat::Table(ctx.include())
     } else if ctx.wants_metadata() {
@@ -565,7 +604,13 @@ fn nodes_res() -> &'static ResourceDef {
 }
 
 /// Creates an object: checks, name generation, defaults, admission, scheduling.
-fn create(sh: &Shared, ctx: &Ctx, res: &'static ResourceDef, ns: Option<&str>, mut obj: Value) -> Result<Value, ApiError> {
+fn create(
+    sh: &Shared,
+    ctx: &Ctx,
+    res: &'static ResourceDef,
+    ns: Option<&str>,
+    mut obj: Value,
+) -> Result<Value, ApiError> {
     if !obj.is_object() {
         return Err(ApiError::bad_request("the object provided is unrecognized or could not be decoded"));
     }
@@ -579,7 +624,10 @@ fn create(sh: &Shared, ctx: &Ctx, res: &'static ResourceDef, ns: Option<&str>, m
     }
     if let Some(kind) = obj.get("kind").and_then(Value::as_str) {
         if kind != res.kind {
-            return Err(ApiError::bad_request(format!("the kind in the data ({kind}) does not match the expected kind ({})", res.kind)));
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({kind}) does not match the expected kind ({})",
+                res.kind
+            )));
         }
     }
     if !obj["metadata"].is_object() {
@@ -589,7 +637,9 @@ fn create(sh: &Shared, ctx: &Ctx, res: &'static ResourceDef, ns: Option<&str>, m
         let ns = ns.unwrap_or_default();
         match obj.pointer("/metadata/namespace").and_then(Value::as_str) {
             Some(n) if !n.is_empty() && n != ns => {
-                return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+                return Err(ApiError::bad_request(
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
             }
             _ => obj["metadata"]["namespace"] = json!(ns),
         }
@@ -647,7 +697,8 @@ fn create(sh: &Shared, ctx: &Ctx, res: &'static ResourceDef, ns: Option<&str>, m
     let created = sh.store.create(res, obj)?;
     if scheduled {
         let node = created.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default();
-        let msg = format!("Successfully assigned {}/{} to {node}", super::store::namespace_of(&created), name_of(&created));
+        let msg =
+            format!("Successfully assigned {}/{} to {node}", super::store::namespace_of(&created), name_of(&created));
         record_event(&sh.store, &created, "Normal", "Scheduled", &msg, "default-scheduler", None);
     }
     Ok(created)
@@ -661,7 +712,11 @@ fn schedule(sh: &Shared, pod: &mut Value) -> bool {
     }
     let (nodes, _) = sh.store.list(nodes_res(), None, |n| {
         n.pointer("/spec/unschedulable") != Some(&json!(true))
-            && n.pointer("/status/conditions").and_then(Value::as_array).into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True")
+            && n.pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
     });
     match nodes.first() {
         Some(node) => {
@@ -694,7 +749,11 @@ fn patch_type(ct: &str) -> Result<PatchType, ApiError> {
         "application/strategic-merge-patch+json" => PatchType::Strategic,
         "application/json-patch+json" => PatchType::Json,
         "application/apply-patch+yaml" | "application/apply-patch+cbor" => PatchType::Apply,
-        other => return Err(ApiError::unsupported_media_type(format!("the server does not support this patch type: {other:?}"))),
+        other => {
+            return Err(ApiError::unsupported_media_type(format!(
+                "the server does not support this patch type: {other:?}"
+            )))
+        }
     })
 }
 
@@ -704,11 +763,21 @@ enum Edit {
 }
 
 /// PUT or PATCH of an object or its status/ephemeralcontainers subresource.
-fn update(sh: &Shared, ctx: &Ctx, res: &'static ResourceDef, ns: &str, name: &str, sub: Option<&str>, edit: Edit) -> Result<Value, ApiError> {
+fn update(
+    sh: &Shared,
+    ctx: &Ctx,
+    res: &'static ResourceDef,
+    ns: &str,
+    name: &str,
+    sub: Option<&str>,
+    edit: Edit,
+) -> Result<Value, ApiError> {
     if let Edit::Replace(body) = &edit {
         if let Some(n) = body.pointer("/metadata/name").and_then(Value::as_str) {
             if n != name {
-                return Err(ApiError::bad_request(format!("the name of the object ({n}) does not match the name on the URL ({name})")));
+                return Err(ApiError::bad_request(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )));
             }
         }
     }
@@ -811,7 +880,14 @@ fn delete_options(ctx: &Ctx, body: &Value) -> (Option<u64>, Option<String>, Opti
     (grace, uid, rv)
 }
 
-fn delete(sh: &Arc<Shared>, ctx: &Ctx, res: &'static ResourceDef, ns: &str, name: &str, body: &Value) -> Result<Response<Body>, ApiError> {
+fn delete(
+    sh: &Arc<Shared>,
+    ctx: &Ctx,
+    res: &'static ResourceDef,
+    ns: &str,
+    name: &str,
+    body: &Value,
+) -> Result<Response<Body>, ApiError> {
     let (grace, uid, rv) = delete_options(ctx, body);
     let obj = sh.store.get(res, ns, name)?;
     if let Some(u) = uid {
@@ -852,7 +928,8 @@ fn delete(sh: &Arc<Shared>, ctx: &Ctx, res: &'static ResourceDef, ns: &str, name
 /// removes it once its containers have stopped; an unbound pod (or grace 0) goes at once.
 pub(crate) fn delete_pod(sh: &Shared, ns: &str, name: &str, grace: Option<u64>) -> Result<Value, ApiError> {
     let pod = sh.store.get(pods_res(), ns, name)?;
-    let grace = grace.unwrap_or_else(|| pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_u64).unwrap_or(30));
+    let grace = grace
+        .unwrap_or_else(|| pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_u64).unwrap_or(30));
     let bound = pod.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
     if !bound || grace == 0 {
         return sh.store.delete(pods_res(), ns, name);
@@ -884,7 +961,11 @@ fn delete_namespace(sh: &Arc<Shared>, name: &str) -> Result<Value, ApiError> {
         for res in resources::RESOURCES.iter().filter(|r| r.namespaced) {
             let (items, _) = sh.store.list(res, Some(&name), |_| true);
             for item in items {
-                let r = if res.is("", "pods") { delete_pod(&sh, &name, name_of(&item), None).map(drop) } else { sh.store.delete(res, &name, name_of(&item)).map(drop) };
+                let r = if res.is("", "pods") {
+                    delete_pod(&sh, &name, name_of(&item), None).map(drop)
+                } else {
+                    sh.store.delete(res, &name, name_of(&item)).map(drop)
+                };
                 if let Err(e) = r {
                     log::debug!("namespace {name}: deleting {}: {e}", name_of(&item));
                 }
@@ -899,26 +980,46 @@ fn delete_namespace(sh: &Arc<Shared>, name: &str) -> Result<Value, ApiError> {
     Ok(ns)
 }
 
-fn delete_collection(sh: &Arc<Shared>, ctx: &Ctx, res: &'static ResourceDef, ns: Option<&str>, body: &Value) -> Result<Response<Body>, ApiError> {
+fn delete_collection(
+    sh: &Arc<Shared>,
+    ctx: &Ctx,
+    res: &'static ResourceDef,
+    ns: Option<&str>,
+    body: &Value,
+) -> Result<Response<Body>, ApiError> {
     let (ls, fs) = selectors(ctx, res)?;
     let (grace, _, _) = delete_options(ctx, body);
     let (items, rv) = sh.store.list(res, ns, |o| ls.matches(o) && fs.matches(o));
     let mut out = Vec::new();
     for item in items {
         let item_ns = super::store::namespace_of(&item).to_string();
-        let r = if res.is("", "pods") { delete_pod(sh, &item_ns, name_of(&item), grace) } else { sh.store.delete(res, &item_ns, name_of(&item)) };
+        let r = if res.is("", "pods") {
+            delete_pod(sh, &item_ns, name_of(&item), grace)
+        } else {
+            sh.store.delete(res, &item_ns, name_of(&item))
+        };
         if let Ok(v) = r {
             out.push(list_item(v));
         }
     }
-    Ok(json_response(200, &json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": {"resourceVersion": rv.to_string()}, "items": out})))
+    Ok(json_response(
+        200,
+        &json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": {"resourceVersion": rv.to_string()}, "items": out}),
+    ))
 }
 
 fn self_subject_access_review(sh: &Shared, user: &User, mut body: Value) -> Value {
     let allowed = match body.pointer("/spec/resourceAttributes") {
         Some(ra) if ra.is_object() => {
             let s = |k: &str| ra.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
-            let a = Attributes { verb: s("verb"), group: s("group"), resource: s("resource"), subresource: s("subresource"), namespace: s("namespace"), name: s("name") };
+            let a = Attributes {
+                verb: s("verb"),
+                group: s("group"),
+                resource: s("resource"),
+                subresource: s("subresource"),
+                namespace: s("namespace"),
+                name: s("name"),
+            };
             sh.rbac().authorize(user, &a)
         }
         // Non-resource URLs (discovery, /version) are open to every authenticated user.
@@ -950,10 +1051,17 @@ fn pick_container(pod: &Value, wanted: Option<&str>, for_logs: bool) -> Result<S
         }
         return Err(ApiError::bad_request(format!("container {w} is not valid for pod {name}")));
     }
-    if let Some(d) = pod.pointer("/metadata/annotations/kubectl.kubernetes.io~1default-container").and_then(Value::as_str) {
+    if let Some(d) =
+        pod.pointer("/metadata/annotations/kubectl.kubernetes.io~1default-container").and_then(Value::as_str)
+    {
         return Ok(d.to_string());
     }
-    let regular: Vec<String> = pod["spec"]["containers"].as_array().into_iter().flatten().filter_map(|c| c["name"].as_str().map(String::from)).collect();
+    let regular: Vec<String> = pod["spec"]["containers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["name"].as_str().map(String::from))
+        .collect();
     if for_logs && regular.len() > 1 {
         return Err(ApiError::bad_request(format!(
             "a container name must be specified for pod {name}, choose one of: [{}]",
@@ -971,15 +1079,25 @@ fn not_running(pod: &Value, container: &str) -> ApiError {
         .find(|c| c["name"] == container);
     let waiting = status.as_ref().and_then(|s| s.pointer("/state/waiting/reason")).and_then(Value::as_str);
     match waiting {
-        Some(reason) => ApiError::bad_request(format!("container \"{container}\" in pod \"{name}\" is waiting to start: {reason}")),
+        Some(reason) => {
+            ApiError::bad_request(format!("container \"{container}\" in pod \"{name}\" is waiting to start: {reason}"))
+        }
         None if status.as_ref().is_some_and(|s| s.pointer("/state/terminated").is_some()) => {
             ApiError::bad_request(format!("container \"{container}\" in pod \"{name}\" is terminated"))
         }
-        None => ApiError::bad_request(format!("container \"{container}\" in pod \"{name}\" is waiting to start: ContainerCreating")),
+        None => ApiError::bad_request(format!(
+            "container \"{container}\" in pod \"{name}\" is waiting to start: ContainerCreating"
+        )),
     }
 }
 
-async fn attach_upgrade(sh: &Arc<Shared>, mut req: Request<Incoming>, ctx: &Ctx, ns: &str, name: &str) -> Result<Response<Body>, ApiError> {
+async fn attach_upgrade(
+    sh: &Arc<Shared>,
+    mut req: Request<Incoming>,
+    ctx: &Ctx,
+    ns: &str,
+    name: &str,
+) -> Result<Response<Body>, ApiError> {
     let pod = sh.store.get(pods_res(), ns, name)?;
     let container = pick_container(&pod, ctx.q("container"), false)?;
     let upgrade = header_str(&req, header::UPGRADE).to_ascii_lowercase();
@@ -993,9 +1111,19 @@ async fn attach_upgrade(sh: &Arc<Shared>, mut req: Request<Incoming>, ctx: &Ctx,
     let offered = header_str(&req, header::SEC_WEBSOCKET_PROTOCOL);
     let protocol = attach::negotiate(&offered)
         .ok_or_else(|| ApiError::bad_request(format!("none of the offered subprotocols are supported: {offered:?}")))?;
-    let key = req.headers().get(header::SEC_WEBSOCKET_KEY).map(|k| k.as_bytes().to_vec()).ok_or_else(|| ApiError::bad_request("missing Sec-WebSocket-Key"))?;
-    let run = sh.kubelet.pod(ns, name).and_then(|p| p.container(&container)).filter(|c| c.is_running()).ok_or_else(|| not_running(&pod, &container))?;
-    let streams = attach::Streams { stdin: ctx.q_true("stdin"), stdout: ctx.q_true("stdout"), stderr: ctx.q_true("stderr") };
+    let key = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| k.as_bytes().to_vec())
+        .ok_or_else(|| ApiError::bad_request("missing Sec-WebSocket-Key"))?;
+    let run = sh
+        .kubelet
+        .pod(ns, name)
+        .and_then(|p| p.container(&container))
+        .filter(|c| c.is_running())
+        .ok_or_else(|| not_running(&pod, &container))?;
+    let streams =
+        attach::Streams { stdin: ctx.q_true("stdin"), stdout: ctx.q_true("stdout"), stderr: ctx.q_true("stderr") };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {
@@ -1019,7 +1147,8 @@ async fn attach_upgrade(sh: &Arc<Shared>, mut req: Request<Incoming>, ctx: &Ctx,
 fn logs(sh: &Shared, ctx: &Ctx, ns: &str, name: &str) -> Result<Response<Body>, ApiError> {
     let pod = sh.store.get(pods_res(), ns, name)?;
     let container = pick_container(&pod, ctx.q("container"), true)?;
-    let run = sh.kubelet.pod(ns, name).and_then(|p| p.container(&container)).ok_or_else(|| not_running(&pod, &container))?;
+    let run =
+        sh.kubelet.pod(ns, name).and_then(|p| p.container(&container)).ok_or_else(|| not_running(&pod, &container))?;
     let (mut captured, mut more) = run.logs();
     if let Some(n) = ctx.q("tailLines").and_then(|n| n.parse::<usize>().ok()) {
         let text = String::from_utf8_lossy(&captured).into_owned();

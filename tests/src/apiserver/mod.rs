@@ -178,7 +178,13 @@ impl ApiServer {
             let _guard = runtime.enter();
             kubelet::Kubelet::new(store.clone(), images.clone(), NODE_IP)
         };
-        let shared = Arc::new(Shared { store: store.clone(), rbac: RwLock::new(rb), images, kubelet: kubelet.clone(), addr: addr.to_string() });
+        let shared = Arc::new(Shared {
+            store: store.clone(),
+            rbac: RwLock::new(rb),
+            images,
+            kubelet: kubelet.clone(),
+            addr: addr.to_string(),
+        });
 
         let seed = |res: &str, obj: Value| -> Result<(), Error> {
             let def = resources::by_name("", res).expect("seeded resources are built-in");
@@ -318,7 +324,9 @@ impl ApiServer {
     /// Creates a namespace with labels.
     pub fn create_namespace(&self, name: &str, labels: &[(&str, &str)]) -> Result<Value, status::ApiError> {
         let labels: Vec<(String, String)> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        self.shared.store.create(resources::by_name("", "namespaces").expect("built-in"), namespace_object(name, &labels))
+        self.shared
+            .store
+            .create(resources::by_name("", "namespaces").expect("built-in"), namespace_object(name, &labels))
     }
 
     /// Direct access to stored objects (no RBAC, no admission).
@@ -348,7 +356,13 @@ impl ApiServer {
     }
 
     /// Waits (polling, up to `timeout`) until the pod satisfies `cond`; returns it.
-    pub fn wait_pod(&self, ns: &str, name: &str, timeout: Duration, cond: impl Fn(Option<&Value>) -> bool) -> Option<Option<Value>> {
+    pub fn wait_pod(
+        &self,
+        ns: &str,
+        name: &str,
+        timeout: Duration,
+        cond: impl Fn(Option<&Value>) -> bool,
+    ) -> Option<Option<Value>> {
         let until = std::time::Instant::now() + timeout;
         loop {
             let p = self.pod(ns, name);
@@ -400,7 +414,8 @@ async fn serve(listener: tokio::net::TcpListener, acceptor: tokio_rustls::TlsAcc
                 }
             };
             let svc = hyper::service::service_fn(move |req| http::handle(shared.clone(), req));
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).with_upgrades();
+            let conn =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).with_upgrades();
             if let Err(e) = conn.await {
                 log::debug!("connection: {e}");
             }
@@ -426,9 +441,7 @@ fn node_object(name: &str) -> Value {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let now = time::now();
     let arch = if cfg!(target_arch = "aarch64") { "arm64" } else { "amd64" };
-    let condition = |t: &str, s: &str, reason: &str, msg: &str| {
-        json!({"type": t, "status": s, "reason": reason, "message": msg, "lastHeartbeatTime": now, "lastTransitionTime": now})
-    };
+    let condition = |t: &str, s: &str, reason: &str, msg: &str| json!({"type": t, "status": s, "reason": reason, "message": msg, "lastHeartbeatTime": now, "lastTransitionTime": now});
     json!({
         "metadata": {
             "name": name,

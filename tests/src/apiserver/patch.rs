@@ -28,8 +28,16 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 /// The patch merge key of a list field, from the core types' `patchMergeKey` tags.
 fn merge_key(field: &str) -> Option<&'static str> {
     Some(match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env" | "imagePullSecrets"
-        | "containerStatuses" | "initContainerStatuses" | "ephemeralContainerStatuses" | "ownerReferences"
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
+        | "env"
+        | "imagePullSecrets"
+        | "containerStatuses"
+        | "initContainerStatuses"
+        | "ephemeralContainerStatuses"
+        | "ownerReferences"
         | "resourceClaims" => "name",
         "volumeMounts" => "mountPath",
         "volumeDevices" => "devicePath",
@@ -101,9 +109,7 @@ fn merge_list(target: &mut Value, items: &[Value], key: &str) -> Result<(), ApiE
             return Ok(());
         }
         let Some(id) = item.get(key) else {
-            return Err(ApiError::bad_request(format!(
-                "map: {item} does not contain declared merge key: {key}"
-            )));
+            return Err(ApiError::bad_request(format!("map: {item} does not contain declared merge key: {key}")));
         };
         let pos = list.iter().position(|e| e.get(key) == Some(id));
         match (directive, pos) {
@@ -133,12 +139,22 @@ fn split_ptr(path: &str) -> Result<(String, String), ApiError> {
 
 fn remove_at(doc: &mut Value, path: &str) -> Result<Value, ApiError> {
     let (parent, last) = split_ptr(path)?;
-    let missing = || ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: path {path:?} does not exist"));
+    let missing = || {
+        ApiError::new(
+            422,
+            "Invalid",
+            format!("the server rejected our request due to an error in our request: path {path:?} does not exist"),
+        )
+    };
     match doc.pointer_mut(&parent).ok_or_else(missing)? {
         Value::Object(m) => m.remove(&last).ok_or_else(missing),
         Value::Array(a) => {
             let i: usize = last.parse().map_err(|_| missing())?;
-            if i < a.len() { Ok(a.remove(i)) } else { Err(missing()) }
+            if i < a.len() {
+                Ok(a.remove(i))
+            } else {
+                Err(missing())
+            }
         }
         _ => Err(missing()),
     }
@@ -150,7 +166,13 @@ fn add_at(doc: &mut Value, path: &str, value: Value) -> Result<(), ApiError> {
         return Ok(());
     }
     let (parent, last) = split_ptr(path)?;
-    let missing = || ApiError::new(422, "Invalid", format!("the server rejected our request due to an error in our request: missing path {path:?}"));
+    let missing = || {
+        ApiError::new(
+            422,
+            "Invalid",
+            format!("the server rejected our request due to an error in our request: missing path {path:?}"),
+        )
+    };
     match doc.pointer_mut(&parent).ok_or_else(missing)? {
         Value::Object(m) => {
             m.insert(last, value);
@@ -188,7 +210,10 @@ pub fn json_patch(doc: &mut Value, ops: &Value) -> Result<(), ApiError> {
             }
             "copy" => {
                 let from = op["from"].as_str().unwrap_or_default();
-                let v = doc.pointer(from).cloned().ok_or_else(|| ApiError::bad_request(format!("missing path {from:?}")))?;
+                let v = doc
+                    .pointer(from)
+                    .cloned()
+                    .ok_or_else(|| ApiError::bad_request(format!("missing path {from:?}")))?;
                 add_at(doc, &path, v)?;
             }
             "test" => {
@@ -227,9 +252,13 @@ mod tests {
     #[test]
     fn json_patch_ops() {
         let mut d = json!({"a": [1, 2], "b": {"c": 1}});
-        json_patch(&mut d, &json!([{"op": "add", "path": "/a/-", "value": 3},
+        json_patch(
+            &mut d,
+            &json!([{"op": "add", "path": "/a/-", "value": 3},
                                   {"op": "replace", "path": "/b/c", "value": 2},
-                                  {"op": "remove", "path": "/a/0"}])).expect("patch");
+                                  {"op": "remove", "path": "/a/0"}]),
+        )
+        .expect("patch");
         assert_eq!(d, json!({"a": [2, 3], "b": {"c": 2}}));
         assert!(json_patch(&mut d, &json!([{"op": "test", "path": "/b/c", "value": 9}])).is_err());
     }

@@ -91,7 +91,15 @@ pub fn self_subject_access_review(raw: &[u8]) -> Result<Value, ProtoError> {
         for (n, f) in fields(s)? {
             match (n, f) {
                 (1, Field::Bytes(ra)) => {
-                    let names = [(1, "namespace"), (2, "verb"), (3, "group"), (4, "version"), (5, "resource"), (6, "subresource"), (7, "name")];
+                    let names = [
+                        (1, "namespace"),
+                        (2, "verb"),
+                        (3, "group"),
+                        (4, "version"),
+                        (5, "resource"),
+                        (6, "subresource"),
+                        (7, "name"),
+                    ];
                     spec.insert("resourceAttributes".into(), string_fields(ra, &names)?);
                 }
                 (2, Field::Bytes(nra)) => {
@@ -101,7 +109,9 @@ pub fn self_subject_access_review(raw: &[u8]) -> Result<Value, ProtoError> {
             }
         }
     }
-    Ok(json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview", "metadata": {}, "spec": spec}))
+    Ok(
+        json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview", "metadata": {}, "spec": spec}),
+    )
 }
 
 #[cfg(test)]
@@ -124,7 +134,10 @@ mod tests {
         let (av, kind, raw) = unwrap(&body).expect("envelope");
         assert_eq!((av.as_str(), kind.as_str()), ("authorization.k8s.io/v1", "SelfSubjectAccessReview"));
         let v = self_subject_access_review(&raw).expect("ssar");
-        assert_eq!(v["spec"]["resourceAttributes"], json!({"namespace": "default", "verb": "create", "resource": "pods"}));
+        assert_eq!(
+            v["spec"]["resourceAttributes"],
+            json!({"namespace": "default", "verb": "create", "resource": "pods"})
+        );
         assert!(unwrap(b"k8s\0\x0a\x05ab").is_err());
     }
 }

@@ -33,10 +33,7 @@ impl Attributes {
         } else {
             format!("in the namespace \"{}\"", self.namespace)
         };
-        format!(
-            "User \"{user}\" cannot {} resource \"{resource}\" in API group \"{}\" {scope}",
-            self.verb, self.group
-        )
+        format!("User \"{user}\" cannot {} resource \"{resource}\" in API group \"{}\" {scope}", self.verb, self.group)
     }
 }
 
@@ -145,14 +142,24 @@ mod tests {
 
     #[test]
     fn denial_message() {
-        let a = Attributes { verb: "create".into(), resource: "pods".into(), namespace: "y".into(), ..Default::default() };
-        assert_eq!(a.denial("x"), "User \"x\" cannot create resource \"pods\" in API group \"\" in the namespace \"y\"");
+        let a =
+            Attributes { verb: "create".into(), resource: "pods".into(), namespace: "y".into(), ..Default::default() };
+        assert_eq!(
+            a.denial("x"),
+            "User \"x\" cannot create resource \"pods\" in API group \"\" in the namespace \"y\""
+        );
     }
 
     #[test]
     fn rules_match_subresources_and_namespaces() {
         let r = Rule::new(&["create"], &["pods/attach"]).in_namespace("a");
-        let mut a = Attributes { verb: "create".into(), resource: "pods".into(), subresource: "attach".into(), namespace: "a".into(), ..Default::default() };
+        let mut a = Attributes {
+            verb: "create".into(),
+            resource: "pods".into(),
+            subresource: "attach".into(),
+            namespace: "a".into(),
+            ..Default::default()
+        };
         assert!(r.allows(&a));
         a.namespace = "b".into();
         assert!(!r.allows(&a));

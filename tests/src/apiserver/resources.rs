@@ -386,11 +386,8 @@ fn discovery_group(group: &str) -> Value {
 
 /// `/api` or `/apis` as an aggregated `APIGroupDiscoveryList` (apidiscovery.k8s.io/v2).
 pub fn aggregated(core: bool) -> Value {
-    let items: Vec<Value> = if core {
-        vec![discovery_group("")]
-    } else {
-        GROUPS.iter().map(|g| discovery_group(g)).collect()
-    };
+    let items: Vec<Value> =
+        if core { vec![discovery_group("")] } else { GROUPS.iter().map(|g| discovery_group(g)).collect() };
     json!({
         "kind": "APIGroupDiscoveryList",
         "apiVersion": "apidiscovery.k8s.io/v2",

@@ -73,19 +73,18 @@ impl LabelSelector {
             } else if let Some((k, v)) = r.split_once('=') {
                 (k.trim().to_string(), Op::Eq(v.trim().to_string()))
             } else if let Some((k, v)) = r.split_once('>') {
-                let n = v.trim().parse().map_err(|_| bad(r, "for 'Gt', 'Lt' operators, the value must be an integer"))?;
+                let n =
+                    v.trim().parse().map_err(|_| bad(r, "for 'Gt', 'Lt' operators, the value must be an integer"))?;
                 (k.trim().to_string(), Op::Gt(n))
             } else if let Some((k, v)) = r.split_once('<') {
-                let n = v.trim().parse().map_err(|_| bad(r, "for 'Gt', 'Lt' operators, the value must be an integer"))?;
+                let n =
+                    v.trim().parse().map_err(|_| bad(r, "for 'Gt', 'Lt' operators, the value must be an integer"))?;
                 (k.trim().to_string(), Op::Lt(n))
             } else if let Some(open) = r.find('(') {
                 let head = r[..open].trim();
                 let close = r.rfind(')').ok_or_else(|| bad(r, "found end of string, expected: ')'"))?;
-                let values: Vec<String> = r[open + 1..close]
-                    .split(',')
-                    .map(|v| v.trim().to_string())
-                    .filter(|v| !v.is_empty())
-                    .collect();
+                let values: Vec<String> =
+                    r[open + 1..close].split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect();
                 let mut words = head.split_whitespace();
                 let (key, op) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
                 match op {
@@ -189,9 +188,7 @@ impl FieldSelector {
                 || (field == "metadata.namespace" && res.namespaced)
                 || res.field_labels.contains(&field);
             if !known {
-                return Err(ApiError::bad_request(format!(
-                    "field label not supported: {field}"
-                )));
+                return Err(ApiError::bad_request(format!("field label not supported: {field}")));
             }
             reqs.push((field.to_string(), eq, value.trim().to_string()));
         }

@@ -26,8 +26,7 @@ impl ApiError {
 
     /// `pods "x" not found` (404 NotFound).
     pub fn not_found(res: &ResourceDef, name: &str) -> Self {
-        Self::new(404, "NotFound", format!("{} \"{name}\" not found", res.qualified()))
-            .with_details(details(res, name))
+        Self::new(404, "NotFound", format!("{} \"{name}\" not found", res.qualified())).with_details(details(res, name))
     }
 
     /// `pods "x" already exists` (409 AlreadyExists).
@@ -52,28 +51,17 @@ impl ApiError {
 
     /// `<res> "<name>" is forbidden: <why>` (403 Forbidden), with or without a name.
     pub fn forbidden(res: &ResourceDef, name: &str, why: &str) -> Self {
-        let what = if name.is_empty() {
-            res.qualified()
-        } else {
-            format!("{} \"{name}\"", res.qualified())
-        };
-        Self::new(403, "Forbidden", format!("{what} is forbidden: {why}"))
-            .with_details(details(res, name))
+        let what = if name.is_empty() { res.qualified() } else { format!("{} \"{name}\"", res.qualified()) };
+        Self::new(403, "Forbidden", format!("{what} is forbidden: {why}")).with_details(details(res, name))
     }
 
     /// `Pod "x" is invalid: field: Required value` (422 Invalid). Causes are
     /// `(reason, field, message)` as in `field.Error`.
     pub fn invalid(kind: &str, name: &str, causes: &[FieldError]) -> Self {
         let list: Vec<String> = causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
-        let joined = if list.len() == 1 {
-            list[0].clone()
-        } else {
-            format!("[{}]", list.join(", "))
-        };
-        let causes: Vec<Value> = causes
-            .iter()
-            .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
-            .collect();
+        let joined = if list.len() == 1 { list[0].clone() } else { format!("[{}]", list.join(", ")) };
+        let causes: Vec<Value> =
+            causes.iter().map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field})).collect();
         let mut d = json!({"kind": kind, "causes": causes});
         if !name.is_empty() {
             d["name"] = json!(name);
@@ -138,11 +126,8 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn required(field: &str, detail: &str) -> Self {
-        let message = if detail.is_empty() {
-            "Required value".to_string()
-        } else {
-            format!("Required value: {detail}")
-        };
+        let message =
+            if detail.is_empty() { "Required value".to_string() } else { format!("Required value: {detail}") };
         FieldError { reason: "FieldValueRequired", field: field.into(), message }
     }
 

@@ -97,10 +97,7 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_err() {
         // Fall back to time and a counter; uniqueness is all callers need.
         static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
             ^ u128::from(COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
         for (i, x) in b.iter_mut().enumerate() {
             *x = (t >> ((i % 16) * 8)) as u8 ^ (i as u8);
@@ -168,7 +165,12 @@ impl Store {
     }
 
     /// Objects of a type (in one namespace, or all when `ns` is None) that pass `filter`, and the list's resource version.
-    pub fn list(&self, res: &'static ResourceDef, ns: Option<&str>, filter: impl Fn(&Value) -> bool) -> (Vec<Value>, u64) {
+    pub fn list(
+        &self,
+        res: &'static ResourceDef,
+        ns: Option<&str>,
+        filter: impl Fn(&Value) -> bool,
+    ) -> (Vec<Value>, u64) {
         let st = self.lock();
         let items = st
             .objects
@@ -248,7 +250,14 @@ impl Store {
         let rv = st.rv;
         self.emit(
             &mut st,
-            Change { rv, res, namespace: ns.to_string(), kind: EventType::Modified, object: new.clone(), old: Some(old) },
+            Change {
+                rv,
+                res,
+                namespace: ns.to_string(),
+                kind: EventType::Modified,
+                object: new.clone(),
+                old: Some(old),
+            },
         );
         Ok(new)
     }
@@ -277,15 +286,29 @@ impl Store {
     ) -> Result<WatchStarted, ApiError> {
         let st = self.lock();
         let rx = self.tx.subscribe();
-        let same = |r: &ResourceDef, n: &str| r.group == res.group && r.plural == res.plural && ns.is_none_or(|ns| n == ns);
+        let same =
+            |r: &ResourceDef, n: &str| r.group == res.group && r.plural == res.plural && ns.is_none_or(|ns| n == ns);
         let replay = match start {
             WatchStart::Now => st
                 .objects
                 .iter()
-                .filter(|(k, _)| k.group == res.group && k.plural == res.plural && ns.is_none_or(|ns| k.namespace == ns))
+                .filter(|(k, _)| {
+                    k.group == res.group && k.plural == res.plural && ns.is_none_or(|ns| k.namespace == ns)
+                })
                 .map(|(k, v)| {
-                    let rv = v.pointer("/metadata/resourceVersion").and_then(Value::as_str).and_then(|s| s.parse().ok()).unwrap_or(st.rv);
-                    Arc::new(Change { rv, res, namespace: k.namespace.clone(), kind: EventType::Added, object: v.clone(), old: None })
+                    let rv = v
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(st.rv);
+                    Arc::new(Change {
+                        rv,
+                        res,
+                        namespace: k.namespace.clone(),
+                        kind: EventType::Added,
+                        object: v.clone(),
+                        old: None,
+                    })
                 })
                 .collect(),
             WatchStart::After(rv) => {

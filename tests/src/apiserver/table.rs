@@ -29,7 +29,13 @@ fn col(name: &str, ty: &str, format: &str, priority: u8, description: &str) -> V
 
 fn columns(res: &ResourceDef) -> Vec<Value> {
     let name = col("Name", "string", "name", 0, "Name must be unique within a namespace.");
-    let age = col("Age", "string", "", 0, "CreationTimestamp is a timestamp representing the server time when this object was created.");
+    let age = col(
+        "Age",
+        "string",
+        "",
+        0,
+        "CreationTimestamp is a timestamp representing the server time when this object was created.",
+    );
     match (res.group, res.plural) {
         ("", "pods") => vec![
             name,
@@ -56,7 +62,10 @@ fn columns(res: &ResourceDef) -> Vec<Value> {
 }
 
 fn age_of(obj: &Value) -> String {
-    obj.pointer("/metadata/creationTimestamp").and_then(Value::as_str).and_then(parse_rfc3339).map_or("<unknown>".into(), human_age)
+    obj.pointer("/metadata/creationTimestamp")
+        .and_then(Value::as_str)
+        .and_then(parse_rfc3339)
+        .map_or("<unknown>".into(), human_age)
 }
 
 /// The STATUS column of `kubectl get pods`, following the real printer's order of precedence.
@@ -72,7 +81,9 @@ pub fn pod_status_reason(pod: &Value) -> String {
         initializing = true;
         reason = if let Some(r) = c.pointer("/state/terminated/reason").and_then(Value::as_str) {
             format!("Init:{r}")
-        } else if let Some(r) = c.pointer("/state/waiting/reason").and_then(Value::as_str).filter(|r| *r != "PodInitializing") {
+        } else if let Some(r) =
+            c.pointer("/state/waiting/reason").and_then(Value::as_str).filter(|r| *r != "PodInitializing")
+        {
             format!("Init:{r}")
         } else {
             format!("Init:{i}/{}", inits.len())
@@ -89,7 +100,10 @@ pub fn pod_status_reason(pod: &Value) -> String {
             } else if c.pointer("/state/terminated").is_some() {
                 reason = match c.pointer("/state/terminated/signal").and_then(Value::as_i64) {
                     Some(s) => format!("Signal:{s}"),
-                    None => format!("ExitCode:{}", c.pointer("/state/terminated/exitCode").and_then(Value::as_i64).unwrap_or(0)),
+                    None => format!(
+                        "ExitCode:{}",
+                        c.pointer("/state/terminated/exitCode").and_then(Value::as_i64).unwrap_or(0)
+                    ),
                 };
             } else if c["ready"] == json!(true) && c.pointer("/state/running").is_some() {
                 has_running = true;
@@ -109,7 +123,8 @@ fn cells(res: &ResourceDef, obj: &Value) -> Vec<Value> {
     let name = json!(obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default());
     match (res.group, res.plural) {
         ("", "pods") => {
-            let statuses = obj.pointer("/status/containerStatuses").and_then(Value::as_array).cloned().unwrap_or_default();
+            let statuses =
+                obj.pointer("/status/containerStatuses").and_then(Value::as_array).cloned().unwrap_or_default();
             let total = obj.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
             let ready = statuses.iter().filter(|c| c["ready"] == json!(true)).count();
             let restarts: i64 = statuses.iter().filter_map(|c| c["restartCount"].as_i64()).sum();
@@ -127,7 +142,12 @@ fn cells(res: &ResourceDef, obj: &Value) -> Vec<Value> {
             ]
         }
         ("", "nodes") => {
-            let ready = obj.pointer("/status/conditions").and_then(Value::as_array).into_iter().flatten().find(|c| c["type"] == "Ready");
+            let ready = obj
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .find(|c| c["type"] == "Ready");
             let status = if ready.is_some_and(|c| c["status"] == "True") { "Ready" } else { "NotReady" };
             let roles: Vec<String> = obj
                 .pointer("/metadata/labels")
@@ -137,8 +157,14 @@ fn cells(res: &ResourceDef, obj: &Value) -> Vec<Value> {
                 .filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/").map(String::from))
                 .collect();
             let roles = if roles.is_empty() { "<none>".to_string() } else { roles.join(",") };
-            let ip = obj.pointer("/status/addresses").and_then(Value::as_array).into_iter().flatten()
-                .find(|a| a["type"] == "InternalIP").and_then(|a| a["address"].as_str()).unwrap_or("<none>");
+            let ip = obj
+                .pointer("/status/addresses")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .find(|a| a["type"] == "InternalIP")
+                .and_then(|a| a["address"].as_str())
+                .unwrap_or("<none>");
             vec![
                 name,
                 json!(status),
@@ -148,7 +174,11 @@ fn cells(res: &ResourceDef, obj: &Value) -> Vec<Value> {
                 json!(ip),
             ]
         }
-        ("", "namespaces") => vec![name, json!(obj.pointer("/status/phase").and_then(Value::as_str).unwrap_or("Active")), json!(age_of(obj))],
+        ("", "namespaces") => vec![
+            name,
+            json!(obj.pointer("/status/phase").and_then(Value::as_str).unwrap_or("Active")),
+            json!(age_of(obj)),
+        ],
         _ => vec![name, json!(age_of(obj))],
     }
 }

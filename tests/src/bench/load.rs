@@ -73,7 +73,12 @@ pub async fn run(
     total
 }
 
-async fn one_connection(addr: SocketAddr, request: &[u8], deadline: Instant, tls: Arc<rustls::ClientConfig>) -> LoadResult {
+async fn one_connection(
+    addr: SocketAddr,
+    request: &[u8],
+    deadline: Instant,
+    tls: Arc<rustls::ClientConfig>,
+) -> LoadResult {
     let mut result = LoadResult::default();
     let connected = async {
         let tcp = TcpStream::connect(addr).await?;

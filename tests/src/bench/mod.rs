@@ -129,14 +129,16 @@ pub fn run(options: &Options) -> anyhow::Result<(floor::HitCost, Vec<CaseReport>
         let addr = server.addr();
         let path = format!("/bytes/{}", case.body_bytes);
         // Warm the server and the page cache.
-        let warm = runtime.block_on(load::run(addr, &path, options.connections, Duration::from_millis(500), tls.clone()));
+        let warm =
+            runtime.block_on(load::run(addr, &path, options.connections, Duration::from_millis(500), tls.clone()));
         anyhow::ensure!(warm.requests > 0, "[{}] the server answered no request while warming up", case.name);
 
         let mut rounds = Vec::new();
         for round in 0..options.rounds {
             for mode in Mode::of(options) {
                 eprintln!("[{}] round {}/{}: {}", case.name, round + 1, options.rounds, mode.name());
-                let run_load = || runtime.block_on(load::run(addr, &path, options.connections, options.duration, tls.clone()));
+                let run_load =
+                    || runtime.block_on(load::run(addr, &path, options.connections, options.duration, tls.clone()));
                 let result = match mode {
                     Mode::None => Round { load: run_load(), ..Round::default() },
                     Mode::Floor => {
@@ -224,9 +226,8 @@ fn spy_bpf_time(pid: u32) -> Duration {
     let mut run_time_ns = std::collections::BTreeMap::new();
     for fd in fds.flatten() {
         let Ok(info) = std::fs::read_to_string(fd.path()) else { continue };
-        let field = |name: &str| -> Option<u64> {
-            info.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
-        };
+        let field =
+            |name: &str| -> Option<u64> { info.lines().find_map(|l| l.strip_prefix(name)?.trim().parse().ok()) };
         if let (Some(id), Some(ns)) = (field("prog_id:"), field("run_time_ns:")) {
             run_time_ns.insert(id, ns);
         }
@@ -328,9 +329,9 @@ pub fn render(hit_cost: &floor::HitCost, reports: &[CaseReport], options: &Optio
         for (mode, s) in rows {
             let requests = s.requests;
             let hits = s.per_request(s.probe_hits).map_or("-".into(), |h| format!("{h:.2}"));
-            let completeness = s.exchanges.map_or("-".into(), |x| {
-                format!("{x}/{requests} ({:.2}%)", 100.0 * x as f64 / requests.max(1) as f64)
-            });
+            let completeness = s
+                .exchanges
+                .map_or("-".into(), |x| format!("{x}/{requests} ({:.2}%)", 100.0 * x as f64 / requests.max(1) as f64));
             let lost = match (s.lost_events, s.lost_bytes) {
                 (Some(e), Some(b)) => format!("{e} ({b})"),
                 _ => "-".into(),

@@ -38,8 +38,8 @@ impl GoProgram {
     /// Builds `benchserver` with the local Go toolchain; its build cache and
     /// the executable live under `work`.
     pub fn build(work: &Path) -> anyhow::Result<GoProgram> {
-        let toolchain = Toolchain::find(work)
-            .context("no Go toolchain in /usr/lib/go-1.* (apt-get install golang-1.23-go)")?;
+        let toolchain =
+            Toolchain::find(work).context("no Go toolchain in /usr/lib/go-1.* (apt-get install golang-1.23-go)")?;
         let go_version = toolchain.version()?;
         let executable = work.join("bin").join("benchserver");
         toolchain.build("benchserver", &[], &executable)?;

@@ -50,11 +50,8 @@ fn main() -> anyhow::Result<()> {
         Some(agent) => agent,
         None => std::env::current_exe()?.with_file_name("tlsspy-agent"),
     };
-    let nginx_bodies = if args.bodies.is_empty() && args.go_bodies.is_empty() {
-        DEFAULT_NGINX_BODIES.to_vec()
-    } else {
-        args.bodies
-    };
+    let nginx_bodies =
+        if args.bodies.is_empty() && args.go_bodies.is_empty() { DEFAULT_NGINX_BODIES.to_vec() } else { args.bodies };
     let options = Options {
         cases: nginx_bodies
             .iter()

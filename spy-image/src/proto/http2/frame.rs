@@ -52,15 +52,7 @@ impl FrameHead {
         let len = u32::from_be_bytes([0, b[0], b[1], b[2]]);
         let raw_stream = u32::from_be_bytes([b[5], b[6], b[7], b[8]]);
         let reserved = raw_stream & 0x8000_0000 != 0;
-        Some((
-            FrameHead {
-                len,
-                kind: b[3],
-                flags: b[4],
-                stream: raw_stream & 0x7fff_ffff,
-            },
-            reserved,
-        ))
+        Some((FrameHead { len, kind: b[3], flags: b[4], stream: raw_stream & 0x7fff_ffff }, reserved))
     }
 
     pub(super) fn has(&self, flag: u8) -> bool {
@@ -85,16 +77,10 @@ pub(crate) fn plausible_first_frame(first: &[u8]) -> Option<FirstFrame> {
     let on_stream = h.stream != 0;
     let (fits, allowed_flags) = match h.kind {
         DATA => (on_stream, FLAG_END_STREAM | FLAG_PADDED),
-        HEADERS => (
-            on_stream,
-            FLAG_END_STREAM | FLAG_END_HEADERS | FLAG_PADDED | FLAG_PRIORITY,
-        ),
+        HEADERS => (on_stream, FLAG_END_STREAM | FLAG_END_HEADERS | FLAG_PADDED | FLAG_PRIORITY),
         PRIORITY => (on_stream && h.len == 5, 0),
         RST_STREAM => (on_stream && h.len == 4, 0),
-        SETTINGS => (
-            !on_stream && h.len % 6 == 0 && (!h.has(FLAG_ACK) || h.len == 0),
-            FLAG_ACK,
-        ),
+        SETTINGS => (!on_stream && h.len % 6 == 0 && (!h.has(FLAG_ACK) || h.len == 0), FLAG_ACK),
         PUSH_PROMISE => (on_stream && h.len >= 4, FLAG_END_HEADERS | FLAG_PADDED),
         PING => (!on_stream && h.len == 8, FLAG_ACK),
         GOAWAY => (!on_stream && h.len >= 8, 0),
@@ -105,17 +91,12 @@ pub(crate) fn plausible_first_frame(first: &[u8]) -> Option<FirstFrame> {
     if !fits || reserved || h.flags & !allowed_flags != 0 || h.len > DETECT_MAX_FRAME_LEN {
         return None;
     }
-    Some(if h.kind == SETTINGS && !h.has(FLAG_ACK) {
-        FirstFrame::Settings
-    } else {
-        FirstFrame::Other
-    })
+    Some(if h.kind == SETTINGS && !h.has(FLAG_ACK) { FirstFrame::Settings } else { FirstFrame::Other })
 }
 
 /// Bytes before a frame's content: pad length, priority, promised id.
 pub(super) fn prefix_len(head: &FrameHead) -> usize {
-    let padded =
-        usize::from(head.has(FLAG_PADDED) && matches!(head.kind, DATA | HEADERS | PUSH_PROMISE));
+    let padded = usize::from(head.has(FLAG_PADDED) && matches!(head.kind, DATA | HEADERS | PUSH_PROMISE));
     match head.kind {
         HEADERS if head.has(FLAG_PRIORITY) => padded + 5,
         PUSH_PROMISE => padded + 4,
@@ -208,10 +189,7 @@ pub(super) struct Framer {
 
 impl Default for Framer {
     fn default() -> Self {
-        Framer {
-            state: FrameState::Head,
-            block: None,
-        }
+        Framer { state: FrameState::Head, block: None }
     }
 }
 
@@ -219,11 +197,7 @@ impl Framer {
     /// Reads frames from the front of `input` while whole pieces are there,
     /// telling `sink` what they say. `Err`: the framing is broken (the
     /// connection cannot be followed any further).
-    pub(super) fn run(
-        &mut self,
-        input: &mut Input,
-        sink: &mut impl FnMut(FrameEvent<'_>),
-    ) -> Result<(), String> {
+    pub(super) fn run(&mut self, input: &mut Input, sink: &mut impl FnMut(FrameEvent<'_>)) -> Result<(), String> {
         loop {
             let avail = input.bytes().len();
             match self.state {
@@ -240,56 +214,30 @@ impl Framer {
                     if avail < need {
                         return Ok(());
                     }
-                    let pad = if head.has(FLAG_PADDED) {
-                        u32::from(input.bytes()[0])
-                    } else {
-                        0
-                    };
+                    let pad = if head.has(FLAG_PADDED) { u32::from(input.bytes()[0]) } else { 0 };
                     let need = need as u32;
                     if need + pad > head.len {
-                        return Err(format!(
-                            "HTTP/2: padding longer than frame on stream {}",
-                            head.stream
-                        ));
+                        return Err(format!("HTTP/2: padding longer than frame on stream {}", head.stream));
                     }
                     input.consume(need as usize);
-                    self.state = FrameState::Content {
-                        head,
-                        remaining: head.len - need - pad,
-                        pad,
-                    };
+                    self.state = FrameState::Content { head, remaining: head.len - need - pad, pad };
                 }
-                FrameState::Content {
-                    head,
-                    remaining: 0,
-                    pad,
-                } => {
+                FrameState::Content { head, remaining: 0, pad } => {
                     if pad > 0 {
-                        self.state = FrameState::Padding {
-                            head,
-                            remaining: pad,
-                        };
+                        self.state = FrameState::Padding { head, remaining: pad };
                     } else {
                         self.state = FrameState::Head;
                         self.end_frame(head, input.last_ts(), sink);
                     }
                 }
-                FrameState::Content {
-                    head,
-                    remaining,
-                    pad,
-                } => {
+                FrameState::Content { head, remaining, pad } => {
                     if avail == 0 {
                         return Ok(());
                     }
                     let n = (remaining as usize).min(avail);
                     self.content(&head, &input.bytes()[..n], sink);
                     input.consume(n);
-                    self.state = FrameState::Content {
-                        head,
-                        remaining: remaining - n as u32,
-                        pad,
-                    };
+                    self.state = FrameState::Content { head, remaining: remaining - n as u32, pad };
                 }
                 FrameState::Padding { head, remaining: 0 } => {
                     self.state = FrameState::Head;
@@ -301,10 +249,7 @@ impl Framer {
                     }
                     let n = (remaining as usize).min(avail);
                     input.consume(n);
-                    self.state = FrameState::Padding {
-                        head,
-                        remaining: remaining - n as u32,
-                    };
+                    self.state = FrameState::Padding { head, remaining: remaining - n as u32 };
                 }
                 FrameState::Skip { remaining: 0 } => self.state = FrameState::Head,
                 FrameState::Skip { remaining } => {
@@ -313,9 +258,7 @@ impl Framer {
                     }
                     let n = (remaining as usize).min(avail);
                     input.consume(n);
-                    self.state = FrameState::Skip {
-                        remaining: remaining - n as u32,
-                    };
+                    self.state = FrameState::Skip { remaining: remaining - n as u32 };
                 }
                 FrameState::Rst(head) => {
                     let Some(code) = input.bytes().get(..4) else {
@@ -324,10 +267,7 @@ impl Framer {
                     let code = u32::from_be_bytes([code[0], code[1], code[2], code[3]]);
                     input.consume(4);
                     self.state = FrameState::Head;
-                    sink(FrameEvent::Reset {
-                        stream: head.stream,
-                        code,
-                    });
+                    sink(FrameEvent::Reset { stream: head.stream, code });
                 }
             }
         }
@@ -340,15 +280,11 @@ impl Framer {
     pub(super) fn step_over(&mut self, len: u64) -> Option<Stepped> {
         let within = |remaining: u32| u64::from(remaining) >= len;
         match &mut self.state {
-            FrameState::Content {
-                head, remaining, ..
-            } if head.kind == DATA && within(*remaining) => {
+            FrameState::Content { head, remaining, .. } if head.kind == DATA && within(*remaining) => {
                 *remaining -= len as u32;
                 Some(Stepped::Data(head.stream))
             }
-            FrameState::Padding { remaining, .. } | FrameState::Skip { remaining }
-                if within(*remaining) =>
-            {
+            FrameState::Padding { remaining, .. } | FrameState::Skip { remaining } if within(*remaining) => {
                 *remaining -= len as u32;
                 Some(Stepped::Unread)
             }
@@ -356,30 +292,18 @@ impl Framer {
         }
     }
 
-    fn start_frame(
-        &mut self,
-        head: FrameHead,
-        ts: u64,
-        sink: &mut impl FnMut(FrameEvent<'_>),
-    ) -> Result<(), String> {
+    fn start_frame(&mut self, head: FrameHead, ts: u64, sink: &mut impl FnMut(FrameEvent<'_>)) -> Result<(), String> {
         check_sequence(&head, self.block.as_ref().map(|b| b.stream))?;
         let content = |head: FrameHead| {
             if prefix_len(&head) > 0 {
                 FrameState::Prefix(head)
             } else {
-                FrameState::Content {
-                    head,
-                    remaining: head.len,
-                    pad: 0,
-                }
+                FrameState::Content { head, remaining: head.len, pad: 0 }
             }
         };
         self.state = match head.kind {
             DATA => {
-                sink(FrameEvent::DataStart {
-                    stream: head.stream,
-                    ts,
-                });
+                sink(FrameEvent::DataStart { stream: head.stream, ts });
                 content(head)
             }
             HEADERS | PUSH_PROMISE => {
@@ -397,9 +321,7 @@ impl Framer {
             RST_STREAM => FrameState::Rst(head),
             // SETTINGS, PING, GOAWAY, WINDOW_UPDATE, PRIORITY and unknown
             // types change nothing we show.
-            _ => FrameState::Skip {
-                remaining: head.len,
-            },
+            _ => FrameState::Skip { remaining: head.len },
         };
         Ok(())
     }
@@ -407,10 +329,7 @@ impl Framer {
     /// Payload bytes of the current frame.
     fn content(&mut self, head: &FrameHead, bytes: &[u8], sink: &mut impl FnMut(FrameEvent<'_>)) {
         if head.kind == DATA {
-            sink(FrameEvent::Data {
-                stream: head.stream,
-                bytes,
-            });
+            sink(FrameEvent::Data { stream: head.stream, bytes });
         } else if let Some(block) = &mut self.block {
             block.extend(bytes);
         }
@@ -418,10 +337,7 @@ impl Framer {
 
     fn end_frame(&mut self, head: FrameHead, ts: u64, sink: &mut impl FnMut(FrameEvent<'_>)) {
         match head.kind {
-            DATA if head.has(FLAG_END_STREAM) => sink(FrameEvent::EndStream {
-                stream: head.stream,
-                ts,
-            }),
+            DATA if head.has(FLAG_END_STREAM) => sink(FrameEvent::EndStream { stream: head.stream, ts }),
             HEADERS | PUSH_PROMISE | CONTINUATION if head.has(FLAG_END_HEADERS) => {
                 if let Some(block) = self.block.take() {
                     sink(FrameEvent::Headers { block, ts });
@@ -438,29 +354,20 @@ impl Framer {
 fn check_sequence(head: &FrameHead, open_block: Option<u32>) -> Result<(), String> {
     if let Some(stream) = open_block {
         if head.kind != CONTINUATION || head.stream != stream {
-            return Err(format!(
-                "HTTP/2: header block of stream {stream} not continued"
-            ));
+            return Err(format!("HTTP/2: header block of stream {stream} not continued"));
         }
     }
-    let needs_stream = matches!(
-        head.kind,
-        DATA | HEADERS | PUSH_PROMISE | CONTINUATION | RST_STREAM
-    );
+    let needs_stream = matches!(head.kind, DATA | HEADERS | PUSH_PROMISE | CONTINUATION | RST_STREAM);
     if needs_stream && head.stream == 0 {
         return Err(format!("HTTP/2: frame type {} on stream 0", head.kind));
     }
     if prefix_len(head) > head.len as usize {
-        return Err(format!(
-            "HTTP/2: frame type {} too short for its flags",
-            head.kind
-        ));
+        return Err(format!("HTTP/2: frame type {} too short for its flags", head.kind));
     }
     match head.kind {
-        CONTINUATION if open_block.is_none() => Err(format!(
-            "HTTP/2: CONTINUATION without HEADERS on stream {}",
-            head.stream
-        )),
+        CONTINUATION if open_block.is_none() => {
+            Err(format!("HTTP/2: CONTINUATION without HEADERS on stream {}", head.stream))
+        }
         RST_STREAM if head.len != 4 => Err("HTTP/2: RST_STREAM length is not 4".into()),
         _ => Ok(()),
     }
@@ -540,33 +447,16 @@ mod tests {
         for bytes in [&wire[..], &longer[..]] {
             assert_eq!(
                 FrameHead::parse(bytes),
-                Some((
-                    FrameHead {
-                        len: 0x01_02_03,
-                        kind: HEADERS,
-                        flags: FLAG_END_HEADERS,
-                        stream: 7,
-                    },
-                    true
-                ))
+                Some((FrameHead { len: 0x01_02_03, kind: HEADERS, flags: FLAG_END_HEADERS, stream: 7 }, true))
             );
         }
     }
 
     #[test]
     fn first_frames_are_judged_strictly() {
-        assert_eq!(
-            plausible_first_frame(&raw(6, SETTINGS, 0, 0)),
-            Some(FirstFrame::Settings)
-        );
-        assert_eq!(
-            plausible_first_frame(&raw(0, SETTINGS, FLAG_ACK, 0)),
-            Some(FirstFrame::Other)
-        );
-        assert_eq!(
-            plausible_first_frame(&raw(10, HEADERS, FLAG_END_HEADERS, 1)),
-            Some(FirstFrame::Other)
-        );
+        assert_eq!(plausible_first_frame(&raw(6, SETTINGS, 0, 0)), Some(FirstFrame::Settings));
+        assert_eq!(plausible_first_frame(&raw(0, SETTINGS, FLAG_ACK, 0)), Some(FirstFrame::Other));
+        assert_eq!(plausible_first_frame(&raw(10, HEADERS, FLAG_END_HEADERS, 1)), Some(FirstFrame::Other));
         // SETTINGS on a stream, an ACK with a payload, a length that is no
         // multiple of 6, a flag the type lacks, the reserved bit, an
         // unknown type, a huge frame, too few bytes.
@@ -586,12 +476,7 @@ mod tests {
 
     #[test]
     fn prefixes_follow_type_and_flags() {
-        let head = |kind, flags| FrameHead {
-            len: 100,
-            kind,
-            flags,
-            stream: 1,
-        };
+        let head = |kind, flags| FrameHead { len: 100, kind, flags, stream: 1 };
         assert_eq!(prefix_len(&head(DATA, 0)), 0);
         assert_eq!(prefix_len(&head(DATA, FLAG_PADDED)), 1);
         assert_eq!(prefix_len(&head(HEADERS, FLAG_PRIORITY)), 5);
@@ -613,12 +498,7 @@ mod tests {
         ));
         wire.extend(frame(CONTINUATION, 0, 3, b"cd"));
         wire.extend(frame(CONTINUATION, FLAG_END_HEADERS, 3, b"e"));
-        wire.extend(frame(
-            DATA,
-            FLAG_PADDED | FLAG_END_STREAM,
-            3,
-            &[1, b'x', b'y', 0],
-        ));
+        wire.extend(frame(DATA, FLAG_PADDED | FLAG_END_STREAM, 3, &[1, b'x', b'y', 0]));
         wire.extend(frame(0x20, 0xff, 0, b"unknown types are skipped"));
         wire.extend(frame(RST_STREAM, 0, 5, &[0, 0, 0, 8]));
         wire.extend(frame(DATA, 0, 5, b""));
@@ -658,44 +538,26 @@ mod tests {
     fn broken_sequences_are_framing_errors() {
         let headers = frame(HEADERS, 0, 1, b"a");
         let cases: [(Vec<u8>, &str); 6] = [
-            (
-                [headers.clone(), frame(DATA, 0, 1, b"")].concat(),
-                "HTTP/2: header block of stream 1 not continued",
-            ),
+            ([headers.clone(), frame(DATA, 0, 1, b"")].concat(), "HTTP/2: header block of stream 1 not continued"),
             (
                 [headers, frame(CONTINUATION, FLAG_END_HEADERS, 3, b"")].concat(),
                 "HTTP/2: header block of stream 1 not continued",
             ),
-            (
-                frame(CONTINUATION, FLAG_END_HEADERS, 1, b""),
-                "HTTP/2: CONTINUATION without HEADERS on stream 1",
-            ),
+            (frame(CONTINUATION, FLAG_END_HEADERS, 1, b""), "HTTP/2: CONTINUATION without HEADERS on stream 1"),
             (frame(DATA, 0, 0, b""), "HTTP/2: frame type 0 on stream 0"),
-            (
-                frame(RST_STREAM, 0, 1, &[0; 3]),
-                "HTTP/2: RST_STREAM length is not 4",
-            ),
-            (
-                frame(HEADERS, FLAG_PRIORITY, 1, &[0; 4]),
-                "HTTP/2: frame type 1 too short for its flags",
-            ),
+            (frame(RST_STREAM, 0, 1, &[0; 3]), "HTTP/2: RST_STREAM length is not 4"),
+            (frame(HEADERS, FLAG_PRIORITY, 1, &[0; 4]), "HTTP/2: frame type 1 too short for its flags"),
         ];
         for (wire, message) in cases {
             for split in 0..=wire.len() {
                 let seen = feed_split(&wire, split);
-                assert_eq!(
-                    seen.last(),
-                    Some(&Seen::Error(message.into())),
-                    "split {split}"
-                );
+                assert_eq!(seen.last(), Some(&Seen::Error(message.into())), "split {split}");
             }
         }
         let padded = frame(DATA, FLAG_PADDED, 1, &[5, 0, 0]);
         assert_eq!(
             feed_split(&padded, padded.len()).last(),
-            Some(&Seen::Error(
-                "HTTP/2: padding longer than frame on stream 1".into()
-            ))
+            Some(&Seen::Error("HTTP/2: padding longer than frame on stream 1".into()))
         );
     }
 

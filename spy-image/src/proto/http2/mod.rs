@@ -18,8 +18,8 @@ pub(crate) use stream::MAX_STREAMS;
 
 use super::hpack;
 use super::{Flow, Input, ParseOptions, Parsed, H2_PREFACE};
-use spy_protocol::record::Direction;
 use frame::{FrameEvent, Framer, HeaderBlock, Stepped};
+use spy_protocol::record::Direction;
 use stream::{Admission, HeaderList, Side, StreamTable};
 
 /// One direction's bytes and framing.
@@ -68,13 +68,7 @@ impl Http2 {
         self.streams.client
     }
 
-    pub(crate) fn feed(
-        &mut self,
-        dir: Direction,
-        ts: u64,
-        data: &[u8],
-        out: &mut Vec<Parsed>,
-    ) -> Flow {
+    pub(crate) fn feed(&mut self, dir: Direction, ts: u64, data: &[u8], out: &mut Vec<Parsed>) -> Flow {
         self.streams.first_dir.get_or_insert(dir);
         self.dirs[dir as usize].input.push(ts, data);
         match self.process(dir, out) {
@@ -85,11 +79,7 @@ impl Http2 {
 
     pub(crate) fn gap(&mut self, dir: Direction, len: u64, out: &mut Vec<Parsed>) -> Flow {
         let dirstate = &mut self.dirs[dir as usize];
-        let stepped = if dirstate.input.is_empty() && dirstate.started {
-            dirstate.framer.step_over(len)
-        } else {
-            None
-        };
+        let stepped = if dirstate.input.is_empty() && dirstate.started { dirstate.framer.step_over(len) } else { None };
         match stepped {
             Some(Stepped::Data(id)) => {
                 if let Some(side) = self.streams.table.side_mut(id, dir) {
@@ -99,12 +89,8 @@ impl Http2 {
             }
             Some(Stepped::Unread) => {}
             None => {
-                return self.give_up(
-                    format!(
-                        "HTTP/2: {len} bytes lost in the {dir:?} stream outside a DATA payload"
-                    ),
-                    out,
-                );
+                return self
+                    .give_up(format!("HTTP/2: {len} bytes lost in the {dir:?} stream outside a DATA payload"), out);
             }
         }
         self.dirs[dir as usize].input.skip(len);
@@ -120,11 +106,7 @@ impl Http2 {
 
     fn process(&mut self, dir: Direction, out: &mut Vec<Parsed>) -> Result<(), String> {
         let Http2 { dirs, streams } = self;
-        let Dir {
-            input,
-            started,
-            framer,
-        } = &mut dirs[dir as usize];
+        let Dir { input, started, framer } = &mut dirs[dir as usize];
         if !*started {
             let bytes = input.bytes();
             if bytes.starts_with(H2_PREFACE) {
@@ -146,9 +128,7 @@ impl Http2 {
     }
 
     fn give_up(&mut self, message: String, out: &mut Vec<Parsed>) -> Flow {
-        out.push(Parsed::Error {
-            message: message.clone(),
-        });
+        out.push(Parsed::Error { message: message.clone() });
         self.flush_all(&format!("parse error: {message}"), out);
         Flow::Passthrough
     }
@@ -178,20 +158,10 @@ impl Streams {
     }
 
     /// The stream `id` as seen from `dir`, created unless it just closed.
-    fn touch(
-        &mut self,
-        dir: Direction,
-        id: u32,
-        ts: u64,
-        out: &mut Vec<Parsed>,
-    ) -> Option<&mut Side> {
+    fn touch(&mut self, dir: Direction, id: u32, ts: u64, out: &mut Vec<Parsed>) -> Option<&mut Side> {
         match self.table.admission(id) {
             Admission::Closed => return None,
-            Admission::Evict(oldest) => self.emit(
-                oldest,
-                Some(format!("more than {MAX_STREAMS} open streams")),
-                out,
-            ),
+            Admission::Evict(oldest) => self.emit(oldest, Some(format!("more than {MAX_STREAMS} open streams")), out),
             Admission::Open => {}
         }
         Some(self.table.open(id, dir, ts))
@@ -202,22 +172,15 @@ impl Streams {
         let decoder = &mut self.hpack[dir as usize];
         let decoded = if block.oversized {
             decoder.forget();
-            Err(format!(
-                "HTTP/2: header block over {MAX_HEADER_BLOCK} bytes on stream {}",
-                block.stream
-            ))
+            Err(format!("HTTP/2: header block over {MAX_HEADER_BLOCK} bytes on stream {}", block.stream))
         } else {
-            decoder
-                .decode(&block.buf)
-                .map_err(|e| format!("{e} on stream {}", block.stream))
+            decoder.decode(&block.buf).map_err(|e| format!("{e} on stream {}", block.stream))
         };
         let decoded = match decoded {
             Ok(decoded) => decoded,
             Err(message) => {
                 // A bad message drops its stream; the connection goes on.
-                out.push(Parsed::Error {
-                    message: message.clone(),
-                });
+                out.push(Parsed::Error { message: message.clone() });
                 if !block.promise && self.table.is_open(block.stream) {
                     self.emit(block.stream, Some(message), out);
                 } else if !block.promise && !self.table.is_closed(block.stream) {
@@ -278,9 +241,7 @@ impl Streams {
             return;
         };
         let (req, resp) = stream.into_sides(self.client_dir());
-        out.push(Parsed::Exchange(Box::new(exchange::exchange(
-            id, req, resp, incomplete, &self.opts,
-        ))));
+        out.push(Parsed::Exchange(Box::new(exchange::exchange(id, req, resp, incomplete, &self.opts))));
     }
 
     /// Emits every open stream as incomplete for `reason`.

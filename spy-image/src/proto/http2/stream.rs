@@ -46,9 +46,7 @@ impl HeaderList {
     pub(super) fn sort(fields: Vec<hpack::Field>, show_secrets: bool) -> HeaderList {
         let mut list = HeaderList::default();
         for field in fields {
-            let value = field
-                .value
-                .map(|v| String::from_utf8_lossy(&v).into_owned());
+            let value = field.value.map(|v| String::from_utf8_lossy(&v).into_owned());
             let Some(name) = field.name.map(|n| String::from_utf8_lossy(&n).into_owned()) else {
                 list.headers.push(redact::unknown_name(value, show_secrets));
                 continue;
@@ -67,8 +65,7 @@ impl HeaderList {
                 }
             };
             if !name.starts_with(':') {
-                list.headers
-                    .push(redact::header(name, value.clone(), show_secrets));
+                list.headers.push(redact::header(name, value.clone(), show_secrets));
             }
             slot.get_or_insert(value);
         }
@@ -109,11 +106,7 @@ impl Side {
     /// headers (interim 1xx responses are passed over), later ones are
     /// trailers.
     pub(super) fn add_headers(&mut self, list: HeaderList) {
-        let interim = list
-            .pseudo
-            .status
-            .as_deref()
-            .is_some_and(|s| s.starts_with('1') && s.len() == 3);
+        let interim = list.pseudo.status.as_deref().is_some_and(|s| s.starts_with('1') && s.len() == 3);
         if self.headers.is_none() {
             if !interim {
                 self.headers = Some(list.headers);
@@ -141,10 +134,7 @@ impl Stream {
         let side = &mut self.sides[dir as usize];
         side.ended = true;
         side.end_ts = ts;
-        let (req, resp) = (
-            &self.sides[client as usize],
-            &self.sides[client.flip() as usize],
-        );
+        let (req, resp) = (&self.sides[client as usize], &self.sides[client.flip() as usize]);
         resp.ended && (req.ended || !req.seen)
     }
 
@@ -270,9 +260,7 @@ fn error_name(code: u32) -> String {
         "INADEQUATE_SECURITY",
         "HTTP_1_1_REQUIRED",
     ];
-    NAMES
-        .get(code as usize)
-        .map_or_else(|| format!("error {code:#x}"), |n| (*n).to_owned())
+    NAMES.get(code as usize).map_or_else(|| format!("error {code:#x}"), |n| (*n).to_owned())
 }
 
 #[cfg(test)]
@@ -281,10 +269,7 @@ mod tests {
     use spy_protocol::record::Direction::{Recv, Send};
 
     fn field(name: &str, value: &str) -> hpack::Field {
-        hpack::Field {
-            name: Some(name.as_bytes().to_vec()),
-            value: Some(value.as_bytes().to_vec()),
-        }
+        hpack::Field { name: Some(name.as_bytes().to_vec()), value: Some(value.as_bytes().to_vec()) }
     }
 
     fn names(headers: &[Header]) -> Vec<&str> {
@@ -300,10 +285,7 @@ mod tests {
                 field(":path", "/second-is-ignored"),
                 field("content-type", "application/grpc"),
                 field("authorization", "Bearer x"),
-                hpack::Field {
-                    name: None,
-                    value: Some(b"v".to_vec()),
-                },
+                hpack::Field { name: None, value: Some(b"v".to_vec()) },
                 field("content-encoding", "gzip"),
             ],
             false,
@@ -312,10 +294,7 @@ mod tests {
         assert_eq!(list.pseudo.path.as_deref(), Some("/a"));
         assert_eq!(list.content_type.as_deref(), Some("application/grpc"));
         assert_eq!(list.content_encoding.as_deref(), Some("gzip"));
-        assert_eq!(
-            names(&list.headers),
-            ["content-type", "authorization", "", "content-encoding"]
-        );
+        assert_eq!(names(&list.headers), ["content-type", "authorization", "", "content-encoding"]);
         assert!(list.headers[1].redacted && list.headers[2].unknown);
         assert_eq!(list.client_direction(Send), Some(Send));
 
@@ -353,20 +332,11 @@ mod tests {
     #[test]
     fn resets_leave_a_stream_incomplete_unless_it_was_answered() {
         let mut stream = Stream::default();
-        assert_eq!(
-            stream.reset_reason(8, Send).as_deref(),
-            Some("stream reset (CANCEL)")
-        );
-        assert_eq!(
-            stream.reset_reason(0, Send).as_deref(),
-            Some("stream reset (NO_ERROR)")
-        );
+        assert_eq!(stream.reset_reason(8, Send).as_deref(), Some("stream reset (CANCEL)"));
+        assert_eq!(stream.reset_reason(0, Send).as_deref(), Some("stream reset (NO_ERROR)"));
         stream.sides[Recv as usize].ended = true;
         assert_eq!(stream.reset_reason(0, Send), None);
-        assert_eq!(
-            stream.reset_reason(0x42, Send).as_deref(),
-            Some("stream reset (error 0x42)")
-        );
+        assert_eq!(stream.reset_reason(0x42, Send).as_deref(), Some("stream reset (error 0x42)"));
     }
 
     #[test]

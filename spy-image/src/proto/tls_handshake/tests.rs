@@ -300,12 +300,8 @@ fn client_hello_describes_the_offer() {
 
 #[test]
 fn without_sni_and_alpn() {
-    let spec = HelloSpec {
-        extensions: vec![0x000a, 0x000d, 0x002b],
-        sni: None,
-        versions: vec![0x0303],
-        ..spec_example()
-    };
+    let spec =
+        HelloSpec { extensions: vec![0x000a, 0x000d, 0x002b], sni: None, versions: vec![0x0303], ..spec_example() };
     let bytes = records(CONTENT_HANDSHAKE, &client_hello_message(&spec), 1 << 14);
     let events = read_all(&[&bytes]);
     let hello = only_client(&events);
@@ -316,7 +312,12 @@ fn without_sni_and_alpn() {
 
 #[test]
 fn other_protocols_are_not_tls() {
-    for text in [&b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..], b"SSH-2.0-OpenSSH_9.2\r\n", b"\x80\x2e\x01\x03\x01", b"\x16\x02\x01"] {
+    for text in [
+        &b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"[..],
+        b"SSH-2.0-OpenSSH_9.2\r\n",
+        b"\x80\x2e\x01\x03\x01",
+        b"\x16\x02\x01",
+    ] {
         let events = read_all(&[text]);
         assert!(matches!(events[..], [HelloEvent::NotTls(_)]), "{text:?}: {events:?}");
     }

@@ -48,16 +48,11 @@ pub(crate) fn read(image: &ElfImage<'_>) -> Result<Option<BuildInfo>, GoAnalysis
     // linking the blob sits behind `.data.rel.ro`. So search every such
     // segment, whole, on the blob's 16-byte alignment.
     let mut first_error = None;
-    for seg in image
-        .segments
-        .iter()
-        .filter(|s| s.writable() && !s.executable())
-    {
+    for seg in image.segments.iter().filter(|s| s.writable() && !s.executable()) {
         let Some(bytes) = image.segment_data(seg) else {
             continue;
         };
-        let first =
-            usize::try_from((ALIGN as u64 - seg.vaddr % ALIGN as u64) % ALIGN as u64).unwrap_or(0);
+        let first = usize::try_from((ALIGN as u64 - seg.vaddr % ALIGN as u64) % ALIGN as u64).unwrap_or(0);
         let mut at = first;
         while let Some(rest) = bytes.get(at..) {
             if rest.len() < HEADER_LEN {
@@ -82,9 +77,7 @@ pub(crate) fn read(image: &ElfImage<'_>) -> Result<Option<BuildInfo>, GoAnalysis
 }
 
 fn bad(reason: &'static str) -> GoAnalysisError {
-    GoAnalysisError::BadBuildInfo {
-        reason: reason.to_owned(),
-    }
+    GoAnalysisError::BadBuildInfo { reason: reason.to_owned() }
 }
 
 /// Reads `len` bytes of the image at a virtual address.
@@ -92,13 +85,8 @@ pub(crate) type ReadVa<'r, 'a> = &'r dyn Fn(u64, u64) -> Option<&'a [u8]>;
 
 /// Parses the blob; `data` starts at the magic; `read` resolves the
 /// pointers of the pre-1.18 format.
-pub(crate) fn parse<'a>(
-    read: ReadVa<'_, 'a>,
-    data: &'a [u8],
-) -> Result<BuildInfo, GoAnalysisError> {
-    let header = data
-        .get(..HEADER_LEN)
-        .ok_or(bad("shorter than its 32-byte header"))?;
+pub(crate) fn parse<'a>(read: ReadVa<'_, 'a>, data: &'a [u8]) -> Result<BuildInfo, GoAnalysisError> {
+    let header = data.get(..HEADER_LEN).ok_or(bad("shorter than its 32-byte header"))?;
     if !header.starts_with(MAGIC) {
         return Err(bad("bad magic"));
     }
@@ -113,26 +101,17 @@ pub(crate) fn parse<'a>(
         if ptr_size != 8 || flags & FLAG_BIG_ENDIAN != 0 {
             return Err(bad("pointer-format build info of a non-64-bit-LE image"));
         }
-        let word = |at: usize| -> Option<u64> {
-            Some(u64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?))
-        };
+        let word = |at: usize| -> Option<u64> { Some(u64::from_le_bytes(data.get(at..at + 8)?.try_into().ok()?)) };
         let version_ptr = word(16).ok_or(bad("truncated header"))?;
         let modinfo_ptr = word(24).ok_or(bad("truncated header"))?;
-        (
-            pointer_string(read, version_ptr)?,
-            pointer_string(read, modinfo_ptr)?,
-        )
+        (pointer_string(read, version_ptr)?, pointer_string(read, modinfo_ptr)?)
     };
     let version = String::from_utf8(version.to_vec()).map_err(|_| bad("version is not UTF-8"))?;
     if version.is_empty() {
         return Err(bad("empty Go version"));
     }
     let (module_path, main_package) = parse_modinfo(modinfo);
-    Ok(BuildInfo {
-        version,
-        module_path,
-        main_package,
-    })
+    Ok(BuildInfo { version, module_path, main_package })
 }
 
 /// A Go `uvarint` (LEB128, at most 10 bytes).
@@ -156,9 +135,7 @@ fn varint_string<'a>(data: &'a [u8], pos: &mut usize) -> Result<&'a [u8], GoAnal
     }
     let len = usize::try_from(len).map_err(|_| bad("bad string length"))?;
     let end = pos.checked_add(len).ok_or(bad("bad string length"))?;
-    let s = data
-        .get(*pos..end)
-        .ok_or(bad("string runs past the data"))?;
+    let s = data.get(*pos..end).ok_or(bad("string runs past the data"))?;
     *pos = end;
     Ok(s)
 }
@@ -181,9 +158,7 @@ fn pointer_string<'a>(read: ReadVa<'_, 'a>, at: u64) -> Result<&'a [u8], GoAnaly
 /// Pulls the `path` and `mod` lines out of the module info text.
 fn parse_modinfo(raw: &[u8]) -> (Option<String>, Option<String>) {
     // Strip the sentinels when they are there (as Go's reader does).
-    let text = if raw.len() > MODINFO_START_LEN + MODINFO_END_LEN
-        && raw[raw.len() - MODINFO_END_LEN - 1] == b'\n'
-    {
+    let text = if raw.len() > MODINFO_START_LEN + MODINFO_END_LEN && raw[raw.len() - MODINFO_END_LEN - 1] == b'\n' {
         &raw[MODINFO_START_LEN..raw.len() - MODINFO_END_LEN]
     } else {
         raw
@@ -302,9 +277,6 @@ mod tests {
         let mut pos = 0;
         assert!(varint_string(&[0x05, b'g', b'o'], &mut pos).is_err());
         let mut pos = 0;
-        assert_eq!(
-            varint_string(&[0x02, b'g', b'o'], &mut pos).ok(),
-            Some(&b"go"[..])
-        );
+        assert_eq!(varint_string(&[0x02, b'g', b'o'], &mut pos).ok(), Some(&b"go"[..]));
     }
 }

@@ -83,15 +83,8 @@ impl AnalysisCache {
         // the bytes analysed belong to the same file.
         let file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
         let meta = file.metadata().map_err(|e| io_error(path, e))?;
-        let key = FileKey {
-            dev: meta.dev(),
-            ino: meta.ino(),
-        };
-        let fingerprint = Fingerprint {
-            size: meta.size(),
-            mtime_s: meta.mtime(),
-            mtime_ns: meta.mtime_nsec(),
-        };
+        let key = FileKey { dev: meta.dev(), ino: meta.ino() };
+        let fingerprint = Fingerprint { size: meta.size(), mtime_s: meta.mtime(), mtime_ns: meta.mtime_nsec() };
         let cell = {
             let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
             match entries.get(&key) {
@@ -117,9 +110,7 @@ impl AnalysisCache {
         let outcome = cell.get_or_init(|| {
             ran = true;
             self.analyses.fetch_add(1, Ordering::Relaxed);
-            read_bounded(file, path)
-                .and_then(|data| analyze_bytes(&data))
-                .map(Arc::new)
+            read_bounded(file, path).and_then(|data| analyze_bytes(&data)).map(Arc::new)
         });
         if !ran {
             self.hits.fetch_add(1, Ordering::Relaxed);
@@ -131,21 +122,13 @@ impl AnalysisCache {
         CacheStats {
             hits: self.hits.load(Ordering::Relaxed),
             analyses: self.analyses.load(Ordering::Relaxed),
-            entries: self
-                .entries
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .len(),
+            entries: self.entries.lock().unwrap_or_else(PoisonError::into_inner).len(),
         }
     }
 }
 
 fn evict_oldest(entries: &mut HashMap<FileKey, Entry>) {
-    if let Some(oldest) = entries
-        .iter()
-        .min_by_key(|(_, e)| e.inserted)
-        .map(|(k, _)| *k)
-    {
+    if let Some(oldest) = entries.iter().min_by_key(|(_, e)| e.inserted).map(|(k, _)| *k) {
         entries.remove(&oldest);
     }
 }

@@ -64,13 +64,8 @@ mod tests {
     fn finds_amd64_ret_and_ret_imm_but_not_c3_inside_other_instructions() {
         let scanner = RetScanner::new(GoArch::Amd64).expect("capstone");
         // mov eax, 0xc3c3c3c3 ; ret ; int3 ; ret 8 ; nop
-        let code = [
-            0xb8, 0xc3, 0xc3, 0xc3, 0xc3, 0xc3, 0xcc, 0xc2, 0x08, 0x00, 0x90,
-        ];
-        assert_eq!(
-            scanner.returns(&code, 0x1000).expect("disasm"),
-            vec![0x1005, 0x1007]
-        );
+        let code = [0xb8, 0xc3, 0xc3, 0xc3, 0xc3, 0xc3, 0xcc, 0xc2, 0x08, 0x00, 0x90];
+        assert_eq!(scanner.returns(&code, 0x1000).expect("disasm"), vec![0x1005, 0x1007]);
     }
 
     #[test]
@@ -82,10 +77,7 @@ mod tests {
         code.extend_from_slice(&0xd65f03c0u32.to_le_bytes()); // ret
         code.extend_from_slice(&0xffffffffu32.to_le_bytes()); // garbage
         code.extend_from_slice(&0xd65f03c0u32.to_le_bytes()); // ret
-        assert_eq!(
-            scanner.returns(&code, 0x2000).expect("disasm"),
-            vec![0x2008, 0x2010]
-        );
+        assert_eq!(scanner.returns(&code, 0x2000).expect("disasm"), vec![0x2008, 0x2010]);
     }
 
     #[test]

@@ -25,17 +25,11 @@ pub enum DwarfError {
     #[error("no .debug_info")]
     Absent,
     #[error("{section}: {reason}")]
-    Section {
-        section: &'static str,
-        reason: String,
-    },
+    Section { section: &'static str, reason: String },
     #[error("DWARF parse error: {0}")]
     Parse(String),
     #[error("DWARF lacks {type_name}.{field}")]
-    Missing {
-        type_name: &'static str,
-        field: &'static str,
-    },
+    Missing { type_name: &'static str, field: &'static str },
 }
 
 /// The structs and fields we need: (struct, field).
@@ -53,18 +47,12 @@ pub(crate) fn present(image: &ElfImage<'_>) -> bool {
     image.file.section_by_name(".debug_info").is_some()
 }
 
-fn load_section<'data>(
-    image: &ElfImage<'data>,
-    id: SectionId,
-) -> Result<Cow<'data, [u8]>, DwarfError> {
+fn load_section<'data>(image: &ElfImage<'data>, id: SectionId) -> Result<Cow<'data, [u8]>, DwarfError> {
     let name = id.name();
     let Some(section) = image.file.section_by_name(name) else {
         return Ok(Cow::Borrowed(&[]));
     };
-    let err = |reason: String| DwarfError::Section {
-        section: name,
-        reason,
-    };
+    let err = |reason: String| DwarfError::Section { section: name, reason };
     let compressed = section.compressed_data().map_err(|e| err(e.to_string()))?;
     if compressed.uncompressed_size > MAX_DEBUG_SECTION {
         return Err(err(format!(
@@ -102,11 +90,7 @@ pub(crate) fn struct_offsets(image: &ElfImage<'_>) -> Result<GoStructOffsets, Dw
             if die.tag() == gimli::DW_TAG_structure_type && die.has_children() {
                 if let Some(value) = die.attr_value(gimli::DW_AT_name) {
                     let name = dwarf.attr_string(&unit, value).map_err(parse)?.slice();
-                    if WANTED
-                        .iter()
-                        .zip(found.iter())
-                        .any(|((s, _), slot)| slot.is_none() && s.as_bytes() == name)
-                    {
+                    if WANTED.iter().zip(found.iter()).any(|((s, _), slot)| slot.is_none() && s.as_bytes() == name) {
                         wanted_struct = Some(name);
                     }
                 }
@@ -146,12 +130,7 @@ pub(crate) fn struct_offsets(image: &ElfImage<'_>) -> Result<GoStructOffsets, Dw
         }
     }
 
-    let get = |i: usize| {
-        found[i].ok_or(DwarfError::Missing {
-            type_name: WANTED[i].0,
-            field: WANTED[i].1,
-        })
-    };
+    let get = |i: usize| found[i].ok_or(DwarfError::Missing { type_name: WANTED[i].0, field: WANTED[i].1 });
     let tcp_conn_conn = get(2)?;
     let conn_fd = get(3)?;
     Ok(GoStructOffsets {
@@ -159,10 +138,7 @@ pub(crate) fn struct_offsets(image: &ElfImage<'_>) -> Result<GoStructOffsets, Dw
         tls_conn_conn: get(1)?,
         tcp_conn_fd: tcp_conn_conn
             .checked_add(conn_fd)
-            .ok_or(DwarfError::Missing {
-                type_name: "net.TCPConn",
-                field: "conn.fd",
-            })?,
+            .ok_or(DwarfError::Missing { type_name: "net.TCPConn", field: "conn.fd" })?,
         netfd_pfd: get(4)?,
         pfd_sysfd: get(5)?,
     })

@@ -65,40 +65,22 @@ impl<'data> ElfImage<'data> {
         match object::FileKind::parse(data) {
             Ok(object::FileKind::Elf64) => {}
             Ok(object::FileKind::Elf32) => {
-                return Err(GoAnalysisError::UnsupportedArch {
-                    arch: "32-bit ELF".to_owned(),
-                })
+                return Err(GoAnalysisError::UnsupportedArch { arch: "32-bit ELF".to_owned() })
             }
-            Ok(other) => {
-                return Err(GoAnalysisError::NotElf {
-                    reason: format!("{other:?} file"),
-                })
-            }
-            Err(e) => {
-                return Err(GoAnalysisError::NotElf {
-                    reason: e.to_string(),
-                })
-            }
+            Ok(other) => return Err(GoAnalysisError::NotElf { reason: format!("{other:?} file") }),
+            Err(e) => return Err(GoAnalysisError::NotElf { reason: e.to_string() }),
         }
-        let file =
-            ElfFile64::<Endianness>::parse(data).map_err(|e| GoAnalysisError::MalformedElf {
-                reason: e.to_string(),
-            })?;
+        let file = ElfFile64::<Endianness>::parse(data)
+            .map_err(|e| GoAnalysisError::MalformedElf { reason: e.to_string() })?;
         let endian = file.endian();
         let header = file.elf_header();
         if endian != Endianness::Little {
-            return Err(GoAnalysisError::UnsupportedArch {
-                arch: "big-endian ELF".to_owned(),
-            });
+            return Err(GoAnalysisError::UnsupportedArch { arch: "big-endian ELF".to_owned() });
         }
         let arch = match header.e_machine(endian) {
             elf::EM_X86_64 => GoArch::Amd64,
             elf::EM_AARCH64 => GoArch::Arm64,
-            other => {
-                return Err(GoAnalysisError::UnsupportedArch {
-                    arch: format!("ELF machine {other}"),
-                })
-            }
+            other => return Err(GoAnalysisError::UnsupportedArch { arch: format!("ELF machine {other}") }),
         };
         let pie = header.e_type(endian) == elf::ET_DYN;
         let file_len = data.len() as u64;
@@ -121,12 +103,7 @@ impl<'data> ElfImage<'data> {
                     })
                 }
             }
-            segments.push(Segment {
-                vaddr: ph.p_vaddr(endian),
-                file_offset,
-                file_size,
-                flags: ph.p_flags(endian),
-            });
+            segments.push(Segment { vaddr: ph.p_vaddr(endian), file_offset, file_size, flags: ph.p_flags(endian) });
         }
         // A truncated file: a section claims bytes past the end. (object
         // reads section data lazily, so check them all once here.)
@@ -143,13 +120,7 @@ impl<'data> ElfImage<'data> {
                 }
             }
         }
-        Ok(ElfImage {
-            data,
-            file,
-            arch,
-            pie,
-            segments,
-        })
+        Ok(ElfImage { data, file, arch, pie, segments })
     }
 
     /// Whether the file has a `.symtab` (not stripped with `-s`).
@@ -169,10 +140,7 @@ impl<'data> ElfImage<'data> {
             let start = usize::try_from(offset).ok()?;
             let len = usize::try_from(size).ok()?;
             let data = self.data.get(start..start.checked_add(len)?)?;
-            return Some(SectionData {
-                address: section.address(),
-                data,
-            });
+            return Some(SectionData { address: section.address(), data });
         }
         None
     }

@@ -207,26 +207,16 @@ pub enum GoAnalysisError {
     BadPclntab(#[from] PclntabError),
     #[error("cannot find where Go text starts (runtime.text) to resolve pclntab entries")]
     TextStartUnknown,
-    #[error(
-        "{symbol} is not in this binary (not linked in, inlined away, or the program does not use crypto/tls)"
-    )]
+    #[error("{symbol} is not in this binary (not linked in, inlined away, or the program does not use crypto/tls)")]
     FunctionNotFound { symbol: &'static str },
     #[error("{symbol} at {address:#x}: {reason}")]
-    BadFunction {
-        symbol: &'static str,
-        address: u64,
-        reason: String,
-    },
+    BadFunction { symbol: &'static str, address: u64, reason: String },
     #[error("{symbol} at {address:#x} has no RET instruction: cannot probe its returns")]
     NoReturns { symbol: &'static str, address: u64 },
     #[error("disassembler: {0}")]
     Disassembler(String),
     #[error("no struct offsets for Go {version} on {arch}: {reason}")]
-    NoOffsets {
-        version: String,
-        arch: GoArch,
-        reason: String,
-    },
+    NoOffsets { version: String, arch: GoArch, reason: String },
 }
 
 /// Reads the file at `path` (once, at most [`MAX_BINARY_SIZE`] bytes) and analyses it.
@@ -237,31 +227,20 @@ pub fn analyze(path: &Path) -> Result<GoBinary, GoAnalysisError> {
 }
 
 pub(crate) fn io_error(path: &Path, source: std::io::Error) -> GoAnalysisError {
-    GoAnalysisError::Io {
-        path: path.to_owned(),
-        source: Arc::new(source),
-    }
+    GoAnalysisError::Io { path: path.to_owned(), source: Arc::new(source) }
 }
 
 /// Reads a whole file, refusing files over [`MAX_BINARY_SIZE`].
 pub(crate) fn read_bounded(file: std::fs::File, path: &Path) -> Result<Vec<u8>, GoAnalysisError> {
     let size = file.metadata().map_err(|e| io_error(path, e))?.len();
     if size > MAX_BINARY_SIZE {
-        return Err(GoAnalysisError::TooLarge {
-            size,
-            limit: MAX_BINARY_SIZE,
-        });
+        return Err(GoAnalysisError::TooLarge { size, limit: MAX_BINARY_SIZE });
     }
     let mut data = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
     // `take` guards against a file that grows while we read it.
-    file.take(MAX_BINARY_SIZE + 1)
-        .read_to_end(&mut data)
-        .map_err(|e| io_error(path, e))?;
+    file.take(MAX_BINARY_SIZE + 1).read_to_end(&mut data).map_err(|e| io_error(path, e))?;
     if data.len() as u64 > MAX_BINARY_SIZE {
-        return Err(GoAnalysisError::TooLarge {
-            size: data.len() as u64,
-            limit: MAX_BINARY_SIZE,
-        });
+        return Err(GoAnalysisError::TooLarge { size: data.len() as u64, limit: MAX_BINARY_SIZE });
     }
     Ok(data)
 }
@@ -295,11 +274,10 @@ impl GoAnalysisError {
 pub fn analyze_bytes(data: &[u8]) -> Result<GoBinary, GoAnalysisError> {
     let image = ElfImage::parse(data)?;
     let info = buildinfo::read(&image)?.ok_or(GoAnalysisError::NotGo)?;
-    let version =
-        GoVersion::parse(&info.version).ok_or_else(|| GoAnalysisError::UnsupportedGoVersion {
-            version: info.version.clone(),
-            reason: "cannot parse the version string".to_owned(),
-        })?;
+    let version = GoVersion::parse(&info.version).ok_or_else(|| GoAnalysisError::UnsupportedGoVersion {
+        version: info.version.clone(),
+        reason: "cannot parse the version string".to_owned(),
+    })?;
     if version < MIN_GO_VERSION {
         return Err(GoAnalysisError::UnsupportedGoVersion {
             version: info.version.clone(),
@@ -313,21 +291,19 @@ pub fn analyze_bytes(data: &[u8]) -> Result<GoBinary, GoAnalysisError> {
     }
     let stripped = !image.has_symtab();
     let [write, read] = find_functions(&image, [TLS_WRITE_SYMBOL, TLS_READ_SYMBOL])?;
-    let scanner = disasm::RetScanner::new(image.arch)
-        .map_err(|e| GoAnalysisError::Disassembler(e.to_string()))?;
+    let scanner = disasm::RetScanner::new(image.arch).map_err(|e| GoAnalysisError::Disassembler(e.to_string()))?;
     let write = probe(&image, &scanner, TLS_WRITE_SYMBOL, write)?;
     let read = probe(&image, &scanner, TLS_READ_SYMBOL, read)?;
 
     let (offsets, offsets_source, dwarf_problem) = match dwarf::struct_offsets(&image) {
         Ok(offsets) => (offsets, OffsetsSource::Dwarf, None),
         Err(problem) => {
-            let (offsets, label) = offsets_table::lookup(image.arch, version).ok_or_else(|| {
-                GoAnalysisError::NoOffsets {
+            let (offsets, label) =
+                offsets_table::lookup(image.arch, version).ok_or_else(|| GoAnalysisError::NoOffsets {
                     version: info.version.clone(),
                     arch: image.arch,
                     reason: format!("no DWARF ({problem}) and no table row for this release"),
-                }
-            })?;
+                })?;
             let problem = (problem != DwarfError::Absent).then_some(problem);
             if let Some(problem) = &problem {
                 log::warn!("Go DWARF unusable ({problem}); using the go{label} offsets table");
@@ -372,13 +348,7 @@ fn find_functions<const N: usize>(
         // A zero size (some external linkers) is resolved from the pclntab.
         if let Some((address, size)) = symbol.filter(|&(_, size)| size > 0) {
             if let Some(end) = address.checked_add(size) {
-                *slot = Some(Located {
-                    range: FuncRange {
-                        entry: address,
-                        end,
-                    },
-                    source: SymbolSource::Symtab,
-                });
+                *slot = Some(Located { range: FuncRange { entry: address, end }, source: SymbolSource::Symtab });
             }
         }
     }
@@ -388,17 +358,11 @@ fn find_functions<const N: usize>(
         let found = table.find(names, text_start)?;
         for (slot, range) in located.iter_mut().zip(found) {
             if slot.is_none() {
-                *slot = range.map(|range| Located {
-                    range,
-                    source: SymbolSource::Pclntab,
-                });
+                *slot = range.map(|range| Located { range, source: SymbolSource::Pclntab });
             }
         }
     }
-    let mut out = [Located {
-        range: FuncRange { entry: 0, end: 0 },
-        source: SymbolSource::Symtab,
-    }; N];
+    let mut out = [Located { range: FuncRange { entry: 0, end: 0 }, source: SymbolSource::Symtab }; N];
     for ((out, slot), symbol) in out.iter_mut().zip(located).zip(names) {
         *out = slot.ok_or(GoAnalysisError::FunctionNotFound { symbol })?;
     }
@@ -447,9 +411,7 @@ fn find_pclntab<'data>(image: &ElfImage<'data>) -> Result<Pclntab<'data>, GoAnal
     }
     // A header that validated (sorted function table and all) but that no
     // moduledata names: the relocated pointers may not be in the file.
-    fallback.ok_or(GoAnalysisError::PclntabNotFound {
-        stripped: !image.has_symtab(),
-    })
+    fallback.ok_or(GoAnalysisError::PclntabNotFound { stripped: !image.has_symtab() })
 }
 
 /// Whether some writable segment holds `runtime.firstmoduledata`, whose
@@ -462,16 +424,12 @@ fn moduledata_points_at(image: &ElfImage<'_>, table: &Pclntab<'_>) -> bool {
     let mut pattern = [0u8; 16];
     pattern[..8].copy_from_slice(&table.address.to_le_bytes());
     pattern[8..].copy_from_slice(&funcnametab.to_le_bytes());
-    image
-        .segments
-        .iter()
-        .filter(|s| s.writable())
-        .filter_map(|s| image.segment_data(s))
-        .any(|bytes| {
-            bytes.chunks_exact(8).enumerate().any(|(i, w)| {
-                w == &pattern[..8] && bytes.get((i + 1) * 8..(i + 2) * 8) == Some(&pattern[8..])
-            })
-        })
+    image.segments.iter().filter(|s| s.writable()).filter_map(|s| image.segment_data(s)).any(|bytes| {
+        bytes
+            .chunks_exact(8)
+            .enumerate()
+            .any(|(i, w)| w == &pattern[..8] && bytes.get((i + 1) * 8..(i + 2) * 8) == Some(&pattern[8..]))
+    })
 }
 
 /// Where Go text starts (`runtime.text`), the base of Go ≥ 1.18 entry offsets.
@@ -488,9 +446,7 @@ fn text_start(image: &ElfImage<'_>, table: &Pclntab<'_>) -> Result<u64, GoAnalys
     if table.header_text_start != 0 {
         return Ok(table.header_text_start);
     }
-    image
-        .section_address(".text")
-        .ok_or(GoAnalysisError::TextStartUnknown)
+    image.section_address(".text").ok_or(GoAnalysisError::TextStartUnknown)
 }
 
 fn probe(
@@ -501,51 +457,25 @@ fn probe(
 ) -> Result<GoFunctionProbe, GoAnalysisError> {
     let Located { range, source } = located;
     let address = range.entry;
-    let bad = |reason: String| GoAnalysisError::BadFunction {
-        symbol,
-        address,
-        reason,
-    };
+    let bad = |reason: String| GoAnalysisError::BadFunction { symbol, address, reason };
     let size = range.size();
     if size > pclntab::MAX_FUNCTION_SIZE {
-        return Err(bad(format!(
-            "{size} bytes, over the {}-byte limit",
-            pclntab::MAX_FUNCTION_SIZE
-        )));
+        return Err(bad(format!("{size} bytes, over the {}-byte limit", pclntab::MAX_FUNCTION_SIZE)));
     }
     if !image.is_executable(address, size) {
-        return Err(bad(
-            "not inside an executable segment of the file".to_owned()
-        ));
+        return Err(bad("not inside an executable segment of the file".to_owned()));
     }
-    let code = image
-        .read(address, size)
-        .ok_or_else(|| bad("bytes outside the file".to_owned()))?;
-    let entry_file_offset = image
-        .file_offset(address, 1)
-        .ok_or_else(|| bad("no file offset".to_owned()))?;
-    let rets = scanner
-        .returns(code, address)
-        .map_err(|e| GoAnalysisError::Disassembler(e.to_string()))?;
+    let code = image.read(address, size).ok_or_else(|| bad("bytes outside the file".to_owned()))?;
+    let entry_file_offset = image.file_offset(address, 1).ok_or_else(|| bad("no file offset".to_owned()))?;
+    let rets = scanner.returns(code, address).map_err(|e| GoAnalysisError::Disassembler(e.to_string()))?;
     if rets.is_empty() {
         return Err(GoAnalysisError::NoReturns { symbol, address });
     }
     let ret_file_offsets = rets
         .iter()
-        .map(|&va| {
-            image
-                .file_offset(va, 1)
-                .ok_or_else(|| bad(format!("RET at {va:#x} has no file offset")))
-        })
+        .map(|&va| image.file_offset(va, 1).ok_or_else(|| bad(format!("RET at {va:#x} has no file offset"))))
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(GoFunctionProbe {
-        symbol,
-        address,
-        size,
-        entry_file_offset,
-        ret_file_offsets,
-        source,
-    })
+    Ok(GoFunctionProbe { symbol, address, size, entry_file_offset, ret_file_offsets, source })
 }
 
 #[cfg(test)]

@@ -36,22 +36,11 @@ struct Row {
 }
 
 const fn offsets(g_goid: u64) -> GoStructOffsets {
-    GoStructOffsets {
-        g_goid,
-        tls_conn_conn: 0,
-        tcp_conn_fd: 0,
-        netfd_pfd: 0,
-        pfd_sysfd: 16,
-    }
+    GoStructOffsets { g_goid, tls_conn_conn: 0, tcp_conn_fd: 0, netfd_pfd: 0, pfd_sysfd: 16 }
 }
 
 const fn row(minor: u32, label: &'static str, g_goid: u64) -> Row {
-    Row {
-        minor,
-        label,
-        amd64: offsets(g_goid),
-        arm64: offsets(g_goid),
-    }
+    Row { minor, label, amd64: offsets(g_goid), arm64: offsets(g_goid) }
 }
 
 /// One row per Go 1 minor release, oldest first.

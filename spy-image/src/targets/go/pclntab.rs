@@ -99,9 +99,7 @@ fn u64_at(data: &[u8], at: usize) -> Option<u64> {
 /// for the search in images without section headers).
 pub fn looks_like_header(data: &[u8]) -> bool {
     matches!(u32_at(data, 0), Some(MAGIC_116 | MAGIC_118 | MAGIC_120))
-        && data
-            .get(4..8)
-            .is_some_and(|b| b[0] == 0 && b[1] == 0 && matches!(b[2], 1 | 2 | 4) && b[3] == 8)
+        && data.get(4..8).is_some_and(|b| b[0] == 0 && b[1] == 0 && matches!(b[2], 1 | 2 | 4) && b[3] == 8)
 }
 
 impl<'data> Pclntab<'data> {
@@ -117,10 +115,7 @@ impl<'data> Pclntab<'data> {
             other => return Err(PclntabError::BadMagic(other)),
         };
         let pad = data.get(4..8).ok_or(PclntabError::TooShort)?;
-        let header_field = |field, value: u8| PclntabError::BadHeader {
-            field,
-            value: u64::from(value),
-        };
+        let header_field = |field, value: u8| PclntabError::BadHeader { field, value: u64::from(value) };
         if pad[0] != 0 || pad[1] != 0 {
             return Err(header_field("pad", pad[0] | pad[1]));
         }
@@ -140,10 +135,7 @@ impl<'data> Pclntab<'data> {
         };
         let funcname_offset = word(first_offset_word)?;
         let pcln_offset = word(first_offset_word + 4)?;
-        for (field, value) in [
-            ("funcnameOffset", funcname_offset),
-            ("pclnOffset", pcln_offset),
-        ] {
+        for (field, value) in [("funcnameOffset", funcname_offset), ("pclnOffset", pcln_offset)] {
             if value >= len {
                 return Err(PclntabError::BadHeader { field, value });
             }
@@ -158,20 +150,11 @@ impl<'data> Pclntab<'data> {
             .and_then(|n| n.checked_add(1))
             .and_then(|n| n.checked_mul(field_size))
             .filter(|&n| nfunc > 0 && pcln_offset.checked_add(n).is_some_and(|end| end <= len))
-            .ok_or(PclntabError::BadHeader {
-                field: "nfunc",
-                value: nfunc,
-            })?;
+            .ok_or(PclntabError::BadHeader { field: "nfunc", value: nfunc })?;
         let to_usize = |v: u64| usize::try_from(v).map_err(|_| PclntabError::TooShort);
-        let pcln = data
-            .get(to_usize(pcln_offset)?..)
-            .ok_or(PclntabError::TooShort)?;
-        let functab = pcln
-            .get(..to_usize(functab_len)?)
-            .ok_or(PclntabError::TooShort)?;
-        let funcnametab = data
-            .get(to_usize(funcname_offset)?..)
-            .ok_or(PclntabError::TooShort)?;
+        let pcln = data.get(to_usize(pcln_offset)?..).ok_or(PclntabError::TooShort)?;
+        let functab = pcln.get(..to_usize(functab_len)?).ok_or(PclntabError::TooShort)?;
+        let funcnametab = data.get(to_usize(funcname_offset)?..).ok_or(PclntabError::TooShort)?;
         let table = Pclntab {
             version,
             address,
@@ -197,9 +180,7 @@ impl<'data> Pclntab<'data> {
         let at = index.checked_mul(self.field_size())?;
         match self.version {
             PclntabVersion::Go116 => u64_at(self.functab, at),
-            PclntabVersion::Go118 | PclntabVersion::Go120 => {
-                u32_at(self.functab, at).map(u64::from)
-            }
+            PclntabVersion::Go118 | PclntabVersion::Go120 => u32_at(self.functab, at).map(u64::from),
         }
     }
 
@@ -213,15 +194,9 @@ impl<'data> Pclntab<'data> {
     fn check_sorted(&self) -> Result<(), PclntabError> {
         let mut previous = 0u64;
         for i in 0..=self.nfunc {
-            let entry = self.raw_entry(i).ok_or(PclntabError::BadEntry {
-                index: i,
-                reason: "outside the table",
-            })?;
+            let entry = self.raw_entry(i).ok_or(PclntabError::BadEntry { index: i, reason: "outside the table" })?;
             if entry < previous {
-                return Err(PclntabError::BadEntry {
-                    index: i,
-                    reason: "entries not sorted",
-                });
+                return Err(PclntabError::BadEntry { index: i, reason: "entries not sorted" });
             }
             previous = entry;
         }
@@ -232,11 +207,7 @@ impl<'data> Pclntab<'data> {
     fn name(&self, i: usize) -> Result<&'data [u8], PclntabError> {
         let bad = |reason| PclntabError::BadEntry { index: i, reason };
         let funcoff = self
-            .field(
-                i.checked_mul(2)
-                    .and_then(|n| n.checked_add(1))
-                    .ok_or(bad("index"))?,
-            )
+            .field(i.checked_mul(2).and_then(|n| n.checked_add(1)).ok_or(bad("index"))?)
             .ok_or(bad("outside the table"))?;
         let funcoff = usize::try_from(funcoff).map_err(|_| bad("funcoff"))?;
         // _func: entry (uintptr in 1.16, u32 from 1.18), then nameOff int32.
@@ -244,21 +215,12 @@ impl<'data> Pclntab<'data> {
             PclntabVersion::Go116 => 8,
             PclntabVersion::Go118 | PclntabVersion::Go120 => 4,
         };
-        let name_off = u32_at(
-            self.pcln,
-            funcoff.checked_add(name_field).ok_or(bad("funcoff"))?,
-        )
-        .ok_or(bad("_func outside the table"))?;
+        let name_off = u32_at(self.pcln, funcoff.checked_add(name_field).ok_or(bad("funcoff"))?)
+            .ok_or(bad("_func outside the table"))?;
         let name_off = usize::try_from(name_off).map_err(|_| bad("nameOff"))?;
-        let rest = self
-            .funcnametab
-            .get(name_off..)
-            .ok_or(bad("nameOff outside funcnametab"))?;
+        let rest = self.funcnametab.get(name_off..).ok_or(bad("nameOff outside funcnametab"))?;
         let window = &rest[..rest.len().min(MAX_NAME)];
-        let nul = window
-            .iter()
-            .position(|&b| b == 0)
-            .ok_or(bad("name not terminated"))?;
+        let nul = window.iter().position(|&b| b == 0).ok_or(bad("name not terminated"))?;
         Ok(&window[..nul])
     }
 
@@ -315,22 +277,13 @@ pub(crate) mod tests {
 
     /// Builds a pclntab in the given layout for functions `(name, entry offset)`,
     /// followed by `end` as the final entry; entries are absolute for 1.16.
-    pub(crate) fn build(
-        version: PclntabVersion,
-        text_start: u64,
-        funcs: &[(&str, u64)],
-        end: u64,
-    ) -> Vec<u8> {
+    pub(crate) fn build(version: PclntabVersion, text_start: u64, funcs: &[(&str, u64)], end: u64) -> Vec<u8> {
         let (magic, words) = match version {
             PclntabVersion::Go116 => (MAGIC_116, 7usize),
             PclntabVersion::Go118 => (MAGIC_118, 8),
             PclntabVersion::Go120 => (MAGIC_120, 8),
         };
-        let field = if version == PclntabVersion::Go116 {
-            8
-        } else {
-            4
-        };
+        let field = if version == PclntabVersion::Go116 { 8 } else { 4 };
         let header_len = 8 + words * 8;
         // funcnametab right after the header.
         let mut names = Vec::new();
@@ -382,16 +335,8 @@ pub(crate) mod tests {
     #[test]
     fn finds_functions_in_every_layout() {
         let text = 0x401000;
-        for version in [
-            PclntabVersion::Go116,
-            PclntabVersion::Go118,
-            PclntabVersion::Go120,
-        ] {
-            let base = if version == PclntabVersion::Go116 {
-                text
-            } else {
-                0
-            };
+        for version in [PclntabVersion::Go116, PclntabVersion::Go118, PclntabVersion::Go120] {
+            let base = if version == PclntabVersion::Go116 { text } else { 0 };
             let funcs = [
                 ("runtime.main", base),
                 ("crypto/tls.(*Conn).Read", base + 0x100),
@@ -403,29 +348,10 @@ pub(crate) mod tests {
             assert_eq!(table.version, version);
             assert_eq!(table.nfunc, 4);
             let [write, read, missing] = table
-                .find(
-                    [
-                        "crypto/tls.(*Conn).Write",
-                        "crypto/tls.(*Conn).Read",
-                        "crypto/tls.(*Conn).Writ",
-                    ],
-                    text,
-                )
+                .find(["crypto/tls.(*Conn).Write", "crypto/tls.(*Conn).Read", "crypto/tls.(*Conn).Writ"], text)
                 .expect("well-formed");
-            assert_eq!(
-                write,
-                Some(FuncRange {
-                    entry: text + 0x300,
-                    end: text + 0x700
-                })
-            );
-            assert_eq!(
-                read,
-                Some(FuncRange {
-                    entry: text + 0x100,
-                    end: text + 0x300
-                })
-            );
+            assert_eq!(write, Some(FuncRange { entry: text + 0x300, end: text + 0x700 }));
+            assert_eq!(read, Some(FuncRange { entry: text + 0x100, end: text + 0x300 }));
             assert_eq!(missing, None, "a prefix is not a match");
             let names: Vec<_> = table.names().map(|n| n.expect("name")).collect();
             assert_eq!(names[3], b"main.main");
@@ -434,36 +360,17 @@ pub(crate) mod tests {
 
     #[test]
     fn rejects_bad_headers_and_never_panics_on_garbage() {
-        let good = build(
-            PclntabVersion::Go120,
-            0x1000,
-            &[("a", 0), ("b", 0x10)],
-            0x20,
-        );
+        let good = build(PclntabVersion::Go120, 0x1000, &[("a", 0), ("b", 0x10)], 0x20);
         assert!(Pclntab::parse(&good, 0).is_ok());
-        assert_eq!(
-            Pclntab::parse(&good[..10], 0).unwrap_err(),
-            PclntabError::TooShort
-        );
+        assert_eq!(Pclntab::parse(&good[..10], 0).unwrap_err(), PclntabError::TooShort);
         let mut old = good.clone();
         old[..4].copy_from_slice(&MAGIC_12.to_le_bytes());
         assert_eq!(Pclntab::parse(&old, 0).unwrap_err(), PclntabError::TooOld);
         let mut huge = good.clone();
         huge[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
-        assert!(matches!(
-            Pclntab::parse(&huge, 0),
-            Err(PclntabError::BadHeader { field: "nfunc", .. })
-        ));
-        let mut unsorted = build(
-            PclntabVersion::Go120,
-            0x1000,
-            &[("a", 0x10), ("b", 0)],
-            0x20,
-        );
-        assert!(matches!(
-            Pclntab::parse(&unsorted, 0),
-            Err(PclntabError::BadEntry { .. })
-        ));
+        assert!(matches!(Pclntab::parse(&huge, 0), Err(PclntabError::BadHeader { field: "nfunc", .. })));
+        let mut unsorted = build(PclntabVersion::Go120, 0x1000, &[("a", 0x10), ("b", 0)], 0x20);
+        assert!(matches!(Pclntab::parse(&unsorted, 0), Err(PclntabError::BadEntry { .. })));
         // Every truncation and every single-byte corruption: no panic.
         for cut in 0..good.len() {
             let _ = Pclntab::parse(&good[..cut], 0).map(|t| t.find(["a"], 0x1000));

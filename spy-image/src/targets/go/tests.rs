@@ -18,13 +18,7 @@ fn empty_input_is_its_own_error() {
 fn non_elf_input_is_not_elf() {
     for data in [&b"#!/bin/sh\necho hi\n"[..], &[0u8; 4096][..], b"\x7fELF"] {
         let err = analyze_bytes(data).expect_err("not an ELF");
-        assert!(
-            matches!(
-                err,
-                GoAnalysisError::NotElf { .. } | GoAnalysisError::MalformedElf { .. }
-            ),
-            "{err:?}"
-        );
+        assert!(matches!(err, GoAnalysisError::NotElf { .. } | GoAnalysisError::MalformedElf { .. }), "{err:?}");
     }
 }
 
@@ -32,34 +26,18 @@ fn non_elf_input_is_not_elf() {
 fn a_rust_executable_is_not_go() {
     let err = analyze_bytes(&non_go_elf()).expect_err("not Go");
     assert!(matches!(err, GoAnalysisError::NotGo), "{err:?}");
-    assert_eq!(
-        err.to_string(),
-        "not a Go binary: no Go build info (.go.buildinfo)"
-    );
+    assert_eq!(err.to_string(), "not a Go binary: no Go build info (.go.buildinfo)");
 }
 
 #[test]
 fn truncated_elf_never_panics_and_fails_typed() {
     let data = non_go_elf();
-    for len in [
-        1,
-        16,
-        63,
-        64,
-        65,
-        200,
-        4096,
-        data.len() / 3,
-        data.len() / 2,
-        data.len() - 1,
-    ] {
+    for len in [1, 16, 63, 64, 65, 200, 4096, data.len() / 3, data.len() / 2, data.len() - 1] {
         let err = analyze_bytes(&data[..len]).expect_err("truncated");
         assert!(
             matches!(
                 err,
-                GoAnalysisError::NotElf { .. }
-                    | GoAnalysisError::MalformedElf { .. }
-                    | GoAnalysisError::NotGo
+                GoAnalysisError::NotElf { .. } | GoAnalysisError::MalformedElf { .. } | GoAnalysisError::NotGo
             ),
             "len {len}: {err:?}"
         );
@@ -80,20 +58,12 @@ fn abi_follows_release_and_arch() {
 fn io_errors_name_the_path() {
     let err = analyze(Path::new("/nonexistent/tlsspy/binary")).expect_err("missing");
     assert!(matches!(err, GoAnalysisError::Io { .. }));
-    assert!(
-        err.to_string().contains("/nonexistent/tlsspy/binary"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("/nonexistent/tlsspy/binary"), "{err}");
     // The cause is the source, not part of the message; the chain has it once.
-    let cause = std::error::Error::source(&err)
-        .expect("the I/O error")
-        .to_string();
+    let cause = std::error::Error::source(&err).expect("the I/O error").to_string();
     assert!(!err.to_string().contains(&cause), "{err}");
     let text = crate::error::chain(&err);
-    assert_eq!(
-        text,
-        format!("cannot read /nonexistent/tlsspy/binary: {cause}")
-    );
+    assert_eq!(text, format!("cannot read /nonexistent/tlsspy/binary: {cause}"));
 }
 
 #[cfg(unix)]
@@ -110,14 +80,7 @@ fn cache_analyses_each_file_once_and_notices_replacement() {
     for _ in 0..5 {
         assert!(matches!(cache.analyze(&a), Err(GoAnalysisError::NotGo)));
     }
-    assert_eq!(
-        cache.stats(),
-        CacheStats {
-            hits: 4,
-            analyses: 1,
-            entries: 1
-        }
-    );
+    assert_eq!(cache.stats(), CacheStats { hits: 4, analyses: 1, entries: 1 });
     // A hard link is the same inode: still cached.
     let link = dir.path().join("link");
     std::fs::hard_link(&a, &link).expect("hard link");
@@ -128,10 +91,7 @@ fn cache_analyses_each_file_once_and_notices_replacement() {
     assert_eq!(cache.stats().analyses, 2);
     // Rewritten in place (same inode, new size): analysed again.
     std::fs::write(&a, b"not an elf at all").expect("rewrite");
-    assert!(matches!(
-        cache.analyze(&a),
-        Err(GoAnalysisError::NotElf { .. })
-    ));
+    assert!(matches!(cache.analyze(&a), Err(GoAnalysisError::NotElf { .. })));
     assert_eq!(cache.stats().analyses, 3);
     assert_eq!(cache.stats().entries, 2);
 }

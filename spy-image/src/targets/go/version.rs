@@ -14,11 +14,7 @@ pub struct GoVersion {
 
 impl GoVersion {
     pub const fn new(major: u32, minor: u32, patch: u32) -> Self {
-        GoVersion {
-            major,
-            minor,
-            patch,
-        }
+        GoVersion { major, minor, patch }
     }
 
     /// Parses `go1.23.4`, `go1.21rc2`, `go1.22.0 X:boringcrypto`,
@@ -65,19 +61,10 @@ mod tests {
     #[test]
     fn parses_release_prerelease_and_devel_versions() {
         assert_eq!(GoVersion::parse("go1.23.4"), Some(GoVersion::new(1, 23, 4)));
-        assert_eq!(
-            GoVersion::parse("go1.21rc2"),
-            Some(GoVersion::new(1, 21, 0))
-        );
+        assert_eq!(GoVersion::parse("go1.21rc2"), Some(GoVersion::new(1, 21, 0)));
         assert_eq!(GoVersion::parse("go1.22"), Some(GoVersion::new(1, 22, 0)));
-        assert_eq!(
-            GoVersion::parse("go1.22.0 X:boringcrypto"),
-            Some(GoVersion::new(1, 22, 0))
-        );
-        assert_eq!(
-            GoVersion::parse("devel go1.24-4b9a6c5 Mon Jun 3 2024"),
-            Some(GoVersion::new(1, 24, 0))
-        );
+        assert_eq!(GoVersion::parse("go1.22.0 X:boringcrypto"), Some(GoVersion::new(1, 22, 0)));
+        assert_eq!(GoVersion::parse("devel go1.24-4b9a6c5 Mon Jun 3 2024"), Some(GoVersion::new(1, 24, 0)));
         assert_eq!(GoVersion::parse("1.23.4"), None);
         assert_eq!(GoVersion::parse("go"), None);
         assert_eq!(GoVersion::parse("go1"), None);

@@ -140,7 +140,9 @@ fn node() -> FakeHost {
     let mut host = FakeHost::default();
     host.stacks.insert(LIBSSL.into(), openssl());
     host.files.insert(LIBSSL.into(), FileId { dev: 1, ino: 1 });
-    for (ino, exe) in [(10, "/usr/bin/curl"), (11, "/usr/bin/rustls-client"), (12, "/usr/bin/plain"), (13, "/usr/bin/gnutls-cli")] {
+    for (ino, exe) in
+        [(10, "/usr/bin/curl"), (11, "/usr/bin/rustls-client"), (12, "/usr/bin/plain"), (13, "/usr/bin/gnutls-cli")]
+    {
         host.files.insert(exe.into(), FileId { dev: 1, ino });
     }
     host.built_in.insert("/usr/bin/rustls-client".into(), "rustls");
@@ -196,9 +198,10 @@ fn a_process_that_maps_libssl_is_probed_and_reported_once() {
     lifecycle.rescan(true, &mut probes, &mut out);
     assert_eq!(targets(&out).len(), 1);
     assert_eq!(lifecycle.nothing_to_probe(), None);
-    assert_eq!(lifecycle.handshake_verdict(&owner(10), &mut probes, &mut out), Plaintext::Expected {
-        wait_ns: WAIT.as_nanos() as u64
-    });
+    assert_eq!(
+        lifecycle.handshake_verdict(&owner(10), &mut probes, &mut out),
+        Plaintext::Expected { wait_ns: WAIT.as_nanos() as u64 }
+    );
 }
 
 #[test]
@@ -232,12 +235,15 @@ fn every_reason_is_said_in_words() {
     add(&mut lifecycle, 23, None, &mut probes, &mut out).expect("added");
     let reasons: Vec<(u32, String)> =
         targets(&out).iter().map(|t| (t.pid, t.reason.clone().unwrap_or_default())).collect();
-    assert_eq!(reasons, [
-        (20, reason::NONE_FOUND.to_string()),
-        (21, reason::unprobed("rustls")),
-        (22, reason::unprobed("GnuTLS")),
-        (23, "cannot attach a uprobe to SSL_write in /usr/lib/libssl.so.3: permission denied".to_string()),
-    ]);
+    assert_eq!(
+        reasons,
+        [
+            (20, reason::NONE_FOUND.to_string()),
+            (21, reason::unprobed("rustls")),
+            (22, reason::unprobed("GnuTLS")),
+            (23, "cannot attach a uprobe to SSL_write in /usr/lib/libssl.so.3: permission denied".to_string()),
+        ]
+    );
     assert!(targets(&out).iter().all(|t| !t.probed));
     let summary = lifecycle.nothing_to_probe().expect("nothing probed");
     assert!(summary.contains("process 21 (rustls-client): no TLS library tlsspy can probe"), "{summary}");
@@ -392,10 +398,7 @@ fn containers_add_their_processes_and_an_unknown_one_warns() {
     let before = out.len();
     assert!(lifecycle.new_container_pids("nope", &mut out).is_empty());
     assert!(matches!(&out[before..], [Record::Warning(w)] if w.message.contains("container nope")));
-    assert!(matches!(
-        lifecycle.add_process(999, None, &mut probes),
-        Err(TargetError::NoSuchProcess(999))
-    ));
+    assert!(matches!(lifecycle.add_process(999, None, &mut probes), Err(TargetError::NoSuchProcess(999))));
 }
 
 #[test]

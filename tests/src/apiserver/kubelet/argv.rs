@@ -25,7 +25,9 @@ pub(super) fn oci_error(detail: &str) -> String {
 /// The argv a container runs: command/args over the image's entrypoint/cmd,
 /// `$(VAR)` expanded, argv[0] mapped through the image's files or PATH.
 pub(super) fn argv(spec: &Value, image: &Image, env: &[(String, String)]) -> Result<Vec<String>, String> {
-    let strings = |v: &Value| -> Vec<String> { v.as_array().into_iter().flatten().filter_map(|s| s.as_str().map(String::from)).collect() };
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array().into_iter().flatten().filter_map(|s| s.as_str().map(String::from)).collect()
+    };
     let (command, args) = (strings(&spec["command"]), strings(&spec["args"]));
     let mut argv = if !command.is_empty() {
         [command, args].concat()
@@ -45,7 +47,8 @@ pub(super) fn argv(spec: &Value, image: &Image, env: &[(String, String)]) -> Res
     } else if first.contains('/') {
         PathBuf::from(&first)
     } else {
-        lookup_path(&first, env).ok_or_else(|| oci_error(&format!("exec: {first:?}: executable file not found in $PATH")))?
+        lookup_path(&first, env)
+            .ok_or_else(|| oci_error(&format!("exec: {first:?}: executable file not found in $PATH")))?
     };
     if !exe.is_file() {
         return Err(oci_error(&format!("exec: {first:?}: stat {}: no such file or directory", exe.display())));
@@ -58,7 +61,9 @@ pub(super) fn argv(spec: &Value, image: &Image, env: &[(String, String)]) -> Res
 pub(super) fn working_dir(spec: &Value) -> Result<&str, String> {
     let workdir = spec["workingDir"].as_str().filter(|s| !s.is_empty()).unwrap_or("/");
     if !Path::new(workdir).is_dir() {
-        return Err(oci_error(&format!("chdir to cwd ({workdir:?}) set in config.json failed: no such file or directory")));
+        return Err(oci_error(&format!(
+            "chdir to cwd ({workdir:?}) set in config.json failed: no such file or directory"
+        )));
     }
     Ok(workdir)
 }
@@ -94,7 +99,8 @@ mod tests {
     #[test]
     fn command_and_args_override_entrypoint_and_cmd() {
         let env = path_env();
-        let img = Image { entrypoint: vec!["/bin/sh".into()], cmd: vec!["-c".into(), "exit 3".into()], ..Image::default() };
+        let img =
+            Image { entrypoint: vec!["/bin/sh".into()], cmd: vec!["-c".into(), "exit 3".into()], ..Image::default() };
         assert_eq!(argv(&json!({}), &img, &env).expect("image defaults"), ["/bin/sh", "-c", "exit 3"]);
         assert_eq!(argv(&json!({"args": ["-c", "true"]}), &img, &env).expect("args"), ["/bin/sh", "-c", "true"]);
         // A command replaces the entrypoint and drops the image's cmd.
@@ -118,9 +124,13 @@ mod tests {
         assert_eq!(err, oci_error("no command specified"));
         let err = argv(&json!({"command": ["/no/such/program"]}), &img, &env).expect_err("no file");
         assert!(err.starts_with(OCI_PREFIX), "{err}");
-        assert!(err.ends_with("exec: \"/no/such/program\": stat /no/such/program: no such file or directory: unknown"), "{err}");
+        assert!(
+            err.ends_with("exec: \"/no/such/program\": stat /no/such/program: no such file or directory: unknown"),
+            "{err}"
+        );
         // A PATH the container sets is the one searched.
-        let err = argv(&json!({"command": ["sh"]}), &img, &[("PATH".into(), "/nonexistent".into())]).expect_err("not in PATH");
+        let err = argv(&json!({"command": ["sh"]}), &img, &[("PATH".into(), "/nonexistent".into())])
+            .expect_err("not in PATH");
         assert!(err.contains("executable file not found in $PATH"), "{err}");
     }
 

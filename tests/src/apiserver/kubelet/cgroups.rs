@@ -133,10 +133,14 @@ mod tests {
     fn hybrid_hierarchies_under_our_own_cgroup() {
         let own = "12:pids:/user.slice/ci\n3:memory:/user.slice\n1:name=systemd:/user.slice/ci.scope\n0::/ci.scope\n";
         let got = bases(own, MOUNTINFO);
-        let want: Vec<PathBuf> = ["/sys/fs/cgroup/unified/ci.scope", "/sys/fs/cgroup/systemd/user.slice/ci.scope", "/sys/fs/cgroup/pids/user.slice/ci"]
-            .iter()
-            .map(PathBuf::from)
-            .collect();
+        let want: Vec<PathBuf> = [
+            "/sys/fs/cgroup/unified/ci.scope",
+            "/sys/fs/cgroup/systemd/user.slice/ci.scope",
+            "/sys/fs/cgroup/pids/user.slice/ci",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
         assert_eq!(got, want, "memory is left alone");
     }
 
@@ -152,7 +156,10 @@ mod tests {
         let base = Path::new("/sys/fs/cgroup/ci");
         assert_eq!(pod_dir(base, qos_dir("Guaranteed"), "u1"), Path::new("/sys/fs/cgroup/ci/kubepods/podu1"));
         assert_eq!(pod_dir(base, qos_dir("Burstable"), "u1"), Path::new("/sys/fs/cgroup/ci/kubepods/burstable/podu1"));
-        assert_eq!(pod_dir(base, qos_dir("BestEffort"), "u1"), Path::new("/sys/fs/cgroup/ci/kubepods/besteffort/podu1"));
+        assert_eq!(
+            pod_dir(base, qos_dir("BestEffort"), "u1"),
+            Path::new("/sys/fs/cgroup/ci/kubepods/besteffort/podu1")
+        );
         // Removal walks every QoS directory: each class's is among them.
         for class in ["Guaranteed", "Burstable", "BestEffort"] {
             assert!(QOS_DIRS.contains(&qos_dir(class)));

@@ -150,9 +150,7 @@ pub(super) async fn spawn(
     let cgroups = roots.create(qos_class(&pod["spec"]), uid, id);
     let has_stdin = spec["stdin"] == json!(true);
     let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(JOIN_CGROUPS)
-        .arg(process::WRAPPER_NAME);
+    cmd.arg("-c").arg(JOIN_CGROUPS).arg(process::WRAPPER_NAME);
     for cg in &cgroups {
         cmd.arg(cg.join("cgroup.procs"));
     }

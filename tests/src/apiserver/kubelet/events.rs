@@ -24,7 +24,15 @@ struct Report<'a> {
 }
 
 /// Creates a core/v1 Event about `obj`, as kubelet or scheduler would.
-pub fn record_event(store: &Store, obj: &Value, kind: &str, reason: &str, message: &str, component: &str, field_path: Option<&str>) {
+pub fn record_event(
+    store: &Store,
+    obj: &Value,
+    kind: &str,
+    reason: &str,
+    message: &str,
+    component: &str,
+    field_path: Option<&str>,
+) {
     let suffix: String = random_bytes::<8>().iter().map(|b| format!("{b:02x}")).collect();
     let report = Report { kind, reason, message, component, field_path };
     if let Err(e) = store.create(events(), event_object(obj, &report, &suffix, &time::now())) {
@@ -82,7 +90,13 @@ mod tests {
 
     #[test]
     fn kubelet_events_name_node_and_container() {
-        let r = Report { kind: "Normal", reason: "Started", message: "Started container web", component: "kubelet", field_path: Some("spec.containers{web}") };
+        let r = Report {
+            kind: "Normal",
+            reason: "Started",
+            message: "Started container web",
+            component: "kubelet",
+            field_path: Some("spec.containers{web}"),
+        };
         let ev = event_object(&pod(), &r, "00ff", "t0");
         assert_eq!(ev["metadata"], json!({"name": "web.00ff", "namespace": "shop"}));
         assert_eq!(
@@ -91,12 +105,21 @@ mod tests {
         );
         assert_eq!(ev["source"], json!({"component": "kubelet", "host": "node-1"}));
         assert_eq!((ev["reportingInstance"].as_str(), ev["type"].as_str()), (Some("node-1"), Some("Normal")));
-        assert_eq!((ev["firstTimestamp"].as_str(), ev["lastTimestamp"].as_str(), ev["count"].as_u64()), (Some("t0"), Some("t0"), Some(1)));
+        assert_eq!(
+            (ev["firstTimestamp"].as_str(), ev["lastTimestamp"].as_str(), ev["count"].as_u64()),
+            (Some("t0"), Some("t0"), Some(1))
+        );
     }
 
     #[test]
     fn other_components_name_no_node() {
-        let r = Report { kind: "Normal", reason: "Scheduled", message: "assigned", component: "default-scheduler", field_path: None };
+        let r = Report {
+            kind: "Normal",
+            reason: "Scheduled",
+            message: "assigned",
+            component: "default-scheduler",
+            field_path: None,
+        };
         let ev = event_object(&pod(), &r, "01", "t0");
         assert_eq!(ev["source"], json!({"component": "default-scheduler"}));
         assert_eq!(ev["reportingInstance"], "");

@@ -144,7 +144,10 @@ impl Kubelet {
                 let deleting = pod.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null());
                 if let Some(run) = known {
                     if deleting {
-                        let grace = pod.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_u64).unwrap_or(DEFAULT_DELETION_GRACE);
+                        let grace = pod
+                            .pointer("/metadata/deletionGracePeriodSeconds")
+                            .and_then(Value::as_u64)
+                            .unwrap_or(DEFAULT_DELETION_GRACE);
                         run.send(Cmd::Terminate(Duration::from_secs(grace)));
                     }
                     if ephemeral_count(Some(pod)) > ephemeral_count(change.old.as_ref()) {

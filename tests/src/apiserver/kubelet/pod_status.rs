@@ -47,7 +47,11 @@ pub(super) struct PodView<'a> {
 pub(super) fn pod_status(pod: &PodView<'_>, conditions: &mut Conditions, now: &str) -> Value {
     let regular: Vec<&CState> = pod.containers.iter().filter(|c| c.kind == Kind::Regular).collect();
     let all_ready = !regular.is_empty() && regular.iter().all(|c| c.running()) && !pod.phase.terminal();
-    conditions.set("PodReadyToStartContainers", !pod.phase.terminal() || pod.containers.iter().any(CState::running), now);
+    conditions.set(
+        "PodReadyToStartContainers",
+        !pod.phase.terminal() || pod.containers.iter().any(CState::running),
+        now,
+    );
     conditions.set("Initialized", pod.initialized, now);
     conditions.set("Ready", all_ready, now);
     conditions.set("ContainersReady", all_ready, now);
@@ -133,7 +137,8 @@ fn state_json(s: &State, id: Option<&str>) -> Value {
         }
         State::Running { started } => json!({"running": {"startedAt": started}}),
         State::Terminated(e) => {
-            let mut t = json!({"exitCode": e.code, "reason": e.reason, "startedAt": e.started, "finishedAt": e.finished});
+            let mut t =
+                json!({"exitCode": e.code, "reason": e.reason, "startedAt": e.started, "finishedAt": e.finished});
             if let Some(sig) = e.signal {
                 t["signal"] = json!(sig);
             }
@@ -190,7 +195,8 @@ mod tests {
         let st = pod_status(&view(Phase::Running, &cs), &mut Conditions::default(), "t1");
         assert_eq!(st["phase"], "Running");
         assert_eq!((st["podIP"].as_str(), st["hostIPs"][0]["ip"].as_str()), (Some("127.1.0.1"), Some("127.0.0.1")));
-        let types: Vec<&str> = st["conditions"].as_array().expect("list").iter().filter_map(|c| c["type"].as_str()).collect();
+        let types: Vec<&str> =
+            st["conditions"].as_array().expect("list").iter().filter_map(|c| c["type"].as_str()).collect();
         assert_eq!(types, CONDITIONS);
         assert!(st["conditions"].as_array().expect("list").iter().all(|c| c["status"] == "True"));
         let c = &st["containerStatuses"][0];
@@ -208,7 +214,11 @@ mod tests {
     fn waiting_containers_are_named_in_ready_conditions() {
         let waiting = State::Waiting { reason: "ErrImagePull".into(), message: Some("not found".into()) };
         let crashed = State::Waiting { reason: "CrashLoopBackOff".into(), message: None };
-        let cs = [container("web", Kind::Regular, waiting), running("side", Kind::Regular), container("db", Kind::Regular, crashed)];
+        let cs = [
+            container("web", Kind::Regular, waiting),
+            running("side", Kind::Regular),
+            container("db", Kind::Regular, crashed),
+        ];
         let st = pod_status(&view(Phase::Pending, &cs), &mut Conditions::default(), "t1");
         for kind in ["Ready", "ContainersReady"] {
             let c = condition(&st, kind);
@@ -224,10 +234,18 @@ mod tests {
 
     #[test]
     fn finished_pods_say_completed() {
-        let mut cs = [container("job", Kind::Regular, State::Terminated(ExitInfo::ended(Some(0), None, "t0".into(), "t1".into())))];
+        let mut cs = [container(
+            "job",
+            Kind::Regular,
+            State::Terminated(ExitInfo::ended(Some(0), None, "t0".into(), "t1".into())),
+        )];
         cs[0].id = Some("feed".into());
         let reason = ("DeadlineExceeded".to_string(), "too long".to_string());
-        let st = pod_status(&PodView { reason: Some(&reason), ..view(Phase::Succeeded, &cs) }, &mut Conditions::default(), "t2");
+        let st = pod_status(
+            &PodView { reason: Some(&reason), ..view(Phase::Succeeded, &cs) },
+            &mut Conditions::default(),
+            "t2",
+        );
         let ready = condition(&st, "Ready");
         assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("PodCompleted")));
         assert!(ready.get("message").is_none());
@@ -242,7 +260,8 @@ mod tests {
     #[test]
     fn transition_times_move_only_on_change() {
         let mut conditions = Conditions::default();
-        let waiting = [container("web", Kind::Regular, State::Waiting { reason: "ContainerCreating".into(), message: None })];
+        let waiting =
+            [container("web", Kind::Regular, State::Waiting { reason: "ContainerCreating".into(), message: None })];
         let up = [running("web", Kind::Regular)];
         let at = |st: &Value, kind: &str| condition(st, kind)["lastTransitionTime"].as_str().map(String::from);
         let st = pod_status(&view(Phase::Pending, &waiting), &mut conditions, "t1");
@@ -256,11 +275,20 @@ mod tests {
 
     #[test]
     fn init_and_ephemeral_containers_have_lists_of_their_own() {
-        let mut init = container("setup", Kind::Init, State::Terminated(ExitInfo::ended(None, Some(15), "t0".into(), "t1".into())));
+        let mut init = container(
+            "setup",
+            Kind::Init,
+            State::Terminated(ExitInfo::ended(None, Some(15), "t0".into(), "t1".into())),
+        );
         init.last = Some(ExitInfo::start_error("no such file".into(), "t0".into()));
         init.restarts = 1;
-        let cs = [init, container("web", Kind::Regular, State::Waiting { reason: "PodInitializing".into(), message: None }), running("debug", Kind::Ephemeral)];
-        let st = pod_status(&PodView { initialized: false, ..view(Phase::Pending, &cs) }, &mut Conditions::default(), "t2");
+        let cs = [
+            init,
+            container("web", Kind::Regular, State::Waiting { reason: "PodInitializing".into(), message: None }),
+            running("debug", Kind::Ephemeral),
+        ];
+        let st =
+            pod_status(&PodView { initialized: false, ..view(Phase::Pending, &cs) }, &mut Conditions::default(), "t2");
         assert_eq!(condition(&st, "Initialized")["status"], "False");
         let setup = &st["initContainerStatuses"][0];
         assert_eq!(setup["state"]["terminated"]["exitCode"], 143);

@@ -35,7 +35,14 @@ impl ExitInfo {
 
     /// A container whose process never ran: runc's exit code 128 and its message.
     pub(super) fn start_error(message: String, at: String) -> Self {
-        ExitInfo { code: 128, signal: None, reason: "StartError".into(), message: Some(message), started: at.clone(), finished: at }
+        ExitInfo {
+            code: 128,
+            signal: None,
+            reason: "StartError".into(),
+            message: Some(message),
+            started: at.clone(),
+            finished: at,
+        }
     }
 }
 
@@ -173,9 +180,18 @@ mod tests {
     #[test]
     fn field_paths_name_the_spec_list() {
         let spec = json!({"name": "web", "image": "nginx"});
-        assert_eq!(CState::waiting(spec.clone(), Kind::Init, "ContainerCreating").field_path(), "spec.initContainers{web}");
-        assert_eq!(CState::waiting(spec.clone(), Kind::Regular, "ContainerCreating").field_path(), "spec.containers{web}");
-        assert_eq!(CState::waiting(spec, Kind::Ephemeral, "ContainerCreating").field_path(), "spec.ephemeralContainers{web}");
+        assert_eq!(
+            CState::waiting(spec.clone(), Kind::Init, "ContainerCreating").field_path(),
+            "spec.initContainers{web}"
+        );
+        assert_eq!(
+            CState::waiting(spec.clone(), Kind::Regular, "ContainerCreating").field_path(),
+            "spec.containers{web}"
+        );
+        assert_eq!(
+            CState::waiting(spec, Kind::Ephemeral, "ContainerCreating").field_path(),
+            "spec.ephemeralContainers{web}"
+        );
     }
 
     #[test]

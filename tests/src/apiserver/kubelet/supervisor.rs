@@ -129,14 +129,20 @@ struct Supervisor {
 impl Supervisor {
     fn new(node: Arc<Node>, run: Arc<PodRun>, pod: Value, pod_ip: String) -> Self {
         let mut containers = Vec::new();
-        for (field, kind) in [("initContainers", Kind::Init), ("containers", Kind::Regular), ("ephemeralContainers", Kind::Ephemeral)] {
+        for (field, kind) in
+            [("initContainers", Kind::Init), ("containers", Kind::Regular), ("ephemeralContainers", Kind::Ephemeral)]
+        {
             for c in pod["spec"][field].as_array().into_iter().flatten() {
-                let reason = if kind == Kind::Init || !has_init(&pod) { "ContainerCreating" } else { "PodInitializing" };
+                let reason =
+                    if kind == Kind::Init || !has_init(&pod) { "ContainerCreating" } else { "PodInitializing" };
                 containers.push(CState::waiting(c.clone(), kind, reason));
             }
         }
         let (exit_tx, exit_rx) = mpsc::unbounded_channel();
-        let deadline = pod.pointer("/spec/activeDeadlineSeconds").and_then(Value::as_u64).map(|s| Instant::now() + Duration::from_secs(s));
+        let deadline = pod
+            .pointer("/spec/activeDeadlineSeconds")
+            .and_then(Value::as_u64)
+            .map(|s| Instant::now() + Duration::from_secs(s));
         let init_at = has_init(&pod).then_some(0);
         Supervisor {
             node,
@@ -267,8 +273,10 @@ impl Supervisor {
             let c = &self.containers[i];
             self.event("Normal", "BackOff", &format!("Back-off pulling image \"{image}\""), Some(c));
             self.event("Warning", "Failed", "Error: ImagePullBackOff", Some(c));
-            self.containers[i].state =
-                State::Waiting { reason: "ImagePullBackOff".into(), message: Some(format!("Back-off pulling image \"{image}\"")) };
+            self.containers[i].state = State::Waiting {
+                reason: "ImagePullBackOff".into(),
+                message: Some(format!("Back-off pulling image \"{image}\"")),
+            };
             self.publish();
             if !self.wait_or_stop(backoff, cmds).await {
                 return false;
@@ -328,10 +336,18 @@ impl Supervisor {
         let image_name = c.image().to_string();
         let fp = c.field_path();
         if !c.ever_started {
-            self.node.event(&self.pod, "Normal", "Pulled", &format!("Container image \"{image_name}\" already present on machine"), Some(&fp));
+            self.node.event(
+                &self.pod,
+                "Normal",
+                "Pulled",
+                &format!("Container image \"{image_name}\" already present on machine"),
+                Some(&fp),
+            );
         }
         let spec = self.containers[i].spec.clone();
-        match container::spawn(&self.node.cgroups, &self.pod, &self.pod_ip, &spec, &image, &id, self.exit_tx.clone()).await {
+        match container::spawn(&self.node.cgroups, &self.pod, &self.pod_ip, &spec, &image, &id, self.exit_tx.clone())
+            .await
+        {
             Ok(run) => {
                 self.node.event(&self.pod, "Normal", "Created", &format!("Created container: {name}"), Some(&fp));
                 self.node.event(&self.pod, "Normal", "Started", &format!("Started container {name}"), Some(&fp));
@@ -364,7 +380,13 @@ impl Supervisor {
             c.restarts += 1;
             c.last = Some(exit.clone());
             c.restart_at = Some(Instant::now() + backoff);
-            let message = format!("back-off {}s restarting failed container={name} pod={}_{}({})", backoff.as_secs(), self.run.name, self.run.namespace, self.run.uid);
+            let message = format!(
+                "back-off {}s restarting failed container={name} pod={}_{}({})",
+                backoff.as_secs(),
+                self.run.name,
+                self.run.namespace,
+                self.run.uid
+            );
             c.state = State::Waiting { reason: "CrashLoopBackOff".into(), message: Some(message.clone()) };
             self.event("Warning", "BackOff", "Back-off restarting failed container", Some(&self.containers[i]));
             return;
@@ -415,8 +437,16 @@ impl Supervisor {
                 self.start(i).await;
             } else {
                 let image = self.containers[i].image().to_string();
-                self.event("Warning", "Failed", &format!("Failed to pull image \"{image}\": not found"), Some(&self.containers[i]));
-                self.containers[i].state = State::Waiting { reason: "ErrImagePull".into(), message: Some(format!("image {image:?} not found")) };
+                self.event(
+                    "Warning",
+                    "Failed",
+                    &format!("Failed to pull image \"{image}\": not found"),
+                    Some(&self.containers[i]),
+                );
+                self.containers[i].state = State::Waiting {
+                    reason: "ErrImagePull".into(),
+                    message: Some(format!("image {image:?} not found")),
+                };
             }
         }
         self.publish();
@@ -434,11 +464,18 @@ impl Supervisor {
                 run.kill(libc::SIGKILL);
                 continue;
             }
-            self.node.event(&self.pod, "Normal", "Killing", &format!("Stopping container {}", c.name()), Some(&c.field_path()));
+            self.node.event(
+                &self.pod,
+                "Normal",
+                "Killing",
+                &format!("Stopping container {}", c.name()),
+                Some(&c.field_path()),
+            );
             run.kill(libc::SIGTERM);
             tokio::spawn(async move {
                 let mut exit = run.exit_watch();
-                let exited = tokio::time::timeout(grace, async { exit.wait_for(Option::is_some).await.map(drop) }).await;
+                let exited =
+                    tokio::time::timeout(grace, async { exit.wait_for(Option::is_some).await.map(drop) }).await;
                 if exited.is_err() {
                     run.kill(libc::SIGKILL);
                 }
