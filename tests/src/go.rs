@@ -15,7 +15,7 @@ const DEBIAN_GO_ROOTS: &str = "/usr/lib";
 
 #[derive(Debug, thiserror::Error)]
 pub enum GoBuildError {
-    #[error("running {go}: {source}")]
+    #[error("running {go}")]
     Run {
         go: PathBuf,
         #[source]
@@ -23,7 +23,7 @@ pub enum GoBuildError {
     },
     #[error("go build {source_dir} {flags:?} failed:\n{stderr}")]
     Build { source_dir: String, flags: Vec<String>, stderr: String },
-    #[error("creating {path}: {source}")]
+    #[error("creating {path}")]
     Dir {
         path: PathBuf,
         #[source]

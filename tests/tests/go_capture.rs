@@ -66,7 +66,7 @@ fn toolchain(go: &Path) -> Toolchain {
 }
 
 fn go_build(toolchain: &Toolchain, source: &str, flags: &[&str], out: &Path) {
-    toolchain.build(source, flags, out).unwrap_or_else(|err| panic!("{err}"));
+    toolchain.build(source, flags, out).unwrap_or_else(|err| panic!("{}", spy_image::error::chain(&err)));
 }
 
 /// The Go test programs, built once per test binary; `None`: no Go here

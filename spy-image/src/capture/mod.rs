@@ -93,19 +93,23 @@ mod linux {
 
     impl CaptureStats {
         /// The capture's part of the `stats` record.
+        /// Every field is named: a new counter must be mapped, or said to
+        /// have no place in the record (`_`).
         pub fn as_record(&self) -> Stats {
-            let FlowStats { tls: _, not_tls, malformed, joined_midway, others, evicted } = self.flows;
+            let CaptureStats { namespaces, packets, dropped_packets, skipped_packets: _, dropped_handshakes, flows } =
+                *self;
+            let FlowStats { tls: _, not_tls, malformed, joined_midway, others, evicted } = flows;
             Stats {
                 handshakes: HandshakeStats {
-                    namespaces: self.namespaces,
-                    packets: self.packets,
-                    dropped_packets: self.dropped_packets,
+                    namespaces,
+                    packets,
+                    dropped_packets,
                     not_tls_flows: not_tls,
                     malformed_flows: malformed,
                     joined_midway_flows: joined_midway,
                     other_flows: others,
                     evicted_flows: evicted,
-                    dropped_handshakes: self.dropped_handshakes,
+                    dropped_handshakes,
                     ..HandshakeStats::default()
                 },
                 ..Stats::default()

@@ -22,7 +22,11 @@ pub struct StreamOffsets {
 /// Where one event's bytes go.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Placed {
-    /// Bytes lost just before these (0: none).
+    /// The event is not where the stream was: something before it was lost
+    /// (even when how much cannot be told: an event that starts before
+    /// the expected offset).
+    pub lost: bool,
+    /// Bytes known lost just before these (0: none, or unknown).
     pub gap: u64,
     /// Offset of the event's first byte in the direction's stream.
     pub offset: u64,
@@ -34,7 +38,8 @@ impl StreamOffsets {
     pub fn place(&mut self, direction: Direction, call_offset: u64, len: u64, call_len: u64) -> Placed {
         let dir = direction as usize;
         let mut gap = 0;
-        if call_offset != self.expected_call_offset[dir] && call_offset != 0 {
+        let lost = call_offset != self.expected_call_offset[dir] && call_offset != 0;
+        if lost {
             // Part of this call was lost: bytes between what we expected
             // and where this event starts never arrived.
             gap = call_offset.saturating_sub(self.expected_call_offset[dir]);
@@ -44,7 +49,7 @@ impl StreamOffsets {
         self.expected_call_offset[dir] = if end >= call_len { 0 } else { end };
         let offset = self.stream_offset[dir];
         self.stream_offset[dir] = self.stream_offset[dir].saturating_add(len);
-        Placed { gap, offset }
+        Placed { lost, gap, offset }
     }
 }
 
@@ -55,22 +60,31 @@ mod tests {
     #[test]
     fn whole_calls_follow_each_other_per_direction() {
         let mut s = StreamOffsets::default();
-        assert_eq!(s.place(Direction::Send, 0, 5, 5), Placed { gap: 0, offset: 0 });
-        assert_eq!(s.place(Direction::Send, 0, 3, 3), Placed { gap: 0, offset: 5 });
-        assert_eq!(s.place(Direction::Recv, 0, 2, 2), Placed { gap: 0, offset: 0 });
+        assert_eq!(s.place(Direction::Send, 0, 5, 5), Placed { lost: false, gap: 0, offset: 0 });
+        assert_eq!(s.place(Direction::Send, 0, 3, 3), Placed { lost: false, gap: 0, offset: 5 });
+        assert_eq!(s.place(Direction::Recv, 0, 2, 2), Placed { lost: false, gap: 0, offset: 0 });
     }
 
     #[test]
     fn a_call_in_pieces_is_contiguous_and_a_lost_piece_is_a_gap() {
         let mut s = StreamOffsets::default();
         // A 100-byte call in pieces of 40: the second piece is lost.
-        assert_eq!(s.place(Direction::Recv, 0, 40, 100), Placed { gap: 0, offset: 0 });
-        assert_eq!(s.place(Direction::Recv, 80, 20, 100), Placed { gap: 40, offset: 80 });
+        assert_eq!(s.place(Direction::Recv, 0, 40, 100), Placed { lost: false, gap: 0, offset: 0 });
+        assert_eq!(s.place(Direction::Recv, 80, 20, 100), Placed { lost: true, gap: 40, offset: 80 });
         // The call is done: the next one starts afresh.
-        assert_eq!(s.place(Direction::Recv, 0, 10, 10), Placed { gap: 0, offset: 100 });
+        assert_eq!(s.place(Direction::Recv, 0, 10, 10), Placed { lost: false, gap: 0, offset: 100 });
         // A piece that starts a call is never a gap, even mid-way expected.
-        assert_eq!(s.place(Direction::Recv, 0, 40, 100), Placed { gap: 0, offset: 110 });
-        assert_eq!(s.place(Direction::Recv, 0, 5, 5), Placed { gap: 0, offset: 150 });
+        assert_eq!(s.place(Direction::Recv, 0, 40, 100), Placed { lost: false, gap: 0, offset: 110 });
+        assert_eq!(s.place(Direction::Recv, 0, 5, 5), Placed { lost: false, gap: 0, offset: 150 });
+    }
+
+    #[test]
+    fn a_piece_before_the_expected_offset_is_a_loss_of_unknown_size() {
+        let mut s = StreamOffsets::default();
+        assert_eq!(s.place(Direction::Send, 0, 120, 200), Placed { lost: false, gap: 0, offset: 0 });
+        // The rest of that call and the start of the next are lost; the
+        // next call's piece at 40 comes while 120 was expected.
+        assert_eq!(s.place(Direction::Send, 40, 10, 300), Placed { lost: true, gap: 0, offset: 120 });
     }
 
     #[test]

@@ -89,14 +89,18 @@ pub struct KernelStats {
 
 impl KernelStats {
     /// The kernel's part of the `stats` record.
+    /// Every field is named: a new counter must be mapped, or said to
+    /// have no place in the record (`_`).
     pub fn as_record(&self) -> spy_protocol::record::Stats {
+        let KernelStats { calls, events, lost_events, lost_bytes, no_fd, proc_lost: _, entry_hits, return_hits: _ } =
+            *self;
         spy_protocol::record::Stats {
-            calls: self.calls,
-            events: self.events,
-            lost_events: self.lost_events,
-            lost_bytes: self.lost_bytes,
-            calls_without_socket: self.no_fd,
-            probe_hits: self.entry_hits,
+            calls,
+            events,
+            lost_events,
+            lost_bytes,
+            calls_without_socket: no_fd,
+            probe_hits: entry_hits,
             ..Default::default()
         }
     }

@@ -78,7 +78,8 @@ impl<E: fmt::Display> fmt::Display for TargetError<E> {
         match self {
             TargetError::NoSuchProcess(pid) => write!(f, "no process with pid {pid}"),
             // The attach error says what failed; it is this error's message,
-            // not its source, so a chain shows it once.
+            // not its source (its own source is ours), so a chain shows
+            // each cause once.
             TargetError::Attach(err) => err.fmt(f),
         }
     }
@@ -250,6 +251,10 @@ impl<H: Host> Targets<H> {
     ) -> Result<(), TargetError<A::Error>> {
         if !self.host.exists(pid) {
             return Err(TargetError::NoSuchProcess(pid));
+        }
+        if self.targets.contains_key(&pid) {
+            // Added twice (`--pid X --pid X`): keep what is known of it.
+            return Ok(());
         }
         attach.add_target(pid, self.follow_children).map_err(TargetError::Attach)?;
         // A running process has its libraries mapped: report at once.

@@ -429,3 +429,17 @@ fn owner(pid: u32) -> Owner {
         exe: None,
     }
 }
+
+#[test]
+fn a_process_added_twice_keeps_what_is_known_of_it() {
+    let host = node();
+    run(&host, 90, "/usr/bin/curl", &[LIBSSL]);
+    let mut probes = FakeProbes::default();
+    let mut lifecycle = Targets::new(&host, true, WAIT);
+    let mut out = Vec::new();
+    add(&mut lifecycle, 90, None, &mut probes, &mut out).expect("added");
+    add(&mut lifecycle, 90, None, &mut probes, &mut out).expect("added again");
+    assert_eq!(targets(&out).len(), 1, "one target record");
+    assert_eq!(probes.traced, [90]);
+    assert_eq!(probes.attached.len(), 1);
+}
