@@ -241,6 +241,10 @@ pub struct Chunk {
     pub data: Payload,
     #[serde(default, skip_serializing_if = "is_false")]
     pub truncated: bool,
+    /// Values of secret header lines in `data` were replaced by
+    /// `<redacted>` (see --show-secrets); `len` is still what moved.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub redacted: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]

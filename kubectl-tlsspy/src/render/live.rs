@@ -1,10 +1,14 @@
 //! Live lines: one line per exchange or chunk, the payload below it.
+//! Everything that came from a target or the wire is shown through
+//! [`escape`], never as raw terminal input.
 
 #![forbid(unsafe_code)]
 
 use std::io::{self, Write};
 
 use spy_protocol::record::{Chunk, Connection, Direction, Exchange, Handshake, Record, Target};
+
+use super::escape::{self, field};
 
 /// Folded payloads show at most this many lines...
 const FOLD_LINES: usize = 24;
@@ -56,7 +60,7 @@ pub fn write_record(out: &mut impl Write, record: &Record, options: &LiveOptions
         Record::Target(target) => write_target(out, target, &style),
         Record::Handshake(handshake) => write_handshake(out, handshake, &style),
         Record::Warning(warning) => {
-            writeln!(out, "{} {}", style.yellow("warning:"), warning.message)
+            writeln!(out, "{} {}", style.yellow("warning:"), field(&warning.message))
         }
         Record::Hello(_) | Record::Stats(_) | Record::Bye(_) => Ok(()),
     }
@@ -71,15 +75,15 @@ pub fn clock(ts_ns: u64) -> String {
 
 fn who(conn: &Connection) -> String {
     match &conn.pod {
-        Some(pod) => format!("{}/{}", pod.namespace, pod.name),
-        None => format!("{}[{}]", conn.process, conn.pid),
+        Some(pod) => format!("{}/{}", field(&pod.namespace), field(&pod.name)),
+        None => format!("{}[{}]", field(&conn.process), conn.pid),
     }
 }
 
 fn peer(conn: &Connection) -> String {
     match (&conn.remote_name, &conn.remote) {
-        (Some(name), Some(addr)) => format!("{name} ({addr})"),
-        (Some(name), None) => name.clone(),
+        (Some(name), Some(addr)) => format!("{} ({addr})", field(name)),
+        (Some(name), None) => field(name).into_owned(),
         (None, Some(addr)) => addr.to_string(),
         (None, None) => "?".to_string(),
     }
@@ -93,19 +97,19 @@ fn write_target(out: &mut impl Write, target: &Target, style: &Style) -> io::Res
             .tls
             .iter()
             .map(|s| {
-                let version = s.version.as_deref().map(|v| format!(" {v}")).unwrap_or_default();
+                let version = s.version.as_deref().map(|v| format!(" {}", field(v))).unwrap_or_default();
                 let state = if s.probed { "probed" } else { "not probed" };
-                format!("{:?}{version} ({}, {state})", s.library, s.path)
+                format!("{:?}{version} ({}, {state})", s.library, field(&s.path))
             })
             .collect::<Vec<_>>()
             .join(", ")
             .to_lowercase()
     };
-    let line = format!("target {}[{}]: {what}", target.process, target.pid);
+    let line = format!("target {}[{}]: {what}", field(&target.process), target.pid);
     if target.probed {
         writeln!(out, "{}", style.dim(&line))
     } else {
-        let reason = target.reason.as_deref().unwrap_or("not probed");
+        let reason = field(target.reason.as_deref().unwrap_or("not probed"));
         writeln!(out, "{} {}", style.yellow(&line), style.yellow(&format!("— {reason}")))
     }
 }
@@ -114,13 +118,13 @@ fn write_handshake(out: &mut impl Write, h: &Handshake, style: &Style) -> io::Re
     let lock = if h.decrypted { "🔓" } else { "🔒" };
     // TLS 1.3 sends the chosen ALPN encrypted: then the offer is all we know.
     let alpn = match (&h.alpn, h.alpn_offered.is_empty()) {
-        (Some(chosen), _) => chosen.clone(),
-        (None, false) => format!("{} (offered)", h.alpn_offered.join(",")),
+        (Some(chosen), _) => field(chosen).into_owned(),
+        (None, false) => format!("{} (offered)", field(&h.alpn_offered.join(","))),
         (None, true) => "-".to_string(),
     };
     let version = match (&h.version, h.versions_offered.first()) {
-        (Some(version), _) => version.clone(),
-        (None, Some(offered)) => format!("{offered} (offered)"),
+        (Some(version), _) => field(version).into_owned(),
+        (None, Some(offered)) => format!("{} (offered)", field(offered)),
         (None, None) => "-".to_string(),
     };
     let line = format!(
@@ -128,12 +132,14 @@ fn write_handshake(out: &mut impl Write, h: &Handshake, style: &Style) -> io::Re
         style.dim(&clock(h.ts_ns)),
         style.bold(&who(&h.conn)),
         peer(&h.conn),
-        h.sni.as_deref().unwrap_or("-"),
-        h.cipher.as_deref().unwrap_or("-"),
+        field(h.sni.as_deref().unwrap_or("-")),
+        field(h.cipher.as_deref().unwrap_or("-")),
         style.dim(&h.conn.id),
     );
     match (&h.reason, h.decrypted) {
-        (Some(reason), false) => writeln!(out, "{line}\n    {}", style.yellow(&format!("not decrypted: {reason}"))),
+        (Some(reason), false) => {
+            writeln!(out, "{line}\n    {}", style.yellow(&format!("not decrypted: {}", field(reason))))
+        }
         _ => writeln!(out, "{line}"),
     }
 }
@@ -164,8 +170,9 @@ fn write_chunk(out: &mut impl Write, chunk: &Chunk, options: &LiveOptions, style
 
 fn write_exchange(out: &mut impl Write, x: &Exchange, options: &LiveOptions, style: &Style) -> io::Result<()> {
     let request = x.request.as_ref();
-    let method = request.map_or("?", |r| r.method.as_str());
-    let target = request.map_or(String::new(), |r| format!("{}{}", r.authority.as_deref().unwrap_or(""), r.path));
+    let method = field(request.map_or("?", |r| r.method.as_str()));
+    let target =
+        request.map_or(String::new(), |r| format!("{}{}", field(r.authority.as_deref().unwrap_or("")), field(&r.path)));
     let status = match &x.response {
         Some(response) => {
             let code = response.status.to_string();
@@ -175,7 +182,7 @@ fn write_exchange(out: &mut impl Write, x: &Exchange, options: &LiveOptions, sty
                 _ => style.red(&code),
             }
         }
-        None => style.red(x.incomplete.as_deref().unwrap_or("no response")),
+        None => style.red(&field(x.incomplete.as_deref().unwrap_or("no response"))),
     };
     let grpc = x
         .grpc
@@ -195,7 +202,7 @@ fn write_exchange(out: &mut impl Write, x: &Exchange, options: &LiveOptions, sty
         style.bold(&who(&x.conn)),
         peer(&x.conn),
         x.protocol,
-        style.bold(method),
+        style.bold(&method),
         target,
         latency,
         style.dim(&sizes),
@@ -255,8 +262,10 @@ fn looks_like_text(bytes: &[u8]) -> bool {
 }
 
 fn text_lines(bytes: &[u8]) -> Vec<String> {
-    let mut lines: Vec<String> =
-        String::from_utf8_lossy(bytes).lines().map(|l| l.trim_end_matches('\r').to_string()).collect();
+    let mut lines: Vec<String> = String::from_utf8_lossy(bytes)
+        .lines()
+        .map(|l| escape::body_line(l.trim_end_matches('\r')).into_owned())
+        .collect();
     // The blank line that ends an HTTP header block says nothing on screen.
     while lines.last().is_some_and(|l| l.is_empty()) {
         lines.pop();
@@ -304,6 +313,76 @@ mod tests {
         write_payload(&mut out, text.as_bytes(), &LiveOptions { full: true, color: false }, &Style(false))
             .expect("write");
         assert_eq!(String::from_utf8_lossy(&out).lines().count(), 100);
+    }
+
+    /// Whatever a target or its peer put in a field, the live view writes
+    /// no control character but its own line ends.
+    #[test]
+    fn hostile_fields_reach_the_terminal_escaped() {
+        use spy_protocol::record::{Body, Payload, PodRef, Request, Response, TlsStack, Warning};
+        const EVIL: &str = "x\x1b[2J\x1b]0;owned\x07\r\u{9b}1m\u{202e}y";
+        let mut conn = Connection { process: EVIL.into(), remote_name: Some(EVIL.into()), ..Default::default() };
+        conn.id = "c1".into();
+        let body = Body { size: 4, data: Some(Payload::Text(format!("line\t{EVIL}\nnext"))), ..Default::default() };
+        let exchange = Exchange {
+            conn: conn.clone(),
+            protocol: spy_protocol::record::Protocol::Http2,
+            stream_id: Some(1),
+            request: Some(Request {
+                method: EVIL.into(),
+                authority: Some(EVIL.into()),
+                path: format!("/{EVIL}"),
+                body: body.clone(),
+                ..Default::default()
+            }),
+            response: None,
+            grpc: None,
+            latency_us: None,
+            incomplete: Some(EVIL.into()),
+        };
+        let handshake = Handshake {
+            conn: conn.clone(),
+            sni: Some(EVIL.into()),
+            alpn_offered: vec![EVIL.into()],
+            versions_offered: vec![EVIL.into()],
+            cipher: Some(EVIL.into()),
+            reason: Some(EVIL.into()),
+            ..Default::default()
+        };
+        let target = Target {
+            process: EVIL.into(),
+            tls: vec![TlsStack {
+                library: spy_protocol::record::TlsLibrary::Openssl,
+                linkage: spy_protocol::record::Linkage::Shared,
+                path: EVIL.into(),
+                version: Some(EVIL.into()),
+                probed: false,
+                reason: None,
+            }],
+            reason: Some(EVIL.into()),
+            ..Default::default()
+        };
+        let mut podded = conn.clone();
+        podded.pod = Some(PodRef { namespace: EVIL.into(), name: EVIL.into(), container: None });
+        let mut with_response = exchange.clone();
+        with_response.conn = podded;
+        with_response.response = Some(Response { status: 200, body, ..Default::default() });
+        let records = [
+            Record::Exchange(Box::new(exchange)),
+            Record::Exchange(Box::new(with_response)),
+            Record::Handshake(handshake),
+            Record::Target(target),
+            Record::Warning(Warning { message: EVIL.into(), pid: None }),
+        ];
+        for record in records {
+            let mut out = Vec::new();
+            write_record(&mut out, &record, &LiveOptions { color: false, full: true }).expect("write");
+            let text = String::from_utf8(out).expect("utf-8");
+            let bad: Vec<char> =
+                text.chars().filter(|&c| (c.is_control() && c != '\n' && c != '\t') || c == '\u{202e}').collect();
+            assert!(bad.is_empty(), "{bad:?} in {text}");
+            assert!(text.contains("\\x1b[2J"), "shown escaped: {text}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 #![forbid(unsafe_code)]
 
+mod escape;
 mod filter;
 mod live;
 mod summary;

@@ -8,6 +8,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use comfy_table::{presets, Cell, CellAlignment, ContentArrangement, Table};
 use spy_protocol::record::{Connection, Exchange, Handshake};
 
+use super::escape::field;
+
 /// Routes kept in the table; further ones are summed into one row.
 const MAX_ROUTES: usize = 200;
 
@@ -76,8 +78,8 @@ impl Summary {
             let mut latencies = stats.latencies_us.clone();
             latencies.sort_unstable();
             table.add_row(vec![
-                Cell::new(host),
-                Cell::new(route),
+                Cell::new(field(host)),
+                Cell::new(field(route)),
                 Cell::new(stats.count).set_alignment(CellAlignment::Right),
                 Cell::new(stats.errors).set_alignment(CellAlignment::Right),
                 Cell::new(percentile(&latencies, 50)).set_alignment(CellAlignment::Right),
@@ -157,12 +159,12 @@ impl Decryption {
                     let more = names.len().saturating_sub(MAX_PEERS_SHOWN);
                     let more = if more > 0 { format!(" and {more} more") } else { String::new() };
                     shown.sort_unstable();
-                    format!("{reason} ({}{more})", shown.join(", "))
+                    format!("{} ({}{more})", field(reason), field(&shown.join(", ")))
                 })
                 .collect::<Vec<_>>()
                 .join("\n");
             table.add_row(vec![
-                Cell::new(name),
+                Cell::new(field(name)),
                 Cell::new(target.decrypted.len() + not_decrypted).set_alignment(CellAlignment::Right),
                 Cell::new(target.decrypted.len()).set_alignment(CellAlignment::Right),
                 Cell::new(not_decrypted).set_alignment(CellAlignment::Right),

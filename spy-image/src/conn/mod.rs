@@ -14,7 +14,7 @@ use spy_protocol::record::{
     Chunk, Connection, Direction, HandshakeStats, Payload, PodRef, Record, Role, Stats, TlsLibrary,
 };
 
-use crate::proto::{ConnectionParser, ParseOptions, Parsed};
+use crate::proto::{ConnectionParser, HeaderLineMasker, ParseOptions, Parsed};
 
 mod handshakes;
 mod stream;
@@ -68,6 +68,9 @@ struct ConnState {
     parser: ConnectionParser,
     offsets: StreamOffsets,
     seen_data: bool,
+    /// Secret header values in chunks (plaintext no parser claimed), per
+    /// direction: redaction holds when parsing does not.
+    maskers: [HeaderLineMasker; 2],
 }
 
 /// Counters the tracker keeps for the `stats` record.
@@ -86,18 +89,26 @@ pub struct TrackerStats {
 
 impl TrackerStats {
     /// The tracker's part of the `stats` record.
+    /// Every field is named: a new counter must be mapped, or said to
+    /// have no place in the record (`_`).
     pub fn as_record(&self) -> Stats {
+        let TrackerStats {
+            connections,
+            exchanges,
+            chunks,
+            parse_errors,
+            bytes,
+            gap_bytes: _,
+            handshakes,
+            handshakes_decrypted,
+        } = *self;
         Stats {
-            bytes: self.bytes,
-            connections: self.connections,
-            exchanges: self.exchanges,
-            chunks: self.chunks,
-            parse_errors: self.parse_errors,
-            handshakes: HandshakeStats {
-                handshakes: self.handshakes,
-                decrypted: self.handshakes_decrypted,
-                ..HandshakeStats::default()
-            },
+            bytes,
+            connections,
+            exchanges,
+            chunks,
+            parse_errors,
+            handshakes: HandshakeStats { handshakes, decrypted: handshakes_decrypted, ..HandshakeStats::default() },
             ..Stats::default()
         }
     }
@@ -166,6 +177,7 @@ impl Tracker {
                     parser: ConnectionParser::new(self.options.clone()),
                     offsets: StreamOffsets::default(),
                     seen_data: false,
+                    maskers: Default::default(),
                 },
             );
             self.link_tuple(key, out);
@@ -189,8 +201,8 @@ impl Tracker {
 
         let mut parsed = Vec::new();
         let placed = state.offsets.place(ev.direction, ev.call_offset, ev.data.len() as u64, ev.call_len);
-        if placed.gap > 0 {
-            self.stats.gap_bytes += placed.gap;
+        if placed.lost {
+            self.stats.gap_bytes = self.stats.gap_bytes.saturating_add(placed.gap);
             state.parser.gap(ev.direction, placed.gap, &mut parsed);
         }
 
@@ -212,7 +224,13 @@ impl Tracker {
         // connection for those.
         if !parsed.is_empty() {
             let conn = state.record.clone();
+            let first = out.len();
             self.emit(conn, parsed, out);
+            if !self.options.show_secrets {
+                if let Some(state) = self.conns.get_mut(&key) {
+                    mask_chunks(&mut state.maskers, &mut out[first..]);
+                }
+            }
         }
     }
 
@@ -244,7 +262,11 @@ impl Tracker {
             self.tuple_closed(key, &state.record);
             let mut parsed = Vec::new();
             state.parser.finish(reason, &mut parsed);
+            let first = out.len();
             self.emit(state.record, parsed, out);
+            if !self.options.show_secrets {
+                mask_chunks(&mut state.maskers, &mut out[first..]);
+            }
         }
     }
 
@@ -296,9 +318,25 @@ impl Tracker {
                         len: data.len() as u64,
                         data: Payload::from_vec(data, false),
                         truncated: false,
+                        redacted: false,
                     }));
                 }
                 Parsed::Error { .. } => self.stats.parse_errors += 1,
+            }
+        }
+    }
+}
+
+/// Masks secret header values in the chunks among `records`, each through
+/// its direction's masker (the state of a header line cut by a call
+/// carries over to the next chunk).
+fn mask_chunks(maskers: &mut [HeaderLineMasker; 2], records: &mut [Record]) {
+    for record in records {
+        if let Record::Chunk(chunk) = record {
+            let (shown, masked) = maskers[chunk.direction as usize].mask(&chunk.data.to_bytes());
+            if masked {
+                chunk.data = Payload::from_vec(shown, false);
+                chunk.redacted = true;
             }
         }
     }
@@ -345,6 +383,47 @@ pub(crate) mod tests {
         assert_eq!(chunks[2].offset, 0);
         assert_eq!(chunks[0].conn.id, chunks[2].conn.id);
         assert_eq!(tracker.stats.connections, 1);
+    }
+
+    fn chunk_text(out: &[Record]) -> String {
+        out.iter()
+            .filter_map(|r| match r {
+                Record::Chunk(c) => Some(String::from_utf8_lossy(&c.data.to_bytes()).into_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Redaction does not depend on a parser: raw chunks, and the chunks of
+    /// a connection joined in the middle of a body, mask secret header
+    /// lines even when a call cuts one in two; --show-secrets shows them.
+    #[test]
+    fn chunks_never_show_secret_headers_unless_asked() {
+        let request: &[u8] = b"GET /a HTTP/1.1\r\nAuthorization: Bearer s3cret\r\nCookie: sid=c00kie\r\n\r\n";
+        let (head, tail) = request.split_at(34); // inside "Bearer s3cret"
+        for raw in [true, false] {
+            for show_secrets in [false, true] {
+                let options = ParseOptions { show_secrets, ..ParseOptions::default() };
+                let mut tracker = Tracker::new(options, raw);
+                let mut out = Vec::new();
+                if !raw {
+                    // Joined mid-body: the parser cannot claim what follows.
+                    tracker.on_data(&event(1, Direction::Send, b"\x00\x01 not http at all\r\n"), &mut out);
+                }
+                tracker.on_data(&event(1, Direction::Send, head), &mut out);
+                tracker.on_data(&event(1, Direction::Send, tail), &mut out);
+                tracker.finish(&mut out);
+                let text = chunk_text(&out);
+                assert!(text.contains("Authorization: "), "raw={raw}: {text:?}");
+                assert_eq!(
+                    text.contains("s3cret") || text.contains("c00kie") || text.contains("cret"),
+                    show_secrets,
+                    "raw={raw} show_secrets={show_secrets}: {text:?}"
+                );
+                let redacted = out.iter().any(|r| matches!(r, Record::Chunk(c) if c.redacted));
+                assert_eq!(redacted, !show_secrets);
+            }
+        }
     }
 
     #[test]

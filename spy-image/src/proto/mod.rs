@@ -19,6 +19,7 @@ mod hpack;
 mod http1;
 mod http2;
 mod redact;
+pub use redact::HeaderLineMasker;
 pub mod tls_handshake;
 
 #[cfg(test)]
@@ -255,7 +256,7 @@ impl ConnectionParser {
     /// stream cannot be trusted past this point unless the parser can step
     /// over them (inside a body of known length).
     pub fn gap(&mut self, direction: Direction, len: u64, out: &mut Vec<Parsed>) {
-        self.offsets[direction as usize] += len;
+        self.offsets[direction as usize] = self.offsets[direction as usize].saturating_add(len);
         let flow = match &mut self.state {
             State::Passthrough => Flow::Continue,
             State::Http1(p) => p.gap(direction, len, out),
