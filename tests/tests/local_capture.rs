@@ -59,6 +59,44 @@ fn curl_client_request_and_response_are_captured_exactly() {
     assert!(records.iter().any(|r| matches!(r, Record::Target(t) if t.process == "curl" && t.probed)));
 }
 
+/// Redaction holds without the parser: `--raw` shows the bytes as they
+/// moved, but the values of secret header lines only with --show-secrets,
+/// in JSON and in the live view alike.
+#[test]
+fn raw_output_masks_secret_headers_unless_asked() {
+    if !require_root("raw_output_masks_secret_headers_unless_asked") {
+        return;
+    }
+    let cert = Certificate::new();
+    let (_server, port) = python_https_server(&cert);
+    for (format, show_secrets) in [("json", false), ("json", true), ("live", false)] {
+        let mark = marker("secret");
+        let mut cmd = plugin();
+        cmd.args(["local", "-o", format, "--raw", "--full"]);
+        if show_secrets {
+            cmd.arg("--show-secrets");
+        }
+        cmd.args(["--", "curl", "-s", "--http1.1", "-o", "/dev/null", "-H", "Authorization: Bearer s3cret-tok3n"])
+            .args(["-H", "Cookie: sid=c00kie-value", "--cacert"])
+            .arg(cert.cert())
+            .arg(format!("https://127.0.0.1:{port}/{mark}"));
+        let output = run_plugin(cmd);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "exit {:?}: {}", output.status, String::from_utf8_lossy(&output.stderr));
+        assert!(stdout.contains(&mark), "{format}: the request was captured: {stdout}");
+        for secret in ["s3cret-tok3n", "c00kie-value"] {
+            assert_eq!(stdout.contains(secret), show_secrets, "{format} show_secrets={show_secrets}: {stdout}");
+        }
+        if !show_secrets {
+            assert!(stdout.contains("Authorization: <redacted>"), "{format}: {stdout}");
+        }
+        if format == "json" {
+            let redacted = records_of(&output).iter().any(|r| matches!(r, Record::Chunk(c) if c.redacted));
+            assert_eq!(redacted, !show_secrets);
+        }
+    }
+}
+
 #[test]
 fn python_server_is_spied_by_pid_on_both_directions() {
     if !require_root("python_server_is_spied_by_pid_on_both_directions") {
