@@ -295,8 +295,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if !seconds.is_finite() || seconds < 0.0 {
         return Err(format!("`{text}` is not a duration like 30s or 5m"));
     }
-    Ok(Duration::from_secs_f64(seconds))
+    // Deadlines are computed from these (now + duration, a pod's
+    // activeDeadlineSeconds): a bound keeps every sum representable.
+    if seconds > MAX_DURATION.as_secs_f64() {
+        return Err(format!(
+            "`{text}` is longer than tlsspy allows ({} days at most)",
+            MAX_DURATION.as_secs() / 86_400
+        ));
+    }
+    Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is not a duration like 30s or 5m"))
 }
+
+/// The longest duration any flag takes.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
 
 #[cfg(test)]
 mod tests {
@@ -309,6 +320,11 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
         assert!(parse_duration("5 parsecs").is_err());
+        // Too large for a Duration, or for a deadline: an error, never a panic.
+        for huge in ["99999999999999999999s", "1e300", "366d", "8785h", "18446744073709551616"] {
+            assert!(parse_duration(huge).is_err(), "{huge}");
+        }
+        assert_eq!(parse_duration("8760h"), Ok(Duration::from_secs(365 * 86_400)));
         assert!(parse_duration("").is_err());
     }
 
