@@ -341,6 +341,15 @@ fn a_target_in_its_own_network_namespace_is_watched_there() {
             find_python_with_arg(&mark)
         })
         .expect("the namespaced python started");
+    // `--pid` judges a running process at once: wait until python has
+    // imported ssl (found by its command line, it may still be starting,
+    // or still be the `sh` about to exec it).
+    let maps_libssl = || std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| m.contains("libssl"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !maps_libssl() {
+        assert!(std::time::Instant::now() < deadline, "python {pid} has not mapped libssl within 10 s");
+        std::thread::sleep(Duration::from_millis(25));
+    }
     let own_ns = std::fs::read_link(format!("/proc/{pid}/ns/net")).expect("its netns");
     assert_ne!(own_ns, std::fs::read_link("/proc/self/ns/net").expect("ours"), "it has a namespace of its own");
 
