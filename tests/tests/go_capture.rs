@@ -517,7 +517,9 @@ fn a_go_program_without_crypto_tls_is_reported_with_the_reason() {
     );
 
     // Spied by pid, the same reason is the one sentence the plugin fails with.
-    let mut child = Command::new(&builds.notls).stdout(Stdio::null()).spawn().expect("start notls");
+    // It must outlive the spy's start (loading the probes takes a while on
+    // a busy machine): a zombie has no mappings left to examine.
+    let mut child = Command::new(&builds.notls).arg("60s").stdout(Stdio::null()).spawn().expect("start notls");
     std::thread::sleep(Duration::from_millis(100));
     let mut cmd = plugin();
     cmd.args(["local", "--pid", &child.id().to_string()]);
