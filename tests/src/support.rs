@@ -161,6 +161,17 @@ impl Drop for Guard {
     }
 }
 
+/// Waits until process `pid` maps a file whose path contains `needle`
+/// (`libssl`): a process found by its command line may still be starting,
+/// and `local --pid` judges a running process at once.
+pub fn wait_for_mapping(pid: u32, needle: &str, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| m.contains(needle)) {
+        assert!(std::time::Instant::now() < deadline, "process {pid} has not mapped {needle} within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
 /// Waits until something accepts TCP connections on the port.
 pub fn wait_for_port(port: u16, timeout: Duration) {
     let deadline = Instant::now() + timeout;

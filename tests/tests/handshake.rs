@@ -341,15 +341,9 @@ fn a_target_in_its_own_network_namespace_is_watched_there() {
             find_python_with_arg(&mark)
         })
         .expect("the namespaced python started");
-    // `--pid` judges a running process at once: wait until python has
-    // imported ssl (found by its command line, it may still be starting,
-    // or still be the `sh` about to exec it).
-    let maps_libssl = || std::fs::read_to_string(format!("/proc/{pid}/maps")).is_ok_and(|m| m.contains("libssl"));
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !maps_libssl() {
-        assert!(std::time::Instant::now() < deadline, "python {pid} has not mapped libssl within 10 s");
-        std::thread::sleep(Duration::from_millis(25));
-    }
+    // Found by its command line, it may still be starting (or still be the
+    // `sh` about to exec it): `--pid` judges it at once.
+    wait_for_mapping(pid, "libssl", Duration::from_secs(10));
     let own_ns = std::fs::read_link(format!("/proc/{pid}/ns/net")).expect("its netns");
     assert_ne!(own_ns, std::fs::read_link("/proc/self/ns/net").expect("ours"), "it has a namespace of its own");
 
@@ -441,7 +435,7 @@ fn non_tls_and_broken_handshakes_are_counted_not_fatal() {
             find_python_with_arg(&go_arg)
         })
         .expect("the namespaced python started");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_for_mapping(pid, "libssl", Duration::from_secs(10));
 
     let mut cmd = plugin();
     cmd.args(["local", "-o", "json", "--pid", &pid.to_string()]);

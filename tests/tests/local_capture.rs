@@ -253,7 +253,7 @@ print(urllib.request.urlopen("https://127.0.0.1:{port}/{mark}", context=ctx).rea
             find_process_with_arg(&mark)
         })
         .expect("the namespaced python started");
-    std::thread::sleep(Duration::from_millis(300)); // let it map libssl
+    wait_for_mapping(pid, "libssl", Duration::from_secs(10));
 
     let mut cmd = plugin();
     cmd.args(["local", "-o", "json", "--raw", "--pid", &pid.to_string()]);
