@@ -8,6 +8,8 @@
 //!   the plugin's renderers are others.
 //! - [`session`]: the commands on the agent's stdin, parsed by the agent and
 //!   written by the plugin from the same type.
+//! - [`seal`]: the session's key, and the sealing of every line after it,
+//!   so that a session answers only to the plugin that started it.
 //!
 //! Like kube-core, this crate has types and their text forms and no I/O of
 //! its own, so the plugin builds for every platform without the agent.
@@ -15,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod record;
+pub mod seal;
 pub mod session;
 pub mod sink;
 
