@@ -163,6 +163,39 @@ impl Opener {
     }
 }
 
+/// A writer that seals each line written through it: the agent's stdout in
+/// a session. Bytes after the last newline wait for the rest of their line.
+pub struct SealedLines<W: std::io::Write> {
+    inner: W,
+    sealer: Sealer,
+    line: Vec<u8>,
+}
+
+impl<W: std::io::Write> SealedLines<W> {
+    pub fn new(inner: W, key: &SessionKey) -> SealedLines<W> {
+        SealedLines { inner, sealer: Sealer::new(key, Direction::ToPlugin), line: Vec::new() }
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for SealedLines<W> {
+    fn write(&mut self, mut buf: &[u8]) -> std::io::Result<usize> {
+        let written = buf.len();
+        while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+            self.line.extend_from_slice(&buf[..end]);
+            let sealed = self.sealer.seal(&self.line);
+            self.line.clear();
+            self.inner.write_all(sealed.as_bytes())?;
+            buf = &buf[end + 1..];
+        }
+        self.line.extend_from_slice(buf);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -231,6 +264,21 @@ mod tests {
         let line = Sealer::new(&key, Direction::ToPlugin).seal(b"Authorization: Bearer hunter2");
         assert!(!line.contains("hunter2") && !line.contains("Bearer"));
         assert!(line.ends_with('\n') && !line[..line.len() - 1].contains('\n'));
+    }
+
+    #[test]
+    fn a_sealed_writer_seals_whole_lines_however_they_are_written() {
+        use std::io::Write as _;
+        let key = key();
+        let mut out = SealedLines::new(Vec::new(), &key);
+        out.write_all(b"{\"t\":").expect("write");
+        out.write_all(b"\"hello\"}\n{\"t\":\"bye\"}\npartial").expect("write");
+        out.flush().expect("flush");
+        let text = String::from_utf8(out.inner.clone()).expect("base64 is text");
+        let mut opener = Opener::new(&key, Direction::ToPlugin);
+        let lines: Vec<Vec<u8>> = text.lines().map(|l| opener.open(l).expect("opens")).collect();
+        assert_eq!(lines, vec![b"{\"t\":\"hello\"}".to_vec(), b"{\"t\":\"bye\"}".to_vec()]);
+        assert_eq!(out.line, b"partial", "an unfinished line waits");
     }
 
     proptest! {
