@@ -19,8 +19,14 @@ struct Args {
     /// Speak the session protocol on stdin: wait for "go", expect heartbeats,
     /// end on EOF. Without it the agent starts at once and runs until killed
     /// or every target exited.
-    #[arg(long)]
+    #[arg(long, requires = "session_key_digest")]
     session: bool,
+
+    /// SHA-256 (hex) of the session key: the agent takes the first stdin
+    /// line that hands over a key with this digest, and from then on reads
+    /// and writes only lines sealed under it (spy_protocol::seal).
+    #[arg(long, value_name = "SHA256", requires = "session")]
+    session_key_digest: Option<String>,
 
     /// End the session when no line arrives on stdin for this many seconds.
     #[arg(long, value_name = "SECONDS", default_value = "15")]
@@ -81,6 +87,7 @@ mod agent {
     use super::*;
     use spy_image::proto::ParseOptions;
     use spy_image::spy::{Control, Spy, SpyOptions};
+    use spy_protocol::seal::{Direction, Opener, SealedLines, SessionKey};
     use spy_protocol::session::{self, Command};
     use spy_protocol::sink::{JsonLines, Sink};
     use tokio::sync::mpsc;
@@ -88,7 +95,8 @@ mod agent {
     pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let (control_tx, control_rx) = mpsc::channel(64);
         let (lines_tx, mut lines_rx) = mpsc::channel::<io::Result<String>>(64);
-        if args.session {
+        let mut session_key = None;
+        if let Some(digest) = &args.session_key_digest {
             // Blocking stdin on its own thread: tokio's stdin is a thread too,
             // and this one can be left behind at exit.
             std::thread::spawn(move || {
@@ -103,7 +111,10 @@ mod agent {
             // anyone attached is lost.
             // Start-up errors (no BTF, not privileged) come after "go" too,
             // so the plugin, attached by then, reads them on stderr.
-            wait_for_go(&mut lines_rx, Duration::from_secs(args.heartbeat_timeout)).await?;
+            let key = wait_for_key(&mut lines_rx, digest, Duration::from_secs(args.heartbeat_timeout)).await?;
+            let mut opener = Opener::new(&key, Direction::ToSpy);
+            wait_for_go(&mut lines_rx, &mut opener, Duration::from_secs(args.heartbeat_timeout)).await?;
+            session_key = Some((key, opener));
         }
         spy_image::probes::preflight()?;
         let options = SpyOptions {
@@ -119,13 +130,18 @@ mod agent {
             spy.add_process(pid, None)?;
         }
 
-        let stdout = io::stdout();
         // Large enough that a busy batch is a few write(2) calls, not hundreds.
-        let mut sink = JsonLines::new(io::BufWriter::with_capacity(OUTPUT_BUFFER, stdout.lock()));
+        let stdout = io::BufWriter::with_capacity(OUTPUT_BUFFER, io::stdout().lock());
+        let out: Box<dyn io::Write> = match &session_key {
+            // Sealed line by line before the buffer: still one write(2) per batch.
+            Some((key, _)) => Box::new(SealedLines::new(stdout, key)),
+            None => Box::new(stdout),
+        };
+        let mut sink = JsonLines::new(out);
         sink.record(spy.hello())?;
-        if args.session {
+        if let Some((_, opener)) = session_key {
             let timeout = Duration::from_secs(args.heartbeat_timeout);
-            tokio::spawn(relay_session(lines_rx, control_tx, timeout));
+            tokio::spawn(relay_session(lines_rx, opener, control_tx, timeout));
         } else {
             tokio::spawn(async move {
                 let reason = wait_for_signal().await;
@@ -136,43 +152,98 @@ mod agent {
         Ok(ExitCode::SUCCESS)
     }
 
-    async fn wait_for_go(lines: &mut mpsc::Receiver<io::Result<String>>, timeout: Duration) -> anyhow::Result<()> {
+    /// The session key: the first stdin line that hands over a key with our
+    /// digest. Anything before it (another attacher's lines) is ignored.
+    async fn wait_for_key(
+        lines: &mut mpsc::Receiver<io::Result<String>>,
+        digest: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<SessionKey> {
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let line = tokio::time::timeout(timeout, lines.recv())
+            let line = tokio::time::timeout_at(deadline, lines.recv()).await.map_err(|_| {
+                anyhow::anyhow!("no session key on stdin within {}s: nobody attached", timeout.as_secs())
+            })?;
+            match line {
+                Some(Ok(line)) => match SessionKey::from_line(&line, digest) {
+                    Ok(key) => return Ok(key),
+                    Err(err) => log::warn!("ignored a stdin line before the session key: {err}"),
+                },
+                Some(Err(err)) => return Err(err.into()),
+                None => anyhow::bail!("stdin closed before the session key"),
+            }
+        }
+    }
+
+    async fn wait_for_go(
+        lines: &mut mpsc::Receiver<io::Result<String>>,
+        opener: &mut Opener,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let line = tokio::time::timeout_at(deadline, lines.recv())
                 .await
                 .map_err(|_| anyhow::anyhow!("no \"go\" on stdin within {}s: nobody attached", timeout.as_secs()))?;
             match line {
-                Some(Ok(line)) if session::parse(&line) == Ok(Command::Go) => return Ok(()),
-                Some(Ok(_)) => continue,
+                Some(Ok(line)) => {
+                    if open_command(opener, &line) == Some(Command::Go) {
+                        return Ok(());
+                    }
+                }
                 Some(Err(err)) => return Err(err.into()),
                 None => anyhow::bail!("stdin closed before \"go\""),
             }
         }
     }
 
+    /// The command a sealed stdin line holds; None (logged) for a line that
+    /// is not this session's or not a command.
+    fn open_command(opener: &mut Opener, line: &str) -> Option<Command> {
+        let plain = match opener.open(line) {
+            Ok(plain) => plain,
+            Err(err) => {
+                log::warn!("dropped a stdin line: {err}");
+                return None;
+            }
+        };
+        match session::parse(&String::from_utf8_lossy(&plain)) {
+            Ok(command) => Some(command),
+            Err(err) => {
+                log::warn!("{err}");
+                None
+            }
+        }
+    }
+
     async fn relay_session(
         mut lines: mpsc::Receiver<io::Result<String>>,
+        mut opener: Opener,
         control: mpsc::Sender<Control>,
         timeout: Duration,
     ) {
+        // Only this session's lines keep it alive: a line that does not open
+        // (another attacher's) does not move the deadline.
+        let mut deadline = tokio::time::Instant::now() + timeout;
         let reason = loop {
             tokio::select! {
-                line = tokio::time::timeout(timeout, lines.recv()) => match line {
+                line = tokio::time::timeout_at(deadline, lines.recv()) => match line {
                     Err(_) => break format!("no heartbeat for {}s", timeout.as_secs()),
                     Ok(None) | Ok(Some(Err(_))) => break "stdin closed".to_string(),
-                    Ok(Some(Ok(line))) => match session::parse(&line) {
-                        Ok(Command::Go | Command::Heartbeat) => {}
-                        Ok(Command::Stop) => break "stopped by the plugin".to_string(),
-                        Ok(Command::Pid(pid)) => {
-                            let _ = control.send(Control::AddProcess { pid, pod: None }).await;
+                    Ok(Some(Ok(line))) => {
+                        let Some(command) = open_command(&mut opener, &line) else { continue };
+                        deadline = tokio::time::Instant::now() + timeout;
+                        match command {
+                            Command::Go | Command::Heartbeat => {}
+                            Command::Stop => break "stopped by the plugin".to_string(),
+                            Command::Pid(pid) => {
+                                let _ = control.send(Control::AddProcess { pid, pod: None }).await;
+                            }
+                            Command::Container { id, pod } => {
+                                let _ = control.send(Control::AddContainer { id, pod }).await;
+                            }
                         }
-                        Ok(Command::Container { id, pod }) => {
-                            let _ = control.send(Control::AddContainer { id, pod }).await;
-                        }
-                        Err(err) => {
-                            log::warn!("{err}");
-                        }
-                    },
+                    }
                 },
                 reason = wait_for_signal() => break reason,
             }

@@ -1,6 +1,9 @@
 //! Talking to an attached spy: stdin carries the session protocol (go,
 //! container commands, heartbeats, EOF), stdout the records, stderr the
-//! agent's log.
+//! agent's log. Both stdin and stdout are sealed under the pod's session key
+//! (spy_protocol::seal): the first stdin line hands the key over, and every
+//! line after it, either way, is sealed; stdout lines that do not open are
+//! not this session's and are dropped.
 
 #![forbid(unsafe_code)]
 
@@ -12,6 +15,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::AttachParams;
 use kube::Api;
 use spy_protocol::record::{Line, Record};
+use spy_protocol::seal::{Direction, Opener, Sealer, SessionKey};
 use spy_protocol::session::Command;
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::sync::{mpsc, watch};
@@ -45,6 +49,7 @@ pub async fn stream(
     api: &Api<Pod>,
     name: &str,
     node: &str,
+    key: &SessionKey,
     spy_timeout: Duration,
     commands: &mut mpsc::UnboundedReceiver<Command>,
     stop: &mut watch::Receiver<bool>,
@@ -66,8 +71,13 @@ pub async fn stream(
     let mut err_lines = BufReader::new(stderr).lines();
     let lost = |err: std::io::Error| failure(format!("lost the connection to the spy on node {node}: {err}"));
 
+    let mut sealer = Sealer::new(key, Direction::ToSpy);
+    let mut opener = Opener::new(key, Direction::ToPlugin);
+    // The key first, in clear: stdin is ours alone to write first (the
+    // agent takes the first key line that matches its digest).
+    stdin.write_all(key.line().as_bytes()).await.map_err(lost)?;
     // Nothing comes out of the agent before this line: we are listening now.
-    stdin.write_all(line(&Command::Go).as_bytes()).await.map_err(lost)?;
+    stdin.write_all(sealed(&mut sealer, &Command::Go).as_bytes()).await.map_err(lost)?;
     progress.finish_and_clear();
     let _ = events.send(SpyEvent::Attached { node: node.to_string(), pod: name.to_string() }).await;
 
@@ -85,7 +95,14 @@ pub async fn stream(
                     if line.trim().is_empty() {
                         continue;
                     }
-                    match serde_json::from_str::<Line>(&line) {
+                    let line = match opener.open(&line) {
+                        Ok(plain) => plain,
+                        Err(err) => {
+                            log::debug!("{node}: dropped a stdout line: {err}");
+                            continue;
+                        }
+                    };
+                    match serde_json::from_slice::<Line>(&line) {
                         Ok(Line { record, .. }) => {
                             if let Record::Bye(b) = &record {
                                 bye = Some(b.reason.clone());
@@ -104,11 +121,11 @@ pub async fn stream(
             },
             command = commands.recv(), if stopping.is_none() => {
                 if let Some(command) = command {
-                    stdin.write_all(line(&command).as_bytes()).await.map_err(lost)?;
+                    stdin.write_all(sealed(&mut sealer, &command).as_bytes()).await.map_err(lost)?;
                 }
             }
             _ = heartbeat.tick(), if stopping.is_none() => {
-                stdin.write_all(line(&Command::Heartbeat).as_bytes()).await.map_err(lost)?;
+                stdin.write_all(sealed(&mut sealer, &Command::Heartbeat).as_bytes()).await.map_err(lost)?;
             }
             () = stopped(stop), if stopping.is_none() => {
                 // kube sends stdin EOF on shutdown only, not on drop.
@@ -132,13 +149,16 @@ pub async fn stream(
     }
 }
 
-/// The command's line. Commands are checked before they are queued
+/// The command's line, sealed. Commands are checked before they are queued
 /// (`Session::add`), so one that cannot be sent is only logged here.
-fn line(command: &Command) -> String {
-    command.line().unwrap_or_else(|err| {
-        log::warn!("{err}");
-        String::new()
-    })
+fn sealed(sealer: &mut Sealer, command: &Command) -> String {
+    match command.line() {
+        Ok(line) => sealer.seal(line.trim_end().as_bytes()),
+        Err(err) => {
+            log::warn!("{err}");
+            String::new()
+        }
+    }
 }
 
 async fn keep_log(errors: &mut VecDeque<String>, node: &str, line: String, events: &mpsc::Sender<SpyEvent>) {

@@ -13,6 +13,7 @@ use kube::api::{DeleteParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use serde_json::json;
+use spy_protocol::seal::SessionKey;
 use spy_protocol::session::Command;
 use tokio::sync::{mpsc, watch};
 
@@ -47,11 +48,14 @@ pub struct SpyConfig {
     pub log_level: String,
 }
 
-/// The spy pod for `node`.
-pub fn pod_spec(config: &SpyConfig, node: &str) -> Pod {
+/// The spy pod for `node`. Its arguments carry only the digest of the
+/// pod's session key: anyone who may read the pod reads them.
+pub fn pod_spec(config: &SpyConfig, node: &str, key: &SessionKey) -> Pod {
     let mut command = vec![
         "tlsspy-agent".to_string(),
         "--session".into(),
+        "--session-key-digest".into(),
+        key.digest(),
         "--node".into(),
         "$(NODE)".into(),
         "--heartbeat-timeout".into(),
@@ -146,8 +150,13 @@ async fn life(
     created: &mut Option<String>,
 ) -> Result<String, SpyFailure> {
     progress.set_message(format!("{node}: creating the spy pod"));
-    let pod =
-        api.create(&PostParams::default(), &pod_spec(config, node)).await.map_err(|err| create_failure(err, config))?;
+    // One key per spy pod, never shared: the nonces count lines per pod, so
+    // two pods under one key would reuse nonces.
+    let key = SessionKey::generate().map_err(|err| SpyFailure { message: err.to_string(), fatal: true })?;
+    let pod = api
+        .create(&PostParams::default(), &pod_spec(config, node, &key))
+        .await
+        .map_err(|err| create_failure(err, config))?;
     let name = pod.metadata.name.clone().unwrap_or_default();
     *created = Some(name.clone());
     progress.set_message(format!("{node}: created pod {}/{name}", config.namespace));
@@ -156,19 +165,28 @@ async fn life(
         () = attach::stopped(&mut stop) => return Ok("stopped before the spy started".into()),
     }
     progress.set_message(format!("{node}: running, attaching"));
-    let end =
-        match attach::stream(api, &name, node, config.heartbeat_timeout, &mut commands, &mut stop, events, progress)
-            .await
-        {
-            Ok(end) => end,
-            // An agent that ended before we attached (it waits for "go" only so
-            // long) is refused by the API server; its exit says more than the refusal.
-            Err(failure) if !failure.fatal => match container_exit(api, &name, ATTACH_REFUSED_EXIT_WAIT).await {
-                Some(exit) => return Err(exit_failure(node, None, None, Some(&exit))),
-                None => return Err(failure),
-            },
-            Err(failure) => return Err(failure),
-        };
+    let end = match attach::stream(
+        api,
+        &name,
+        node,
+        &key,
+        config.heartbeat_timeout,
+        &mut commands,
+        &mut stop,
+        events,
+        progress,
+    )
+    .await
+    {
+        Ok(end) => end,
+        // An agent that ended before we attached (it waits for "go" only so
+        // long) is refused by the API server; its exit says more than the refusal.
+        Err(failure) if !failure.fatal => match container_exit(api, &name, ATTACH_REFUSED_EXIT_WAIT).await {
+            Some(exit) => return Err(exit_failure(node, None, None, Some(&exit))),
+            None => return Err(failure),
+        },
+        Err(failure) => return Err(failure),
+    };
     match end {
         StreamEnd::Stopped { reason } => Ok(reason),
         StreamEnd::AgentEnded { errors, bye } => Err(ended_by_itself(api, &name, node, errors, bye).await),
@@ -395,7 +413,8 @@ mod tests {
 
     #[test]
     fn spy_pod_spec_has_what_the_design_says() {
-        let pod = serde_json::to_value(pod_spec(&config(), "node-7")).expect("json");
+        let key = SessionKey::generate().expect("random");
+        let pod = serde_json::to_value(pod_spec(&config(), "node-7", &key)).expect("json");
         assert_eq!(pod["metadata"]["generateName"], "tlsspy-");
         assert_eq!(pod["metadata"]["labels"][MANAGED_BY_LABEL], MANAGED_BY);
         assert_eq!(pod["metadata"]["labels"][SESSION_LABEL], "abc123");
@@ -410,8 +429,22 @@ mod tests {
         assert_eq!((c["stdin"].clone(), c["stdinOnce"].clone()), (json!(true), json!(true)));
         assert_eq!(
             c["command"],
-            json!(["tlsspy-agent", "--session", "--node", "$(NODE)", "--heartbeat-timeout", "10", "--max-body", "100"])
+            json!([
+                "tlsspy-agent",
+                "--session",
+                "--session-key-digest",
+                key.digest(),
+                "--node",
+                "$(NODE)",
+                "--heartbeat-timeout",
+                "10",
+                "--max-body",
+                "100"
+            ])
         );
+        // The key itself is nowhere in the pod: only its digest.
+        let text = pod.to_string();
+        assert!(!text.contains(key.line().trim_end().trim_start_matches("key ")));
         assert_eq!(c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
         let paths: Vec<&str> = spec["volumes"]
             .as_array()
