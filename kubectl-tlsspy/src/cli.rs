@@ -230,9 +230,17 @@ pub struct OutputArgs {
     #[arg(long)]
     pub raw: bool,
 
-    /// Body bytes kept per message (the true size is always shown).
-    #[arg(long, value_name = "BYTES", default_value_t = spy_protocol::DEFAULT_MAX_BODY)]
+    /// Body bytes kept per message, at most 16MiB (the true size is always shown).
+    #[arg(long, value_name = "BYTES", default_value_t = spy_protocol::DEFAULT_MAX_BODY,
+          value_parser = spy_protocol::limits::parse_max_body)]
     pub max_body: usize,
+
+    /// Memory the spy may hold for connections and packet reassembly (e.g.
+    /// 256MiB); past it the least recently used connections are forgotten,
+    /// and counted. A spy pod's memory limit is this plus 96MiB.
+    #[arg(long, value_name = "SIZE", default_value = DEFAULT_MEMORY_BUDGET,
+          value_parser = spy_protocol::limits::parse_memory_budget)]
+    pub memory_budget: u64,
 
     /// Show Authorization, Cookie and other secret header values.
     #[arg(long)]
@@ -309,9 +317,29 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// The longest duration any flag takes.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
 
+/// `--memory-budget`'s default as `--help` shows it
+/// (spy_protocol::limits::DEFAULT_MEMORY_BUDGET; a test holds them equal).
+const DEFAULT_MEMORY_BUDGET: &str = "256MiB";
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_flags_have_their_bounds() {
+        let cli = Cli::try_parse_from(["kubectl-tlsspy", "pod/x"]).expect("defaults");
+        assert_eq!(cli.cluster.output.memory_budget, spy_protocol::limits::DEFAULT_MEMORY_BUDGET);
+        assert_eq!(cli.cluster.output.max_body, spy_protocol::DEFAULT_MAX_BODY);
+        let err = Cli::try_parse_from(["kubectl-tlsspy", "pod/x", "--max-body", "18446744073709551615"])
+            .expect_err("an uncapped body");
+        assert!(err.to_string().contains("16MiB"), "{err}");
+        let local = Cli::try_parse_from(["kubectl-tlsspy", "local", "--memory-budget", "64Mi", "--pid", "1"]);
+        match local.expect("local").command {
+            Some(Command::Local(args)) => assert_eq!(args.output.memory_budget, 64 << 20),
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["kubectl-tlsspy", "pod/x", "--memory-budget", "1MiB"]).is_err());
+    }
 
     #[test]
     fn durations() {

@@ -42,6 +42,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
         raw: args.output.raw,
         load: LoadOptions { ring_buffer_bytes: ring_bytes },
         exit_when_targets_gone: true,
+        memory_budget: args.output.memory_budget,
         ..SpyOptions::default()
     };
     let mut renderer = Renderer::stdout(&args.output)?;

@@ -9,6 +9,7 @@
 pub mod capture;
 pub mod conn;
 pub mod error;
+pub mod memory;
 pub mod proto;
 pub mod targets;
 

@@ -36,9 +36,16 @@ struct Args {
     #[arg(long, env = "TLSSPY_NODE")]
     node: Option<String>,
 
-    /// Body bytes kept per message.
-    #[arg(long, default_value_t = spy_image::proto::DEFAULT_MAX_BODY)]
+    /// Body bytes kept per message (at most 16MiB).
+    #[arg(long, value_name = "BYTES", default_value_t = spy_image::proto::DEFAULT_MAX_BODY,
+          value_parser = spy_protocol::limits::parse_max_body)]
     max_body: usize,
+
+    /// Memory for connections and packet reassembly (e.g. 256MiB); past it
+    /// the least recently used connections are forgotten, and counted.
+    #[arg(long, value_name = "SIZE", default_value = DEFAULT_MEMORY_BUDGET,
+          value_parser = spy_protocol::limits::parse_memory_budget)]
+    memory_budget: u64,
 
     /// Keep Authorization, Cookie and other secret header values.
     #[arg(long)]
@@ -82,6 +89,10 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
 #[cfg(target_os = "linux")]
 const OUTPUT_BUFFER: usize = 64 * 1024;
 
+/// `--memory-budget`'s default as written in `--help`
+/// (spy_protocol::limits::DEFAULT_MEMORY_BUDGET; a test holds them equal).
+const DEFAULT_MEMORY_BUDGET: &str = "256MiB";
+
 #[cfg(target_os = "linux")]
 mod agent {
     use super::*;
@@ -123,6 +134,7 @@ mod agent {
             stats_interval: (args.stats_interval > 0).then(|| Duration::from_secs(args.stats_interval)),
             exit_when_targets_gone: !args.session,
             node: args.node.clone(),
+            memory_budget: args.memory_budget,
             ..SpyOptions::default()
         };
         let mut spy = Spy::start(options)?;
@@ -261,5 +273,31 @@ mod agent {
             _ = term.recv() => "terminated".to_string(),
             _ = int.recv() => "interrupted".to_string(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_help_shows_the_default_budget() {
+        assert_eq!(
+            spy_protocol::limits::parse_memory_budget(DEFAULT_MEMORY_BUDGET),
+            Ok(spy_protocol::limits::DEFAULT_MEMORY_BUDGET)
+        );
+        let args = Args::try_parse_from(["tlsspy-agent"]).expect("defaults");
+        assert_eq!(args.memory_budget, spy_protocol::limits::DEFAULT_MEMORY_BUDGET);
+        assert_eq!(args.max_body, spy_image::proto::DEFAULT_MAX_BODY);
+    }
+
+    #[test]
+    fn a_huge_body_cap_is_refused_by_the_flag_parser() {
+        let err = Args::try_parse_from(["tlsspy-agent", "--max-body", "18446744073709551615"]).expect_err("too big");
+        assert!(err.to_string().contains("16MiB"), "{err}");
+        assert!(Args::try_parse_from(["tlsspy-agent", "--memory-budget", "1KiB"]).is_err());
+        let args =
+            Args::try_parse_from(["tlsspy-agent", "--memory-budget", "64MiB", "--max-body", "1MiB"]).expect("ok");
+        assert_eq!((args.memory_budget, args.max_body), (64 << 20, 1 << 20));
     }
 }

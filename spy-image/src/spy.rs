@@ -14,8 +14,9 @@ use spy_protocol::record::{Bye, Hello, PodRef, Record, Stats, Warning};
 use spy_protocol::sink::Sink;
 
 use crate::capture::{CaptureEvent, CaptureStats, Captures};
-use crate::conn::{Tracker, WireHandshake};
+use crate::conn::{Budget, Tracker, WireHandshake};
 use crate::error::chain;
+use crate::memory::MemoryGauge;
 use crate::probes::clock::WallClock;
 use crate::probes::event::{self, KernelEvent};
 use crate::probes::{KernelStats, LoadOptions, ProbeError, Probes};
@@ -46,6 +47,11 @@ pub struct SpyOptions {
     /// How long a handshake of a probed process waits for the first
     /// plaintext before it is reported as not decrypted.
     pub plaintext_wait: Duration,
+    /// Bytes the connections and the packet captures may hold together
+    /// (`--memory-budget`); past it the least recently used connections go.
+    pub memory_budget: u64,
+    /// Connections silent this long are forgotten.
+    pub idle_timeout: Duration,
 }
 
 impl Default for SpyOptions {
@@ -61,6 +67,8 @@ impl Default for SpyOptions {
             node: None,
             handshakes: true,
             plaintext_wait: Duration::from_secs(5),
+            memory_budget: spy_protocol::limits::DEFAULT_MEMORY_BUDGET,
+            idle_timeout: Duration::from_secs(spy_protocol::limits::IDLE_TIMEOUT_SECS),
         }
     }
 }
@@ -113,18 +121,22 @@ impl Spy {
     /// Loads the probes. Nothing is traced until processes are added.
     pub fn start(options: SpyOptions) -> Result<Spy, SpyError> {
         let probes = Probes::load(&options.load)?;
+        let gauge = MemoryGauge::new(options.memory_budget);
         let (captures, capture_events) = if options.handshakes {
-            let (captures, events) = Captures::new(Some(probes.socket_owners()));
+            let (captures, events) = Captures::new(Some(probes.socket_owners()), gauge.clone());
             (Some(captures), Some(events))
         } else {
             (None, None)
         };
+        let mut tracker = Tracker::new(options.parse.clone(), options.raw);
+        let idle_ns = u64::try_from(options.idle_timeout.as_nanos()).unwrap_or(u64::MAX);
+        tracker.set_budget(Budget::new(gauge, idle_ns));
         Ok(Spy {
             captures,
             capture_events,
             probes,
             targets: Targets::new(ProcHost, options.follow_children, options.plaintext_wait),
-            tracker: Tracker::new(options.parse.clone(), options.raw),
+            tracker,
             options,
             clock: WallClock::new(),
             out: Vec::new(),
@@ -275,6 +287,7 @@ impl Spy {
                     let settled_too = ticks.is_multiple_of(SETTLED_RESCAN_EVERY);
                     self.targets.rescan(settled_too, &mut self.probes, &mut self.out);
                     self.tracker.expire_handshakes(self.clock.now_ns(), &mut self.out);
+                    self.tracker.evict_idle(self.clock.now_ns(), &mut self.out);
                 }
                 _ = stats_tick.tick(), if self.options.stats_interval.is_some() => {
                     let stats = self.stats();
@@ -368,7 +381,15 @@ impl Spy {
 
     /// The counters of every stage, added up.
     fn stats(&self) -> Stats {
-        self.probes.kernel_stats().as_record() + self.tracker.stats.as_record() + self.capture_stats().as_record()
+        let mut stats =
+            self.probes.kernel_stats().as_record() + self.tracker.stats.as_record() + self.capture_stats().as_record();
+        // The gauge is one for both: the tracker's view of it, plus what
+        // the captures counted as not held.
+        let captured = stats.memory.clone();
+        stats.memory = self.tracker.memory_stats();
+        stats.memory.dropped_bytes = stats.memory.dropped_bytes.saturating_add(captured.dropped_bytes);
+        stats.memory.unbuffered_segments = captured.unbuffered_segments;
+        stats
     }
 
     pub fn capture_stats(&self) -> CaptureStats {

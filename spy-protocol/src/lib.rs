@@ -8,6 +8,8 @@
 //!   the plugin's renderers are others.
 //! - [`session`]: the commands on the agent's stdin, parsed by the agent and
 //!   written by the plugin from the same type.
+//! - [`limits`]: the agent's memory budget and body cap, parsed alike by
+//!   both binaries.
 //! - [`seal`]: the session's key, and the sealing of every line after it,
 //!   so that a session answers only to the plugin that started it.
 //!
@@ -16,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod limits;
 pub mod record;
 pub mod seal;
 pub mod session;

@@ -407,6 +407,36 @@ pub struct Stats {
     /// The wire capture of TLS handshakes.
     #[serde(default)]
     pub handshakes: HandshakeStats,
+    /// What the agent held to stay within its memory budget, and what it
+    /// let go of.
+    #[serde(default)]
+    pub memory: MemoryStats,
+}
+
+/// The agent's memory budget at work (`--memory-budget`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MemoryStats {
+    /// Bytes held for connections and packet reassembly when counted (an
+    /// estimate kept as data moves; of several spies, their sum).
+    pub held_bytes: u64,
+    /// Of those, out-of-order TCP segments the packet captures hold.
+    pub reassembly_bytes: u64,
+    /// The most held at once so far (of several spies, the sum of theirs).
+    pub peak_bytes: u64,
+    /// The budget those bytes are held to (of several spies, their sum).
+    pub budget_bytes: u64,
+    /// Connections forgotten, least recently used first, to stay within the
+    /// budget (their partial exchanges were reported as incomplete).
+    pub evicted_connections: u64,
+    /// Connections forgotten after a long silence.
+    pub idle_connections: u64,
+    /// Bytes let go to stay within the budget: what evicted connections held,
+    /// and out-of-order segments not held for reassembly.
+    pub dropped_bytes: u64,
+    /// Out-of-order TCP segments not held for reassembly: their flow's owner
+    /// is not a target (or not known yet), or the budget was reached.
+    pub unbuffered_segments: u64,
 }
 
 /// Counters of the handshake capture: every TLS connection, decrypted or not.
@@ -456,6 +486,7 @@ impl std::ops::AddAssign<&Stats> for Stats {
             parse_errors,
             probe_hits,
             handshakes,
+            memory,
         } = other;
         self.calls += calls;
         self.events += events;
@@ -469,6 +500,30 @@ impl std::ops::AddAssign<&Stats> for Stats {
         self.parse_errors += parse_errors;
         self.probe_hits += probe_hits;
         self.handshakes += handshakes;
+        self.memory += memory;
+    }
+}
+
+impl std::ops::AddAssign<&MemoryStats> for MemoryStats {
+    fn add_assign(&mut self, other: &MemoryStats) {
+        let MemoryStats {
+            held_bytes,
+            reassembly_bytes,
+            peak_bytes,
+            budget_bytes,
+            evicted_connections,
+            idle_connections,
+            dropped_bytes,
+            unbuffered_segments,
+        } = other;
+        self.held_bytes = self.held_bytes.saturating_add(*held_bytes);
+        self.reassembly_bytes = self.reassembly_bytes.saturating_add(*reassembly_bytes);
+        self.peak_bytes = self.peak_bytes.saturating_add(*peak_bytes);
+        self.budget_bytes = self.budget_bytes.saturating_add(*budget_bytes);
+        self.evicted_connections += evicted_connections;
+        self.idle_connections += idle_connections;
+        self.dropped_bytes = self.dropped_bytes.saturating_add(*dropped_bytes);
+        self.unbuffered_segments += unbuffered_segments;
     }
 }
 
@@ -595,6 +650,16 @@ mod tests {
                 evicted_flows: n,
                 dropped_handshakes: n,
             },
+            memory: MemoryStats {
+                held_bytes: n,
+                reassembly_bytes: n,
+                peak_bytes: n,
+                budget_bytes: n,
+                evicted_connections: n,
+                idle_connections: n,
+                dropped_bytes: n,
+                unbuffered_segments: n,
+            },
         };
         let spies = [one(1), one(2), one(4)];
         assert_eq!(spies.iter().sum::<Stats>(), one(7));
@@ -614,7 +679,7 @@ mod tests {
             out
         };
         assert!(numbers(&json).iter().all(|&n| n == 7), "{json}");
-        assert_eq!(numbers(&json).len(), 22);
+        assert_eq!(numbers(&json).len(), 30);
     }
 
     #[test]

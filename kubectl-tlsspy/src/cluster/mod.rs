@@ -176,6 +176,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         heartbeat_timeout: args.spy.heartbeat_timeout,
         deadline,
         agent_args,
+        memory_budget: args.output.memory_budget,
         log_level: args.output.log_level.clone(),
     });
     let mut renderer = Renderer::stdout(&args.output)?;

@@ -14,6 +14,7 @@ use kube::runtime::watcher;
 use kube::{Api, Client};
 use serde_json::json;
 use spy_protocol::seal::SessionKey;
+use spy_protocol::limits;
 use spy_protocol::session::Command;
 use tokio::sync::{mpsc, watch};
 
@@ -44,6 +45,9 @@ pub struct SpyConfig {
     pub deadline: Duration,
     /// Extra agent flags (--max-body, --raw, --show-secrets).
     pub agent_args: Vec<String>,
+    /// The agent's `--memory-budget`, which its container's memory limit
+    /// is made from.
+    pub memory_budget: u64,
     /// RUST_LOG of the agent.
     pub log_level: String,
 }
@@ -60,6 +64,8 @@ pub fn pod_spec(config: &SpyConfig, node: &str, key: &SessionKey) -> Pod {
         "$(NODE)".into(),
         "--heartbeat-timeout".into(),
         config.heartbeat_timeout.as_secs().max(1).to_string(),
+        "--memory-budget".into(),
+        limits::format_size(config.memory_budget),
     ];
     command.extend(config.agent_args.iter().cloned());
     let host_path = |name: &str, path: &str| json!({"name": name, "hostPath": {"path": path}});
@@ -100,6 +106,7 @@ pub fn pod_spec(config: &SpyConfig, node: &str, key: &SessionKey) -> Pod {
                 // An agent that dies early leaves its last words in the pod status.
                 "terminationMessagePolicy": "FallbackToLogsOnError",
                 "securityContext": {"privileged": true},
+                "resources": resources(config.memory_budget),
                 "volumeMounts": [
                     mount("sys", "/sys"),
                     mount("bpf", "/sys/fs/bpf"),
@@ -116,6 +123,24 @@ pub fn pod_spec(config: &SpyConfig, node: &str, key: &SessionKey) -> Pod {
     // The JSON above is a valid Pod by construction.
     serde_json::from_value(value).unwrap_or_default()
 }
+
+/// The spy container's resources. Memory: the limit is the agent's budget
+/// (connections and packet reassembly, which it keeps itself within by
+/// evicting) plus its fixed overhead of 96 MiB
+/// (`spy_protocol::limits::AGENT_FIXED_OVERHEAD`: the 32 MiB ring buffer it
+/// maps, its code and heap at rest, the eBPF maps, a few capture socket
+/// buffers); the request is that overhead alone, what it holds at rest, so
+/// that a busy node still admits the pod. CPU: a small request and no
+/// limit, since a throttled spy drops events rather than slowing anything.
+fn resources(memory_budget: u64) -> serde_json::Value {
+    json!({
+        "requests": {"cpu": SPY_CPU_REQUEST, "memory": limits::AGENT_FIXED_OVERHEAD.to_string()},
+        "limits": {"memory": limits::pod_memory_limit(memory_budget).to_string()},
+    })
+}
+
+/// What the spy asks of a node's CPU at rest.
+const SPY_CPU_REQUEST: &str = "100m";
 
 /// The whole life of one node's spy: create, wait, attach, stream, remove.
 /// Ends with [`SpyEvent::Ended`].
@@ -407,6 +432,7 @@ mod tests {
             heartbeat_timeout: Duration::from_secs(10),
             deadline: Duration::from_secs(3600),
             agent_args: vec!["--max-body".into(), "100".into()],
+            memory_budget: 64 << 20,
             log_level: "warn".into(),
         }
     }
@@ -438,6 +464,8 @@ mod tests {
                 "$(NODE)",
                 "--heartbeat-timeout",
                 "10",
+                "--memory-budget",
+                "64MiB",
                 "--max-body",
                 "100"
             ])
@@ -445,6 +473,11 @@ mod tests {
         // The key itself is nowhere in the pod: only its digest.
         let text = pod.to_string();
         assert!(!text.contains(key.line().trim_end().trim_start_matches("key ")));
+        // The limit is the budget the agent is told, plus its fixed overhead.
+        let mib = 1u64 << 20;
+        assert_eq!(c["resources"]["limits"]["memory"], json!((64 * mib + limits::AGENT_FIXED_OVERHEAD).to_string()));
+        assert_eq!(c["resources"]["requests"]["memory"], json!(limits::AGENT_FIXED_OVERHEAD.to_string()));
+        assert_eq!(c["resources"]["requests"]["cpu"], "100m");
         assert_eq!(c["env"][0]["valueFrom"]["fieldRef"]["fieldPath"], "spec.nodeName");
         let paths: Vec<&str> = spec["volumes"]
             .as_array()

@@ -10,7 +10,7 @@ mod summary;
 
 use std::io::{self, IsTerminal, Write};
 
-use spy_protocol::record::{Line, Record, Stats};
+use spy_protocol::record::{Line, MemoryStats, Record, Stats};
 use spy_protocol::sink::Sink;
 
 pub use filter::Filter;
@@ -108,5 +108,58 @@ pub fn stats_line(stats: &Stats) -> String {
     } else {
         line.push_str("; 0 events lost");
     }
+    line.push_str(&memory_part(&stats.memory));
     line
+}
+
+/// The memory budget's part of the stats line: the most held, and what was
+/// let go to stay within it.
+fn memory_part(memory: &MemoryStats) -> String {
+    if memory.budget_bytes == 0 {
+        return String::new(); // an agent older than the budget
+    }
+    let mut part = format!("; memory {} at most, of a {} budget", mib(memory.peak_bytes), mib(memory.budget_bytes));
+    if memory.evicted_connections > 0 || memory.dropped_bytes > 0 {
+        part.push_str(&format!(
+            ", EVICTED {} connections and dropped {} bytes to stay within it (raise --memory-budget)",
+            memory.evicted_connections, memory.dropped_bytes
+        ));
+    } else {
+        part.push_str(", 0 connections evicted");
+    }
+    if memory.idle_connections > 0 {
+        part.push_str(&format!("; {} idle connections forgotten", memory.idle_connections));
+    }
+    part
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The end line says how much memory the spies held and, when they had
+    /// to, what they let go of to stay within the budget.
+    #[test]
+    fn the_stats_line_tells_what_the_budget_cost() {
+        let mib = 1024 * 1024;
+        let mut stats = Stats {
+            memory: MemoryStats { peak_bytes: 3 * mib, budget_bytes: 256 * mib, ..MemoryStats::default() },
+            ..Stats::default()
+        };
+        let line = stats_line(&stats);
+        assert!(line.ends_with("; memory 3.0 MiB at most, of a 256.0 MiB budget, 0 connections evicted"), "{line}");
+        stats.memory.evicted_connections = 7;
+        stats.memory.dropped_bytes = 4096;
+        stats.memory.idle_connections = 2;
+        let line = stats_line(&stats);
+        assert!(line.contains("EVICTED 7 connections and dropped 4096 bytes"), "{line}");
+        assert!(line.contains("raise --memory-budget"), "{line}");
+        assert!(line.ends_with("; 2 idle connections forgotten"), "{line}");
+        // An agent older than the budget says nothing about it.
+        assert!(!stats_line(&Stats::default()).contains("memory"));
+    }
 }

@@ -6,11 +6,21 @@
 //! [`MAX_HANDSHAKE_BYTES`] per direction); after that it is a tombstone that
 //! only counts packets, until it closes or idles out. At most [`MAX_FLOWS`]
 //! flows are remembered.
+//!
+//! Who owns a flow is asked before any of its bytes are held: a flow no
+//! target owns (or not yet known to) holds no out-of-order segment at all,
+//! and after [`MAX_OWNER_ASKS`] asks it is a tombstone. Out-of-order bytes
+//! of targets' flows count against the agent's memory budget
+//! ([`MemoryGauge`]): past it a segment is not held and its flow's
+//! handshake is reported as cut.
 
 #![forbid(unsafe_code)]
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::memory::MemoryGauge;
 
 use crate::proto::tls_handshake::{ClientHello, HelloEvent, HelloReader, ServerHello, MAX_HANDSHAKE_BYTES};
 
@@ -25,6 +35,11 @@ pub const MAX_OUT_OF_ORDER_BYTES: usize = 64 * 1024;
 pub const SERVER_HELLO_WAIT_NS: u64 = 3_000_000_000;
 /// Flows silent this long are forgotten.
 pub const FLOW_IDLE_NS: u64 = 120_000_000_000;
+/// Times the owner of a flow is asked (its SYN and its first payloads)
+/// before a flow nobody watched owns is let go. More than one: a server's
+/// connection has an owner only once accept() returned, which may be after
+/// the client's first bytes. Each ask reads /proc: bounded per flow.
+pub const MAX_OWNER_ASKS: u8 = 3;
 
 /// Counters for the `stats` record.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -41,18 +56,38 @@ pub struct FlowStats {
     pub others: u64,
     /// Flows forgotten because the table was full.
     pub evicted: u64,
+    /// Out-of-order segments not held: their flow has no known target owner.
+    pub unowned_segments: u64,
+    /// Out-of-order segments of targets' flows not held: the memory budget
+    /// was reached.
+    pub over_budget_segments: u64,
+    /// Their bytes.
+    pub over_budget_bytes: u64,
 }
 
 /// Every field named, so a new counter cannot be left out of the sum.
 impl std::ops::AddAssign<&FlowStats> for FlowStats {
     fn add_assign(&mut self, other: &FlowStats) {
-        let FlowStats { tls, not_tls, malformed, joined_midway, others, evicted } = other;
+        let FlowStats {
+            tls,
+            not_tls,
+            malformed,
+            joined_midway,
+            others,
+            evicted,
+            unowned_segments,
+            over_budget_segments,
+            over_budget_bytes,
+        } = other;
         self.tls += tls;
         self.not_tls += not_tls;
         self.malformed += malformed;
         self.joined_midway += joined_midway;
         self.others += others;
         self.evicted += evicted;
+        self.unowned_segments += unowned_segments;
+        self.over_budget_segments += over_budget_segments;
+        self.over_budget_bytes += over_budget_bytes;
     }
 }
 
@@ -130,8 +165,10 @@ enum Phase {
 struct Flow<O> {
     client: SocketAddr,
     server: SocketAddr,
-    /// Some when a watched process owns the flow; asked until known.
+    /// Some when a watched process owns the flow; asked until known, at
+    /// most [`MAX_OWNER_ASKS`] times.
     owner: Option<O>,
+    owner_asks: u8,
     sides: [Side; 2],
     phase: Phase,
     client_hello: Option<ClientHello>,
@@ -145,6 +182,8 @@ struct Flow<O> {
 #[derive(Debug)]
 pub struct FlowTable<O> {
     flows: HashMap<FlowKey, Flow<O>>,
+    /// Where out-of-order bytes are counted (the agent's budget).
+    gauge: Arc<MemoryGauge>,
     pub stats: FlowStats,
 }
 
@@ -156,7 +195,24 @@ impl<O: Clone> Default for FlowTable<O> {
 
 impl<O: Clone> FlowTable<O> {
     pub fn new() -> Self {
-        FlowTable { flows: HashMap::new(), stats: FlowStats::default() }
+        FlowTable::with_gauge(MemoryGauge::unlimited())
+    }
+
+    /// A table whose out-of-order bytes count against `gauge`.
+    pub fn with_gauge(gauge: Arc<MemoryGauge>) -> Self {
+        FlowTable { flows: HashMap::new(), gauge, stats: FlowStats::default() }
+    }
+
+    /// Out-of-order bytes held by every flow.
+    pub fn held_bytes(&self) -> usize {
+        self.flows.values().map(|f| f.sides.iter().map(|s| s.out_of_order_bytes).sum::<usize>()).sum()
+    }
+
+    /// Forgets a flow, and what it held.
+    fn remove(&mut self, key: &FlowKey) -> Option<Flow<O>> {
+        let mut flow = self.flows.remove(key)?;
+        flow.drop_buffers(&self.gauge);
+        Some(flow)
     }
 
     pub fn len(&self) -> usize {
@@ -186,8 +242,9 @@ impl<O: Clone> FlowTable<O> {
             if syn_only {
                 // The client is inside connect() now, its socket certainly
                 // open: the best moment to find its owner (asked again at
-                // the hello if it is not a target's, e.g. a server's).
+                // the first bytes if it is not a target's, e.g. a server's).
                 flow.owner = owners.owner(client, server);
+                flow.owner_asks = 1;
             }
             self.flows.insert(key, flow);
         }
@@ -203,15 +260,22 @@ impl<O: Clone> FlowTable<O> {
                 }
                 if flow.phase == Phase::Reading {
                     let mut events = Vec::new();
-                    flow.take(side, segment, &mut events);
-                    if !events.is_empty() && flow.owner.is_none() {
+                    let payload = !segment.payload.is_empty();
+                    if payload && flow.owner.is_none() && flow.owner_asks < MAX_OWNER_ASKS {
+                        // Before any of its bytes are held.
+                        flow.owner_asks += 1;
                         flow.owner = owners.owner(flow.client, flow.server);
-                        if flow.owner.is_none() {
-                            // Not a target's connection: stop looking at it.
-                            flow.phase = Phase::Tombstone;
-                            self.stats.others += 1;
-                            events.clear();
-                        }
+                    }
+                    let unowned = flow.owner.is_none() && flow.owner_asks >= MAX_OWNER_ASKS;
+                    if !unowned {
+                        flow.take(side, segment, &mut events, &self.gauge, &mut self.stats);
+                    }
+                    if flow.owner.is_none() && (unowned || !events.is_empty()) {
+                        // Not a target's connection: stop looking at it.
+                        flow.phase = Phase::Tombstone;
+                        flow.drop_buffers(&self.gauge);
+                        self.stats.others += 1;
+                        events.clear();
                     }
                     Some(flow.apply(side, events, now_ns))
                 } else {
@@ -222,7 +286,7 @@ impl<O: Clone> FlowTable<O> {
         match outcome {
             // A reset ends the flow at once.
             None => {
-                if let Some(flow) = self.flows.remove(&key) {
+                if let Some(flow) = self.remove(&key) {
                     self.settle(flow, out);
                 }
                 return;
@@ -230,7 +294,7 @@ impl<O: Clone> FlowTable<O> {
             Some(outcome) => self.conclude(key, outcome, out),
         }
         if self.flows.get(&key).is_some_and(|f| f.fins == [true, true]) {
-            if let Some(flow) = self.flows.remove(&key) {
+            if let Some(flow) = self.remove(&key) {
                 self.settle(flow, out);
             }
         }
@@ -259,6 +323,10 @@ impl<O: Clone> FlowTable<O> {
 
     fn conclude(&mut self, key: FlowKey, outcome: Outcome, out: &mut Vec<SeenHandshake<O>>) {
         let Some(flow) = self.flows.get_mut(&key) else { return };
+        if !matches!(outcome, Outcome::Pending) {
+            // Done reading: nothing out of order is wanted any more.
+            flow.drop_buffers(&self.gauge);
+        }
         match outcome {
             Outcome::Pending => {}
             Outcome::Report => {
@@ -326,7 +394,7 @@ impl<O: Clone> FlowTable<O> {
             .map(|(k, _)| *k)
             .collect();
         for key in idle {
-            if let Some(flow) = self.flows.remove(&key) {
+            if let Some(flow) = self.remove(&key) {
                 self.settle(flow, out);
             }
         }
@@ -334,7 +402,10 @@ impl<O: Clone> FlowTable<O> {
 
     /// The capture ends: every flow still reading reports what it saw.
     pub fn flush(&mut self, out: &mut Vec<SeenHandshake<O>>) {
-        let flows: Vec<Flow<O>> = self.flows.drain().map(|(_, f)| f).collect();
+        let mut flows: Vec<Flow<O>> = self.flows.drain().map(|(_, f)| f).collect();
+        for flow in &mut flows {
+            flow.drop_buffers(&self.gauge);
+        }
         for flow in flows {
             self.settle(flow, out);
         }
@@ -342,7 +413,7 @@ impl<O: Clone> FlowTable<O> {
 
     fn evict_oldest(&mut self, out: &mut Vec<SeenHandshake<O>>) {
         let oldest = self.flows.iter().min_by_key(|(_, f)| f.last_seen_ns).map(|(k, _)| *k);
-        if let Some(flow) = oldest.and_then(|k| self.flows.remove(&k)) {
+        if let Some(flow) = oldest.and_then(|k| self.remove(&k)) {
             self.stats.evicted += 1;
             self.settle(flow, out);
         }
@@ -362,6 +433,7 @@ impl<O: Clone> Flow<O> {
             client,
             server,
             owner: None,
+            owner_asks: 0,
             sides: [Side::new(), Side::new()],
             phase: Phase::Reading,
             client_hello: None,
@@ -372,8 +444,27 @@ impl<O: Clone> Flow<O> {
         }
     }
 
-    /// Puts a segment's bytes in order into its side's reader.
-    fn take(&mut self, side_index: usize, segment: &Segment<'_>, events: &mut Vec<HelloEvent>) {
+    /// Lets go of every out-of-order byte held.
+    fn drop_buffers(&mut self, gauge: &MemoryGauge) {
+        for side in &mut self.sides {
+            gauge.release(side.out_of_order_bytes as u64);
+            side.out_of_order.clear();
+            side.out_of_order_bytes = 0;
+        }
+    }
+
+    /// Puts a segment's bytes in order into its side's reader. Out of
+    /// order, they are held only for a flow a target owns, and only within
+    /// the budget.
+    fn take(
+        &mut self,
+        side_index: usize,
+        segment: &Segment<'_>,
+        events: &mut Vec<HelloEvent>,
+        gauge: &MemoryGauge,
+        stats: &mut FlowStats,
+    ) {
+        let owned = self.owner.is_some();
         let side = &mut self.sides[side_index];
         if side.reader.is_done() {
             return;
@@ -401,13 +492,31 @@ impl<O: Clone> Flow<O> {
         }
         if seq != next {
             // A hole before this segment: hold it until the hole fills.
+            if !owned {
+                stats.unowned_segments += 1;
+                return;
+            }
             if side.out_of_order_bytes + data.len() > MAX_OUT_OF_ORDER_BYTES {
                 events.push(HelloEvent::Malformed("too many bytes out of order"));
                 side.reader.stop();
                 return;
             }
+            if side.out_of_order.get(&seq).is_some_and(|held| held.len() >= data.len()) {
+                return; // a retransmission of a segment already held
+            }
+            if !gauge.try_hold(data.len() as u64) {
+                stats.over_budget_segments += 1;
+                stats.over_budget_bytes += data.len() as u64;
+                events.push(HelloEvent::Malformed("out-of-order bytes over the spy's memory budget"));
+                side.reader.stop();
+                return;
+            }
             side.out_of_order_bytes += data.len();
-            side.out_of_order.insert(seq, data.to_vec());
+            if let Some(again) = side.out_of_order.insert(seq, data.to_vec()) {
+                // A retransmission of a segment already held.
+                side.out_of_order_bytes -= again.len();
+                gauge.release(again.len() as u64);
+            }
             return;
         }
         side.fed = true;
@@ -430,6 +539,7 @@ impl<O: Clone> Flow<O> {
             }
             let bytes = entry.remove();
             side.out_of_order_bytes -= bytes.len();
+            gauge.release(bytes.len() as u64);
             let skip = behind as usize;
             if skip < bytes.len() {
                 side.reader.feed(&bytes[skip..], events);
@@ -438,6 +548,7 @@ impl<O: Clone> Flow<O> {
         }
         side.next_seq = Some(next);
         if side.reader.is_done() {
+            gauge.release(side.out_of_order_bytes as u64);
             side.out_of_order.clear();
             side.out_of_order_bytes = 0;
         }

@@ -31,13 +31,14 @@ mod linux {
     use std::thread::JoinHandle;
     use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-    use spy_protocol::record::{HandshakeStats, Stats};
+    use spy_protocol::record::{HandshakeStats, MemoryStats, Stats};
     use tokio::sync::mpsc;
 
     use super::flows::{FlowStats, FlowTable, Owners, SeenHandshake};
     use super::owner::{self, KernelOwners, Owner, OwnerResolver};
     use super::packet;
     use super::socket::{self, PacketSocket};
+    use crate::memory::MemoryGauge;
     use crate::targets::process;
     use crate::targets::unprobed;
 
@@ -98,8 +99,23 @@ mod linux {
         pub fn as_record(&self) -> Stats {
             let CaptureStats { namespaces, packets, dropped_packets, skipped_packets: _, dropped_handshakes, flows } =
                 *self;
-            let FlowStats { tls: _, not_tls, malformed, joined_midway, others, evicted } = flows;
+            let FlowStats {
+                tls: _,
+                not_tls,
+                malformed,
+                joined_midway,
+                others,
+                evicted,
+                unowned_segments,
+                over_budget_segments,
+                over_budget_bytes,
+            } = flows;
             Stats {
+                memory: MemoryStats {
+                    unbuffered_segments: unowned_segments + over_budget_segments,
+                    dropped_bytes: over_budget_bytes,
+                    ..MemoryStats::default()
+                },
                 handshakes: HandshakeStats {
                     namespaces,
                     packets,
@@ -141,11 +157,16 @@ mod linux {
         stats: Vec<Arc<Mutex<CaptureStats>>>,
         events: mpsc::Sender<CaptureEvent>,
         kernel: Option<Arc<dyn KernelOwners>>,
+        /// The agent's memory budget, which out-of-order segments count against.
+        gauge: Arc<MemoryGauge>,
     }
 
     impl Captures {
         /// `kernel`: the owners the probes record (None: /proc alone).
-        pub fn new(kernel: Option<Arc<dyn KernelOwners>>) -> (Captures, mpsc::Receiver<CaptureEvent>) {
+        pub fn new(
+            kernel: Option<Arc<dyn KernelOwners>>,
+            gauge: Arc<MemoryGauge>,
+        ) -> (Captures, mpsc::Receiver<CaptureEvent>) {
             let (events, rx) = mpsc::channel(CAPTURE_QUEUE);
             (
                 Captures {
@@ -155,6 +176,7 @@ mod linux {
                     stats: Vec::new(),
                     events,
                     kernel,
+                    gauge,
                 },
                 rx,
             )
@@ -191,6 +213,7 @@ mod linux {
                 ns,
                 netns,
                 kernel: self.kernel.clone(),
+                gauge: self.gauge.clone(),
                 pids: pids.clone(),
                 stop: stop.clone(),
                 stats,
@@ -297,6 +320,7 @@ mod linux {
         ns: File,
         netns: u64,
         kernel: Option<Arc<dyn KernelOwners>>,
+        gauge: Arc<MemoryGauge>,
         pids: Arc<Mutex<Vec<u32>>>,
         stop: Arc<AtomicBool>,
         stats: Arc<Mutex<CaptureStats>>,
@@ -321,7 +345,7 @@ mod linux {
                     return;
                 }
             };
-            let mut table: FlowTable<Owner> = FlowTable::new();
+            let mut table: FlowTable<Owner> = FlowTable::with_gauge(self.gauge.clone());
             let mut owners = DescribedOwners {
                 kernel: self.kernel.clone(),
                 netns: self.netns,

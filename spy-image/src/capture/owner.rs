@@ -8,6 +8,7 @@ use std::fs;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use spy_protocol::record::Role;
 
@@ -119,21 +120,35 @@ fn socket_inode(link: &str) -> Option<u64> {
 pub struct OwnerResolver {
     pids: Arc<Mutex<Vec<u32>>>,
     net_dir: PathBuf,
+    /// The namespace's socket table as last read, and when.
+    sockets: HashMap<(SocketAddr, SocketAddr), u64>,
+    read_at: Option<Instant>,
 }
+
+/// How long a read of the socket table answers owner questions. The table
+/// holds every socket of the namespace: reading it for each new flow costs
+/// as much as the flows there are, so ten thousand connections opened at
+/// once would cost a hundred million lines. Connections made while the
+/// spy runs are named by the kernel (`KernelOwners`) anyway; this table is
+/// for the ones it found open.
+pub const SOCKET_TABLE_TTL: Duration = Duration::from_millis(250);
 
 impl OwnerResolver {
     pub fn new(pids: Arc<Mutex<Vec<u32>>>) -> OwnerResolver {
-        OwnerResolver { pids, net_dir: PathBuf::from("/proc/thread-self/net") }
+        OwnerResolver { pids, net_dir: PathBuf::from("/proc/thread-self/net"), sockets: HashMap::new(), read_at: None }
     }
 
-    fn sockets(&self) -> HashMap<(SocketAddr, SocketAddr), u64> {
-        let mut sockets = HashMap::new();
-        for table in ["tcp", "tcp6"] {
-            if let Ok(text) = fs::read_to_string(self.net_dir.join(table)) {
-                parse_socket_table(&text, &mut sockets);
+    fn sockets(&mut self) -> &HashMap<(SocketAddr, SocketAddr), u64> {
+        if self.read_at.is_none_or(|at| at.elapsed() >= SOCKET_TABLE_TTL) {
+            self.sockets.clear();
+            for table in ["tcp", "tcp6"] {
+                if let Ok(text) = fs::read_to_string(self.net_dir.join(table)) {
+                    parse_socket_table(&text, &mut self.sockets);
+                }
             }
+            self.read_at = Some(Instant::now());
         }
-        sockets
+        &self.sockets
     }
 }
 

@@ -16,8 +16,11 @@ use spy_protocol::record::{
 
 use crate::proto::{ConnectionParser, HeaderLineMasker, ParseOptions, Parsed};
 
+pub mod budget;
 mod handshakes;
 mod stream;
+
+pub use budget::Budget;
 
 use handshakes::TupleEntry;
 pub use handshakes::{Plaintext, WireHandshake};
@@ -131,6 +134,8 @@ pub struct Tracker {
     last_ts_ns: u64,
     next_id: u64,
     pub stats: TrackerStats,
+    /// What each connection holds against the agent's memory budget.
+    budget: Budget,
 }
 
 impl Tracker {
@@ -145,6 +150,7 @@ impl Tracker {
             last_ts_ns: 0,
             next_id: 1,
             stats: TrackerStats::default(),
+            budget: Budget::unlimited(),
         }
     }
 
@@ -222,7 +228,8 @@ impl Tracker {
         }
         // Most events finish nothing (a body's middle): no copy of the
         // connection for those.
-        if !parsed.is_empty() {
+        let finished = !parsed.is_empty();
+        if finished {
             let conn = state.record.clone();
             let first = out.len();
             self.emit(conn, parsed, out);
@@ -232,6 +239,7 @@ impl Tracker {
                 }
             }
         }
+        self.account(key, ev.ts_ns, ev.data.len(), finished, out);
     }
 
     /// A process exited: its connections end.
@@ -258,6 +266,7 @@ impl Tracker {
     }
 
     fn close(&mut self, key: ConnKey, reason: &str, out: &mut Vec<Record>) {
+        self.budget.forget(&key);
         if let Some(mut state) = self.conns.remove(&key) {
             self.tuple_closed(key, &state.record);
             let mut parsed = Vec::new();

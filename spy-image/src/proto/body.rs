@@ -119,6 +119,13 @@ fn looks_like_zlib(input: &[u8]) -> bool {
     }
 }
 
+impl BodyBuf {
+    /// Memory held (for the agent's budget).
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.kept.capacity()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

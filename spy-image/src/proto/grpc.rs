@@ -87,6 +87,13 @@ impl MessageCounter {
     }
 }
 
+impl MessageCounter {
+    /// Memory held on the heap (for the agent's budget).
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.sizes.capacity() * std::mem::size_of::<u32>()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

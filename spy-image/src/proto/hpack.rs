@@ -515,3 +515,12 @@ pub(crate) mod tests {
         }
     }
 }
+
+impl Decoder {
+    /// Memory the dynamic table holds (for the agent's budget): at most
+    /// [`MAX_TABLE_SIZE`] plus the entries' own sizes.
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.table.capacity() * std::mem::size_of::<Entry>()
+            + self.table.iter().map(|e| e.name.as_ref().map_or(0, Vec::capacity) + e.value.capacity()).sum::<usize>()
+    }
+}

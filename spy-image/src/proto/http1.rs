@@ -715,6 +715,40 @@ fn exchange(
     }))
 }
 
+/// Memory held, for the agent's budget (see `held`): a walk over the
+/// queued requests, which [`MAX_PENDING`] bounds.
+impl Http1 {
+    pub(crate) fn held_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.requests.held_bytes()
+            + self.responses.held_bytes()
+            + self.queue.capacity() * std::mem::size_of::<Slot>()
+            + self
+                .queue
+                .iter()
+                .map(|slot| {
+                    super::held::request(&slot.request) + slot.response.as_ref().map_or(0, super::held::response)
+                        - std::mem::size_of::<Request>()
+                })
+                .sum::<usize>()
+    }
+}
+
+impl Reader {
+    fn held_bytes(&self) -> usize {
+        self.input.held_bytes()
+            + match &self.state {
+                ReadState::Body(f) => {
+                    std::mem::size_of::<InFlight>()
+                        + f.body.held_bytes()
+                        + super::held::headers(&f.trailers)
+                        + f.orphan.as_ref().map_or(0, super::held::response)
+                }
+                ReadState::Head | ReadState::Hold | ReadState::Closed => 0,
+            }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@
 
 mod body;
 mod grpc;
+mod held;
 mod hpack;
 mod http1;
 mod http2;
@@ -352,5 +353,30 @@ impl ConnectionParser {
             offsets[direction as usize] += data.len() as u64;
             out.push(Parsed::Unclaimed { direction, ts_ns, offset, data });
         }
+    }
+}
+
+impl Input {
+    /// Memory held (for the agent's budget).
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.buf.capacity()
+    }
+}
+
+impl ConnectionParser {
+    /// Memory this connection's parsing holds: buffered bytes, queued
+    /// requests, open streams, HPACK tables (for the agent's budget; see
+    /// `held`). Costs a walk over queued requests and open streams.
+    pub fn held_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + match &self.state {
+                State::Detect(pending) => {
+                    pending.capacity() * std::mem::size_of::<(Direction, u64, Vec<u8>)>()
+                        + pending.iter().map(|(_, _, data)| data.capacity()).sum::<usize>()
+                }
+                State::Http1(p) => p.held_bytes(),
+                State::Http2(p) => p.held_bytes(),
+                State::Passthrough => 0,
+            }
     }
 }

@@ -175,3 +175,87 @@ fn closed_flows_are_forgotten() {
     wire.table.tick(wire.now + FLOW_IDLE_NS + 1, &mut wire.out);
     assert!(wire.table.is_empty(), "idle flows go too");
 }
+
+/// Issue 12: who owns a flow is asked before any of its bytes are held. A
+/// flow no target owns holds no out-of-order byte, whatever it sends, and
+/// its owner is asked a bounded number of times (each ask reads /proc).
+#[test]
+fn out_of_order_segments_of_a_non_target_are_never_held() {
+    let gauge = MemoryGauge::new(1 << 30);
+    let mut wire = Wire { table: FlowTable::with_gauge(gauge.clone()), out: Vec::new(), now: 1_000 };
+    let mut asks = 0;
+    let mut nobody = |_: SocketAddr, _: SocketAddr| -> Option<u32> {
+        asks += 1;
+        None
+    };
+    wire.send_with(client(), server(), 100, TCP_SYN, b"", &mut nobody);
+    for k in 0..1000u32 {
+        // All beyond a hole at 101: a reassembler would hold each one.
+        wire.send_with(client(), server(), 2000 + k * 1000, TCP_ACK, &[0x16; 1000], &mut nobody);
+        assert_eq!(wire.table.held_bytes(), 0);
+        assert_eq!(gauge.peak(), 0);
+    }
+    assert_eq!(asks, usize::from(MAX_OWNER_ASKS));
+    assert_eq!(wire.table.stats.others, 1);
+    assert!(wire.table.stats.unowned_segments >= 1, "{:?}", wire.table.stats);
+    assert!(wire.out.is_empty());
+}
+
+/// A server's connection has an owner once accept() returned, which may be
+/// after the client's first bytes: asked again then, the hello is read.
+#[test]
+fn an_owner_found_after_the_syn_still_gets_its_hello() {
+    let mut wire = Wire::new();
+    let mut accepted = false;
+    let mut later = |_: SocketAddr, _: SocketAddr| -> Option<u32> {
+        let owner = accepted.then_some(9);
+        accepted = true;
+        owner
+    };
+    wire.send_with(client(), server(), 100, TCP_SYN, b"", &mut later);
+    wire.send_with(server(), client(), 5000, TCP_SYN | TCP_ACK, b"", &mut later);
+    wire.send_with(client(), server(), 101, TCP_ACK, &sample_client_hello(32), &mut later);
+    wire.send(server(), client(), 5001, TCP_ACK, &sample_server_hello());
+    let [seen] = wire.out.as_slice() else { panic!("{:?}", wire.out) };
+    assert_eq!(seen.owner, 9);
+}
+
+/// Out-of-order bytes of targets' flows count against the budget: held
+/// while the hole is open, given back when it fills or the flow ends, and
+/// not held at all past the budget (the handshake is then cut, and said so).
+#[test]
+fn reassembly_counts_against_the_memory_budget() {
+    let gauge = MemoryGauge::new(1 << 20);
+    let mut wire = Wire { table: FlowTable::with_gauge(gauge.clone()), out: Vec::new(), now: 1_000 };
+    wire.open();
+    let hello = sample_client_hello(2500);
+    let (a, rest) = hello.split_at(1000);
+    wire.send(client(), server(), 101 + 1000, TCP_ACK, rest);
+    assert_eq!(gauge.reassembly(), rest.len() as u64);
+    // The same segment again is held once.
+    wire.send(client(), server(), 101 + 1000, TCP_ACK, rest);
+    assert_eq!(gauge.reassembly(), rest.len() as u64);
+    wire.send(client(), server(), 101, TCP_ACK, a);
+    assert_eq!(gauge.reassembly(), 0, "the hole filled");
+    assert_eq!(gauge.peak(), rest.len() as u64);
+
+    // A flow that ends gives back what it held.
+    let other = SocketAddr::new(client().ip(), 41001);
+    wire.send(other, server(), 100, TCP_SYN, b"");
+    wire.send(other, server(), 5000, TCP_ACK, &[0x16; 700]);
+    assert_eq!(gauge.reassembly(), 700);
+    wire.send(server(), other, 1, TCP_RST, b"");
+    assert_eq!(gauge.reassembly(), 0);
+
+    // Past the budget nothing more is held.
+    let tight = MemoryGauge::new(1000);
+    let mut wire = Wire { table: FlowTable::with_gauge(tight.clone()), out: Vec::new(), now: 1_000 };
+    wire.open();
+    wire.send(client(), server(), 101 + 1000, TCP_ACK, &hello[1000..1800]);
+    wire.send(client(), server(), 101 + 1800, TCP_ACK, &hello[1800..]);
+    assert_eq!(tight.reassembly(), 0, "a refused segment ends the reading: nothing kept");
+    assert!(tight.peak() <= 1000);
+    assert_eq!(wire.table.stats.over_budget_segments, 1);
+    assert_eq!(wire.table.stats.over_budget_bytes, (hello.len() - 1800) as u64);
+    assert_eq!(wire.table.stats.malformed, 1);
+}

@@ -373,6 +373,13 @@ fn check_sequence(head: &FrameHead, open_block: Option<u32>) -> Result<(), Strin
     }
 }
 
+impl Framer {
+    /// Memory held: the header block being gathered (for the agent's budget).
+    pub(super) fn held_bytes(&self) -> usize {
+        self.block.as_ref().map_or(0, |b| b.buf.capacity())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -251,3 +251,14 @@ impl Streams {
         }
     }
 }
+
+impl Http2 {
+    /// Memory held, for the agent's budget: both directions' buffers and
+    /// header blocks, both HPACK tables, every open stream.
+    pub(crate) fn held_bytes(&self) -> usize {
+        std::mem::size_of::<Self>()
+            + self.dirs.iter().map(|d| d.input.held_bytes() + d.framer.held_bytes()).sum::<usize>()
+            + self.streams.hpack.iter().map(hpack::Decoder::held_bytes).sum::<usize>()
+            + self.streams.table.held_bytes()
+    }
+}

@@ -263,6 +263,38 @@ fn error_name(code: u32) -> String {
     NAMES.get(code as usize).map_or_else(|| format!("error {code:#x}"), |n| (*n).to_owned())
 }
 
+/// Memory held, for the agent's budget (see `proto::held`).
+impl StreamTable {
+    /// A walk over the open streams, which [`MAX_STREAMS`] bounds.
+    pub(super) fn held_bytes(&self) -> usize {
+        self.closed.capacity() * std::mem::size_of::<u32>()
+            + self.open.values().map(|s| std::mem::size_of::<(u32, Stream)>() + s.held_bytes()).sum::<usize>()
+    }
+}
+
+impl Stream {
+    fn held_bytes(&self) -> usize {
+        self.sides.iter().map(Side::held_bytes).sum()
+    }
+}
+
+impl Side {
+    fn held_bytes(&self) -> usize {
+        use super::super::held::{headers, opt_string};
+        let Pseudo { method, path, authority, status } = &self.pseudo;
+        self.headers.as_ref().map_or(0, headers)
+            + headers(&self.trailers)
+            + opt_string(method)
+            + opt_string(path)
+            + opt_string(authority)
+            + opt_string(status)
+            + opt_string(&self.content_type)
+            + opt_string(&self.content_encoding)
+            + self.body.held_bytes()
+            + self.grpc.held_bytes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
