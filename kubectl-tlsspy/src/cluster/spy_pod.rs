@@ -13,8 +13,8 @@ use kube::api::{DeleteParams, PostParams};
 use kube::runtime::watcher;
 use kube::{Api, Client};
 use serde_json::json;
-use spy_protocol::seal::SessionKey;
 use spy_protocol::limits;
+use spy_protocol::seal::SessionKey;
 use spy_protocol::session::Command;
 use tokio::sync::{mpsc, watch};
 
