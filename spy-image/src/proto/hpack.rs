@@ -301,6 +301,15 @@ const STATIC_TABLE: [(&str, &str); 61] = [
     ("www-authenticate", ""),
 ];
 
+impl Decoder {
+    /// Memory the dynamic table holds (for the agent's budget): at most
+    /// [`MAX_TABLE_SIZE`] plus the entries' own sizes.
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.table.capacity() * std::mem::size_of::<Entry>()
+            + self.table.iter().map(|e| e.name.as_ref().map_or(0, Vec::capacity) + e.value.capacity()).sum::<usize>()
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use proptest::prelude::*;
@@ -513,14 +522,5 @@ pub(crate) mod tests {
                 prop_assert!(dec.size <= dec.max_size);
             }
         }
-    }
-}
-
-impl Decoder {
-    /// Memory the dynamic table holds (for the agent's budget): at most
-    /// [`MAX_TABLE_SIZE`] plus the entries' own sizes.
-    pub(crate) fn held_bytes(&self) -> usize {
-        self.table.capacity() * std::mem::size_of::<Entry>()
-            + self.table.iter().map(|e| e.name.as_ref().map_or(0, Vec::capacity) + e.value.capacity()).sum::<usize>()
     }
 }
