@@ -462,7 +462,8 @@ pub struct HandshakeStats {
     pub joined_midway_flows: u64,
     /// Connections of processes that are not targets (ignored).
     pub other_flows: u64,
-    /// Connections forgotten because the flow table was full.
+    /// Connections forgotten because the flow table was full, or not
+    /// followed because the memory budget was.
     pub evicted_flows: u64,
     /// Handshakes dropped because the spy fell behind the capture.
     pub dropped_handshakes: u64,

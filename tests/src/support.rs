@@ -267,6 +267,11 @@ impl BackgroundSpy {
         BackgroundSpy { child: Some(child), lines: rx, seen: Vec::new() }
     }
 
+    /// The spy's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("running")
+    }
+
     /// Waits for a stdout line containing `needle`.
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> bool {
         if self.seen.iter().any(|l| l.contains(needle)) {

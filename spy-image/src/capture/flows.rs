@@ -5,7 +5,9 @@
 //! Bounded: a flow is looked at until its hellos are found (at most
 //! [`MAX_HANDSHAKE_BYTES`] per direction); after that it is a tombstone that
 //! only counts packets, until it closes or idles out. At most [`MAX_FLOWS`]
-//! flows are remembered.
+//! flows are remembered. A flow being read counts its state against the
+//! budget; a tombstone is small (its key and addresses), so a table full of
+//! them stays a few MiB, part of the agent's fixed overhead.
 //!
 //! Who owns a flow is asked before any of its bytes are held: a flow no
 //! target owns (or not yet known to) holds no out-of-order segment at all,
@@ -54,7 +56,8 @@ pub struct FlowStats {
     pub joined_midway: u64,
     /// Flows of processes that are not targets (ignored).
     pub others: u64,
-    /// Flows forgotten because the table was full.
+    /// Flows forgotten because the table was full, or not followed because
+    /// the memory budget was.
     pub evicted: u64,
     /// Out-of-order segments not held: their flow has no known target owner.
     pub unowned_segments: u64,
@@ -137,45 +140,79 @@ struct Side {
     out_of_order: BTreeMap<u32, Vec<u8>>,
     out_of_order_bytes: usize,
     reader: HelloReader,
+    /// The reader's buffers as last counted against the budget.
+    reader_bytes: usize,
     /// Bytes went into the reader.
     fed: bool,
 }
 
 impl Side {
+    /// Brings the budget up to date with the reader's buffers after a feed.
+    /// Growth past the budget stops the reader: its handshake is reported
+    /// as cut, like out-of-order bytes over the budget.
+    fn count_reader(&mut self, gauge: &MemoryGauge, events: &mut Vec<HelloEvent>, stats: &mut FlowStats) {
+        let now = self.reader.held_bytes();
+        if now <= self.reader_bytes {
+            gauge.release((self.reader_bytes - now) as u64);
+            self.reader_bytes = now;
+            return;
+        }
+        let grown = (now - self.reader_bytes) as u64;
+        if gauge.try_hold(grown) {
+            self.reader_bytes = now;
+        } else {
+            stats.over_budget_bytes += grown;
+            events.push(HelloEvent::Malformed("handshake bytes over the spy's memory budget"));
+            self.reader.stop();
+            gauge.release(self.reader_bytes as u64);
+            self.reader_bytes = 0;
+        }
+    }
+
     fn new() -> Side {
         Side {
             next_seq: None,
             out_of_order: BTreeMap::new(),
             out_of_order_bytes: 0,
             reader: HelloReader::new(),
+            reader_bytes: 0,
             fed: false,
         }
     }
 }
 
-#[derive(Debug, PartialEq, Eq)]
-enum Phase {
-    /// Reading hellos.
-    Reading,
-    /// Reported (or given up on): packets are only counted.
-    Tombstone,
-}
-
+/// A flow: what every flow keeps, tombstones included, and while its
+/// hellos are read, the reading state in a box of its own. A tombstone is
+/// only the small part (about 150 bytes with its key and table slot): the
+/// table holds many of them, most of a flood's flows end as one.
 #[derive(Debug)]
 struct Flow<O> {
     client: SocketAddr,
     server: SocketAddr,
+    last_seen_ns: u64,
+    fins: [bool; 2],
+    /// Some while reading hellos; None once reported or given up on
+    /// (packets are then only counted).
+    reading: Option<Box<Reading<O>>>,
+}
+
+/// A flow's state while its hellos are read.
+#[derive(Debug)]
+struct Reading<O> {
     /// Some when a watched process owns the flow; asked until known, at
     /// most [`MAX_OWNER_ASKS`] times.
     owner: Option<O>,
     owner_asks: u8,
     sides: [Side; 2],
-    phase: Phase,
     client_hello: Option<ClientHello>,
     server_hello: Option<ServerHello>,
     first_hello_ns: Option<u64>,
-    last_seen_ns: u64,
-    fins: [bool; 2],
+}
+
+impl<O> Reading<O> {
+    /// What the box of a flow being read holds against the budget (its
+    /// hello readers' buffers are counted as they fill).
+    const BOX_BYTES: u64 = size_of::<Reading<O>>() as u64;
 }
 
 /// Every flow of one namespace.
@@ -205,13 +242,18 @@ impl<O: Clone> FlowTable<O> {
 
     /// Out-of-order bytes held by every flow.
     pub fn held_bytes(&self) -> usize {
-        self.flows.values().map(|f| f.sides.iter().map(|s| s.out_of_order_bytes).sum::<usize>()).sum()
+        self.flows
+            .values()
+            .filter_map(|f| f.reading.as_ref())
+            .map(|r| r.sides.iter().map(|s| s.out_of_order_bytes).sum::<usize>())
+            .sum()
     }
 
-    /// Forgets a flow, and what it held.
+    /// Forgets a flow, and what it held (its reading state is kept for
+    /// [`FlowTable::settle`], but no longer counted).
     fn remove(&mut self, key: &FlowKey) -> Option<Flow<O>> {
         let mut flow = self.flows.remove(key)?;
-        flow.drop_buffers(&self.gauge);
+        flow.release(&self.gauge);
         Some(flow)
     }
 
@@ -238,13 +280,20 @@ impl<O: Clone> FlowTable<O> {
             if self.flows.len() >= MAX_FLOWS {
                 self.evict_oldest(out);
             }
+            if !self.gauge.try_hold(Reading::<O>::BOX_BYTES) {
+                // Not followed at all: the budget is full.
+                self.stats.evicted += 1;
+                return;
+            }
             let mut flow = Flow::new(client, server, now_ns);
             if syn_only {
                 // The client is inside connect() now, its socket certainly
                 // open: the best moment to find its owner (asked again at
                 // the first bytes if it is not a target's, e.g. a server's).
-                flow.owner = owners.owner(client, server);
-                flow.owner_asks = 1;
+                if let Some(reading) = &mut flow.reading {
+                    reading.owner = owners.owner(client, server);
+                    reading.owner_asks = 1;
+                }
             }
             self.flows.insert(key, flow);
         }
@@ -258,26 +307,28 @@ impl<O: Clone> FlowTable<O> {
                 if segment.has(TCP_FIN) {
                     flow.fins[side] = true;
                 }
-                if flow.phase == Phase::Reading {
+                let (client, server) = (flow.client, flow.server);
+                if let Some(reading) = &mut flow.reading {
                     let mut events = Vec::new();
                     let payload = !segment.payload.is_empty();
-                    if payload && flow.owner.is_none() && flow.owner_asks < MAX_OWNER_ASKS {
+                    if payload && reading.owner.is_none() && reading.owner_asks < MAX_OWNER_ASKS {
                         // Before any of its bytes are held.
-                        flow.owner_asks += 1;
-                        flow.owner = owners.owner(flow.client, flow.server);
+                        reading.owner_asks += 1;
+                        reading.owner = owners.owner(client, server);
                     }
-                    let unowned = flow.owner.is_none() && flow.owner_asks >= MAX_OWNER_ASKS;
+                    let unowned = reading.owner.is_none() && reading.owner_asks >= MAX_OWNER_ASKS;
                     if !unowned {
-                        flow.take(side, segment, &mut events, &self.gauge, &mut self.stats);
+                        reading.take(side, segment, &mut events, &self.gauge, &mut self.stats);
                     }
-                    if flow.owner.is_none() && (unowned || !events.is_empty()) {
+                    if reading.owner.is_none() && (unowned || !events.is_empty()) {
                         // Not a target's connection: stop looking at it.
-                        flow.phase = Phase::Tombstone;
-                        flow.drop_buffers(&self.gauge);
+                        flow.release(&self.gauge);
+                        flow.reading = None;
                         self.stats.others += 1;
-                        events.clear();
+                        Some(Outcome::Pending)
+                    } else {
+                        Some(reading.apply(side, events, now_ns))
                     }
-                    Some(flow.apply(side, events, now_ns))
                 } else {
                     Some(Outcome::Pending)
                 }
@@ -323,53 +374,48 @@ impl<O: Clone> FlowTable<O> {
 
     fn conclude(&mut self, key: FlowKey, outcome: Outcome, out: &mut Vec<SeenHandshake<O>>) {
         let Some(flow) = self.flows.get_mut(&key) else { return };
-        if !matches!(outcome, Outcome::Pending) {
-            // Done reading: nothing out of order is wanted any more.
-            flow.drop_buffers(&self.gauge);
+        if matches!(outcome, Outcome::Pending) {
+            return;
         }
+        // Done reading: the flow becomes a tombstone.
+        flow.release(&self.gauge);
+        let Some(mut reading) = flow.reading.take() else { return };
+        let (client, server, last_seen_ns) = (flow.client, flow.server, flow.last_seen_ns);
         match outcome {
             Outcome::Pending => {}
             Outcome::Report => {
                 self.stats.tls += 1;
-                if let Some(handshake) = flow.report() {
+                if let Some(handshake) = reading.report(client, server, last_seen_ns) {
                     out.push(handshake);
                 }
-                flow.phase = Phase::Tombstone;
             }
-            Outcome::NotTls => {
-                self.stats.not_tls += 1;
-                flow.phase = Phase::Tombstone;
-            }
+            Outcome::NotTls => self.stats.not_tls += 1,
             Outcome::Malformed => {
                 // What was seen of a broken handshake is still worth showing.
-                if flow.client_hello.is_some() || flow.server_hello.is_some() {
+                if reading.client_hello.is_some() || reading.server_hello.is_some() {
                     self.stats.tls += 1;
-                    if let Some(handshake) = flow.report() {
+                    if let Some(handshake) = reading.report(client, server, last_seen_ns) {
                         out.push(handshake);
                     }
                 } else {
                     self.stats.malformed += 1;
                 }
-                flow.phase = Phase::Tombstone;
             }
         }
     }
 
     /// A flow that ends (or is forgotten) reports what it saw.
-    fn settle(&mut self, mut flow: Flow<O>, out: &mut Vec<SeenHandshake<O>>) {
-        if flow.phase != Phase::Reading {
-            return;
-        }
-        if flow.client_hello.is_some() || flow.server_hello.is_some() {
-            if let Some(handshake) = flow.report() {
+    fn settle(&mut self, flow: Flow<O>, out: &mut Vec<SeenHandshake<O>>) {
+        let Some(mut reading) = flow.reading else { return };
+        if reading.client_hello.is_some() || reading.server_hello.is_some() {
+            if let Some(handshake) = reading.report(flow.client, flow.server, flow.last_seen_ns) {
                 self.stats.tls += 1;
                 out.push(handshake);
             }
-        } else if flow.owner.is_some() && flow.sides.iter().any(|s| s.next_seq.is_some()) {
+        } else if reading.owner.is_some() && reading.sides.iter().any(|s| s.next_seq.is_some()) {
             // Started, owned, bytes seen, yet no hello: a cut handshake.
             self.stats.malformed += 1;
         }
-        flow.phase = Phase::Tombstone;
     }
 
     /// Time passes: hellos whose answer is late are reported alone, idle
@@ -379,8 +425,9 @@ impl<O: Clone> FlowTable<O> {
             .flows
             .iter()
             .filter(|(_, f)| {
-                f.phase == Phase::Reading
-                    && f.first_hello_ns.is_some_and(|t| now_ns.saturating_sub(t) > SERVER_HELLO_WAIT_NS)
+                f.reading
+                    .as_ref()
+                    .is_some_and(|r| r.first_hello_ns.is_some_and(|t| now_ns.saturating_sub(t) > SERVER_HELLO_WAIT_NS))
             })
             .map(|(k, _)| *k)
             .collect();
@@ -404,7 +451,7 @@ impl<O: Clone> FlowTable<O> {
     pub fn flush(&mut self, out: &mut Vec<SeenHandshake<O>>) {
         let mut flows: Vec<Flow<O>> = self.flows.drain().map(|(_, f)| f).collect();
         for flow in &mut flows {
-            flow.drop_buffers(&self.gauge);
+            flow.release(&self.gauge);
         }
         for flow in flows {
             self.settle(flow, out);
@@ -428,31 +475,40 @@ enum Outcome {
 }
 
 impl<O: Clone> Flow<O> {
+    /// A new flow being read; its box was counted by the caller.
     fn new(client: SocketAddr, server: SocketAddr, now_ns: u64) -> Flow<O> {
         Flow {
             client,
             server,
-            owner: None,
-            owner_asks: 0,
-            sides: [Side::new(), Side::new()],
-            phase: Phase::Reading,
-            client_hello: None,
-            server_hello: None,
-            first_hello_ns: None,
             last_seen_ns: now_ns,
             fins: [false, false],
+            reading: Some(Box::new(Reading {
+                owner: None,
+                owner_asks: 0,
+                sides: [Side::new(), Side::new()],
+                client_hello: None,
+                server_hello: None,
+                first_hello_ns: None,
+            })),
         }
     }
 
-    /// Lets go of every out-of-order byte held.
-    fn drop_buffers(&mut self, gauge: &MemoryGauge) {
-        for side in &mut self.sides {
-            gauge.release(side.out_of_order_bytes as u64);
+    /// Stops counting what the flow's reading state holds, and lets go of
+    /// its out-of-order bytes; the hellos found are kept for a report.
+    /// Counted once: afterwards the flow is a tombstone (or gone).
+    fn release(&mut self, gauge: &MemoryGauge) {
+        let Some(reading) = &mut self.reading else { return };
+        for side in &mut reading.sides {
+            gauge.release((side.out_of_order_bytes + side.reader_bytes) as u64);
             side.out_of_order.clear();
             side.out_of_order_bytes = 0;
+            side.reader_bytes = 0;
         }
+        gauge.release(Reading::<O>::BOX_BYTES);
     }
+}
 
+impl<O: Clone> Reading<O> {
     /// Puts a segment's bytes in order into its side's reader. Out of
     /// order, they are held only for a flow a target owns, and only within
     /// the budget.
@@ -529,6 +585,7 @@ impl<O: Clone> Flow<O> {
                 events.push(HelloEvent::Malformed("a handshake segment was cut by the capture"));
                 side.reader.stop();
             }
+            side.count_reader(gauge, events, stats);
             return;
         }
         while let Some(entry) = side.out_of_order.first_entry() {
@@ -547,6 +604,7 @@ impl<O: Clone> Flow<O> {
             }
         }
         side.next_seq = Some(next);
+        side.count_reader(gauge, events, stats);
         if side.reader.is_done() {
             gauge.release(side.out_of_order_bytes as u64);
             side.out_of_order.clear();
@@ -589,13 +647,13 @@ impl<O: Clone> Flow<O> {
         Outcome::Pending
     }
 
-    fn report(&mut self) -> Option<SeenHandshake<O>> {
+    fn report(&mut self, client: SocketAddr, server: SocketAddr, last_seen_ns: u64) -> Option<SeenHandshake<O>> {
         let owner = self.owner.clone()?;
         Some(SeenHandshake {
             owner,
-            client: self.client,
-            server: self.server,
-            ts_ns: self.first_hello_ns.unwrap_or(self.last_seen_ns),
+            client,
+            server,
+            ts_ns: self.first_hello_ns.unwrap_or(last_seen_ns),
             client_hello: self.client_hello.take(),
             server_hello: self.server_hello.take(),
         })

@@ -138,6 +138,11 @@ impl HelloReader {
         }
     }
 
+    /// Heap bytes the reader's buffers hold (their capacity).
+    pub fn held_bytes(&self) -> usize {
+        self.pending.capacity() + self.handshake.capacity()
+    }
+
     /// True once the reader wants no more bytes.
     pub fn is_done(&self) -> bool {
         self.state == ReaderState::Done
