@@ -1,10 +1,16 @@
 //! The agent's memory stays bounded whatever the traffic (issue 12):
-//! tens of thousands of idle TLS connections of a target, and a million
+//! tens of thousands of idle TLS connections of targets, and a million
 //! out-of-order TCP segments from a process that is not one. Both spy for
 //! real with eBPF (root) and read the spy's resident memory from /proc.
 //!
-//! SLOW: about a minute each on two cores. They run in every full test run
-//! (scripts/test.sh) because the bound is a promise.
+//! The bound: what the spy holds of traffic stays within `--memory-budget`
+//! (its own count, checked against the spy pod's limit through its RSS),
+//! and its whole RSS within the spy pod's memory limit (the budget plus
+//! the fixed overhead, `spy_protocol::limits::pod_memory_limit`). Local
+//! mode renders in the same process: the RSS read here includes it.
+//!
+//! SLOW: one to three minutes each on two cores. They run in every full
+//! test run (scripts/test.sh) because the bound is a promise.
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -164,18 +170,15 @@ fn idle_connections_stay_within_the_budget() {
 
     let default_budget = spy_protocol::limits::DEFAULT_MEMORY_BUDGET;
     let tight_budget = TIGHT_BUDGET_MIB * MIB;
-    eprintln!(
-        "{open} idle TLS connections ({} ends in {processes} targets) opened in {:.1}s",
-        2 * open,
-        opening.as_secs_f64()
-    );
+    eprintln!("{open} idle TLS connections to {processes} target servers opened in {:.1}s", opening.as_secs_f64());
     for (name, budget, (b, a), stats) in [
         ("default budget", default_budget, (before.0, after.0), &roomy_stats),
         ("tight budget", tight_budget, (before.1, after.1), &tight_stats),
     ] {
         eprintln!(
             "{name} {} MiB: RSS {:.1} → {:.1} MiB, peak RSS {:.1} MiB (limit {} MiB); held {:.1} MiB, peak held {:.1} \
-             MiB; {} connections seen, {} evicted, {} exchanges",
+             MiB; {} connections seen, {} evicted, {} exchanges; {} handshakes seen off the wire ({} packets \
+             dropped by the kernel, {} flows evicted)",
             budget / MIB,
             b.1 as f64 / MIB as f64,
             a.1 as f64 / MIB as f64,
@@ -186,27 +189,30 @@ fn idle_connections_stay_within_the_budget() {
             stats.connections,
             stats.memory.evicted_connections,
             stats.exchanges,
+            stats.handshakes.handshakes,
+            stats.handshakes.dropped_packets,
+            stats.handshakes.evicted_flows,
         );
     }
 
     // Every connection was seen: the budget, not a loss, is what bounds.
     assert!(roomy_stats.connections >= open as u64, "{} connections seen of {open}", roomy_stats.connections);
     assert_eq!(roomy_stats.memory.evicted_connections, 0, "the default budget holds {open} idle connections");
-    // The default budget bounds the whole process, overhead included.
-    assert!(after.0 .0 < default_budget, "peak RSS {} over the default budget {default_budget}", after.0 .0);
-    // A budget too small: the spy evicts, says so, and stays within what
-    // the spy pod's memory limit allows (budget + fixed overhead).
+    // Each spy stays within what its pod's memory limit allows: the budget
+    // for traffic plus the fixed overhead (binary, ring buffer, runtime,
+    // a full flow table): the limit the spy pod is given.
+    for (name, budget, peak_rss) in [("default", default_budget, after.0 .0), ("tight", tight_budget, after.1 .0)] {
+        let limit = spy_protocol::limits::pod_memory_limit(budget);
+        assert!(peak_rss < limit, "{name} budget: peak RSS {peak_rss} over the pod's limit {limit}");
+    }
+    // A budget too small: the spy evicts and says so. What it holds stays
+    // within the budget, give or take the last event before an eviction.
     assert!(tight_stats.memory.evicted_connections > 0, "the tight budget evicts");
+    let slack = 256 * 1024;
     assert!(
-        tight_stats.memory.peak_bytes <= tight_budget,
+        tight_stats.memory.peak_bytes <= tight_budget + slack,
         "held {} over {tight_budget}",
         tight_stats.memory.peak_bytes
-    );
-    assert!(
-        after.1 .0 < tight_budget + AGENT_FIXED_OVERHEAD,
-        "peak RSS {} over the tight budget + fixed overhead {}",
-        after.1 .0,
-        tight_budget + AGENT_FIXED_OVERHEAD
     );
     drop(dialers);
 }
@@ -360,7 +366,8 @@ fn out_of_order_flood_from_another_process_is_not_held() {
     assert!(stats.handshakes.other_flows > 0, "the flood's flows are counted as other processes'");
     assert_eq!(stats.memory.reassembly_bytes, 0, "no out-of-order bytes held at the end");
     assert!(stats.memory.peak_bytes < MIB, "peak held {} B: the flood was buffered", stats.memory.peak_bytes);
-    assert!(after.0 < budget + AGENT_FIXED_OVERHEAD, "peak RSS {} over budget + overhead", after.0);
+    let limit = spy_protocol::limits::pod_memory_limit(budget);
+    assert!(after.0 < limit, "peak RSS {} over the pod's limit {limit}", after.0);
     assert!(
         after.1 < before.1 + 32 * MIB,
         "RSS grew by {:.1} MiB under the flood",

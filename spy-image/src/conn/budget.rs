@@ -17,10 +17,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::mem::size_of;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use spy_protocol::record::{MemoryStats, Record};
 
+use super::handshakes::TupleEntry;
 use super::{ConnKey, ConnState, Tracker};
 use crate::memory::MemoryGauge;
 
@@ -155,15 +157,22 @@ impl Budget {
 }
 
 /// What one connection holds besides its parser: its state and record, its
-/// key twice (map and order), its budget entry.
+/// key twice (map and order), its budget entry, its 4-tuple's entry (and
+/// the id that keeps). The tables' slots are counted at one and a half
+/// times their size: a hash table is between half and seven eighths full.
 fn connection_bytes(state: &ConnState) -> u64 {
     let record = &state.record;
-    let strings = record.id.capacity()
+    let strings = 2 * record.id.capacity()
         + record.process.capacity()
         + record.pod.as_ref().map_or(0, |p| p.namespace.capacity() + p.name.capacity())
         + record.remote_name.as_ref().map_or(0, String::capacity);
-    let fixed = size_of::<ConnState>() + 2 * size_of::<ConnKey>() + size_of::<Entry>() + size_of::<(u64, u64)>();
-    (fixed + strings + state.parser.held_bytes()) as u64
+    let slots = size_of::<ConnState>()
+        + 2 * size_of::<ConnKey>()
+        + size_of::<Entry>()
+        + size_of::<TupleEntry>()
+        + size_of::<(SocketAddr, SocketAddr)>();
+    let order = size_of::<(u64, u64)>() + size_of::<ConnKey>();
+    (slots * 3 / 2 + order + strings + state.parser.held_bytes()) as u64
 }
 
 impl Tracker {

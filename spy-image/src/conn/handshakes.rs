@@ -55,11 +55,13 @@ pub(super) struct TupleEntry {
     id: String,
     /// The decrypted connection with this tuple, once there is one.
     conn: Option<ConnKey>,
-    /// A handshake waiting for plaintext, with its deadline.
-    pending: Option<(Handshake, u64)>,
+    /// A handshake waiting for plaintext, with its deadline. Boxed, as is
+    /// `closed`: every live connection has an entry, few have either, and
+    /// inline they would make each slot of the table ~700 bytes.
+    pending: Option<Box<(Handshake, u64)>>,
     /// The decrypted connection that had this tuple and closed: its
     /// handshake may still be on its way from the capture.
-    closed: Option<Connection>,
+    closed: Option<Box<Connection>>,
     reserved_ns: u64,
 }
 
@@ -91,7 +93,7 @@ impl Tracker {
     /// reported as not decrypted, in the order they happened.
     pub(super) fn flush_waiting_handshakes(&mut self, out: &mut Vec<Record>) {
         let mut waiting: Vec<Handshake> =
-            self.tuples.values_mut().filter_map(|e| e.pending.take().map(|p| p.0)).collect();
+            self.tuples.values_mut().filter_map(|e| e.pending.take().map(|p| (*p).0)).collect();
         waiting.sort_by_key(|r| r.ts_ns);
         for mut record in waiting {
             record.reason = Some(NO_PLAINTEXT.to_string());
@@ -100,12 +102,21 @@ impl Tracker {
     }
 
     /// A decrypted connection closed: its tuple keeps the connection, whose
-    /// handshake may still be on its way from the capture.
-    pub(super) fn tuple_closed(&mut self, key: ConnKey, conn: &Connection) {
+    /// handshake may still be on its way from the capture, for a while
+    /// ([`RESERVATION_TTL_NS`]). Not when the budget evicted it (memory is
+    /// what it was evicted for), nor past [`MAX_RESERVATIONS`] such
+    /// entries: its late handshake is then shown as not decrypted.
+    pub(super) fn tuple_closed(&mut self, key: ConnKey, conn: &Connection, evicted: bool) {
         let Some(tuple) = tuple_of(conn) else { return };
-        if let Some(entry) = self.tuples.get_mut(&tuple).filter(|e| e.conn == Some(key)) {
+        if !self.tuples.get(&tuple).is_some_and(|e| e.conn == Some(key)) {
+            return;
+        }
+        let lingering = self.tuples.len().saturating_sub(self.conns.len());
+        if evicted || lingering >= MAX_RESERVATIONS {
+            self.tuples.remove(&tuple);
+        } else if let Some(entry) = self.tuples.get_mut(&tuple) {
             entry.conn = None;
-            entry.closed = Some(conn.clone());
+            entry.closed = Some(Box::new(conn.clone()));
             entry.reserved_ns = self.last_ts_ns;
         }
     }
@@ -129,7 +140,7 @@ impl Tracker {
         self.last_ts_ns = self.last_ts_ns.max(now_ns);
         let decrypted_conn = match self.tuples.get(&tuple) {
             // The connection closed before its handshake came off the wire.
-            Some(TupleEntry { closed: Some(conn), .. }) => Some(conn.clone()),
+            Some(TupleEntry { closed: Some(conn), .. }) => Some(Connection::clone(conn)),
             entry => entry.and_then(|e| e.conn).and_then(|key| self.conns.get_mut(&key)).map(|state| {
                 if hs.role != Role::Unknown {
                     state.record.role = hs.role;
@@ -169,7 +180,7 @@ impl Tracker {
             tls_library: None,
         };
         let pending = match plaintext {
-            Plaintext::Expected { wait_ns } => Some((record, now_ns.saturating_add(wait_ns))),
+            Plaintext::Expected { wait_ns } => Some(Box::new((record, now_ns.saturating_add(wait_ns)))),
             Plaintext::NotProbed(reason) => {
                 record.decrypted = false;
                 record.reason = Some(reason);
@@ -185,9 +196,9 @@ impl Tracker {
     pub fn expire_handshakes(&mut self, now_ns: u64, out: &mut Vec<Record>) {
         let mut late = Vec::new();
         for entry in self.tuples.values_mut() {
-            if entry.pending.as_ref().is_some_and(|(_, deadline)| now_ns >= *deadline) {
-                if let Some((record, _)) = entry.pending.take() {
-                    late.push(record);
+            if entry.pending.as_ref().is_some_and(|p| now_ns >= p.1) {
+                if let Some(pending) = entry.pending.take() {
+                    late.push(pending.0);
                 }
             }
         }
@@ -216,7 +227,8 @@ impl Tracker {
             Some(entry) if entry.conn.is_none() && entry.closed.is_none() => {
                 entry.conn = Some(key);
                 state.record.id = entry.id.clone();
-                if let Some((mut record, _)) = entry.pending.take() {
+                if let Some(pending) = entry.pending.take() {
+                    let (mut record, _) = *pending;
                     if record.conn.role != Role::Unknown {
                         state.record.role = record.conn.role;
                     }

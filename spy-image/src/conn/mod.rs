@@ -268,7 +268,7 @@ impl Tracker {
     fn close(&mut self, key: ConnKey, reason: &str, out: &mut Vec<Record>) {
         self.budget.forget(&key);
         if let Some(mut state) = self.conns.remove(&key) {
-            self.tuple_closed(key, &state.record);
+            self.tuple_closed(key, &state.record, reason == budget::EVICTED);
             let mut parsed = Vec::new();
             state.parser.finish(reason, &mut parsed);
             let first = out.len();
