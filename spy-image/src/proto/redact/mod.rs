@@ -57,6 +57,15 @@ pub(crate) fn exchange(x: &mut Exchange) {
         url_headers(&mut request.headers);
         body(&mut request.body, &request.headers);
     }
+    // Service and method were cut from the path before it was redacted
+    // (and name the summary's routes).
+    if let Some(grpc) = &mut x.grpc {
+        for part in [&mut grpc.service, &mut grpc.method] {
+            if let std::borrow::Cow::Owned(redacted) = query::redact_query(part) {
+                *part = redacted;
+            }
+        }
+    }
     if let Some(response) = &mut x.response {
         url_headers(&mut response.headers);
         url_headers(&mut response.trailers);
