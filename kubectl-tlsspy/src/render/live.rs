@@ -165,8 +165,15 @@ fn write_chunk(out: &mut impl Write, chunk: &Chunk, options: &LiveOptions, style
         )),
         style.dim(&conn.id),
     )?;
-    write_payload(out, &chunk.data.to_bytes(), options, style)
+    let data = chunk.data.to_bytes();
+    if chunk.redacted && data.is_empty() && chunk.len > 0 {
+        return writeln!(out, "    {}", style.dim(WITHHELD));
+    }
+    write_payload(out, &data, options, style)
 }
+
+/// What a withheld binary chunk shows (see the agent's raw masker).
+const WITHHELD: &str = "(binary data withheld: no scan can find secrets in it; --show-secrets shows it)";
 
 fn write_exchange(out: &mut impl Write, x: &Exchange, options: &LiveOptions, style: &Style) -> io::Result<()> {
     let request = x.request.as_ref();
@@ -299,6 +306,25 @@ mod tests {
         out.clear();
         write_payload(&mut out, &[0, 1, 2, 0x41], &options, &Style(false)).expect("write");
         assert_eq!(String::from_utf8_lossy(&out), format!("    00000000  {:<47}  ...A\n", "00 01 02 41"));
+    }
+
+    #[test]
+    fn withheld_chunks_say_why() {
+        use spy_protocol::record::Payload;
+        let chunk = Chunk {
+            conn: Connection::default(),
+            direction: Direction::Send,
+            ts_ns: 0,
+            offset: 0,
+            len: 9,
+            data: Payload::default(),
+            truncated: false,
+            redacted: true,
+        };
+        let mut out = Vec::new();
+        write_chunk(&mut out, &chunk, &LiveOptions::default(), &Style(false)).expect("write");
+        let shown = String::from_utf8_lossy(&out);
+        assert!(shown.contains("sent 9 B") && shown.ends_with(&format!("    {WITHHELD}\n")), "{shown}");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::io::{self, IsTerminal, Write};
 use spy_protocol::record::{Line, MemoryStats, Record, Stats};
 use spy_protocol::sink::Sink;
 
+pub use escape::field as terminal_safe;
 pub use filter::Filter;
 pub use live::LiveOptions;
 
