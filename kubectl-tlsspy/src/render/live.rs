@@ -6,7 +6,7 @@
 
 use std::io::{self, Write};
 
-use spy_protocol::record::{Chunk, Connection, Direction, Exchange, Handshake, Record, Target};
+use spy_protocol::record::{Chunk, Connection, Direction, Exchange, Handshake, Header, Record, Target};
 
 use super::escape::{self, field};
 
@@ -216,12 +216,29 @@ fn write_exchange(out: &mut impl Write, x: &Exchange, options: &LiveOptions, sty
         style.dim(&x.conn.id),
     )?;
     if options.full {
-        if let Some(data) = request.and_then(|r| r.body.data.as_ref()) {
-            write_payload(out, &data.to_bytes(), options, style)?;
+        if let Some(request) = request {
+            write_headers(out, ">", &request.headers, style)?;
+            if let Some(data) = &request.body.data {
+                write_payload(out, &data.to_bytes(), options, style)?;
+            }
         }
-        if let Some(data) = x.response.as_ref().and_then(|r| r.body.data.as_ref()) {
-            write_payload(out, &data.to_bytes(), options, style)?;
+        if let Some(response) = &x.response {
+            write_headers(out, "<", &response.headers, style)?;
+            if let Some(data) = &response.body.data {
+                write_payload(out, &data.to_bytes(), options, style)?;
+            }
+            write_headers(out, "<", &response.trailers, style)?;
         }
+    }
+    Ok(())
+}
+
+/// Headers as `> name: value` (sent) or `< name: value` (received); names
+/// and values escaped, redacted ones as the agent sent them.
+fn write_headers(out: &mut impl Write, arrow: &str, headers: &[Header], style: &Style) -> io::Result<()> {
+    for h in headers {
+        let name = if h.unknown { "(unknown name)".into() } else { field(&h.name) };
+        writeln!(out, "    {} {name}: {}", style.dim(arrow), field(&h.value))?;
     }
     Ok(())
 }
@@ -358,6 +375,12 @@ mod tests {
                 method: EVIL.into(),
                 authority: Some(EVIL.into()),
                 path: format!("/{EVIL}"),
+                headers: vec![spy_protocol::record::Header {
+                    name: EVIL.into(),
+                    value: EVIL.into(),
+                    redacted: false,
+                    unknown: false,
+                }],
                 body: body.clone(),
                 ..Default::default()
             }),
