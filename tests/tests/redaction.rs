@@ -307,3 +307,44 @@ fn escape_sequences_from_the_wire_reach_the_live_view_escaped() {
     let raw: Vec<char> = stdout.chars().filter(|&c| c.is_control() && c != '\n').collect();
     assert!(raw.is_empty(), "control characters reached the terminal: {raw:?}\n{stdout}");
 }
+
+/// HTTP/2 under --raw is binary (HPACK's Huffman coding hides header text
+/// from any scan): its chunks go out empty and marked redacted, with their
+/// length; --show-secrets shows them, JSON body and all.
+#[test]
+fn http2_under_raw_is_withheld_unless_show_secrets() {
+    if !require_root("http2_under_raw_is_withheld_unless_show_secrets") {
+        return;
+    }
+    let cert = Certificate::new();
+    let nginx = Nginx::start(&cert, &[]);
+    let mark = marker("h2raw");
+    for show_secrets in [false, true] {
+        let mut cmd = plugin();
+        cmd.args(["local", "-o", "json", "--raw"]);
+        if show_secrets {
+            cmd.arg("--show-secrets");
+        }
+        cmd.args(["--", "python3"])
+            .arg(fixture("h2_secrets_client.py"))
+            .arg("http")
+            .arg(nginx.port.to_string())
+            .arg(cert.cert())
+            .arg(&mark);
+        let output = run_plugin(cmd);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let records = parse_records(&String::from_utf8_lossy(&output.stdout));
+        let chunks: Vec<_> =
+            records.iter().filter_map(|r| if let Record::Chunk(c) = r { Some(c) } else { None }).collect();
+        assert!(!chunks.is_empty(), "{records:?}");
+        let text: String = chunks.iter().map(|c| String::from_utf8_lossy(&c.data.to_bytes()).into_owned()).collect();
+        assert_eq!(text.contains(&format!("JSONPW{mark}")), show_secrets, "show_secrets={show_secrets}: {text:?}");
+        // The client preface is text; every frame after it is withheld.
+        let withheld = chunks.iter().filter(|c| c.redacted && c.data.to_bytes().is_empty() && c.len > 0).count();
+        if show_secrets {
+            assert_eq!(withheld, 0);
+        } else {
+            assert!(withheld + 1 >= chunks.len(), "{chunks:?}");
+        }
+    }
+}
