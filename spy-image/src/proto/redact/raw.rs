@@ -260,7 +260,8 @@ impl RawMasker {
             self.state = State::JsonKeyEnd;
         }
         // A quote that closes a word opens nothing.
-        let opens = b == b'"' && !(self.word_quoted && !self.word.is_empty());
+        let closes_a_word = self.word_quoted && !self.word.is_empty();
+        let opens = b == b'"' && !closes_a_word;
         self.reset_word(opens);
         if !opens {
             self.word_at_line_start = self.at_line_start;
