@@ -442,6 +442,30 @@ pub(crate) mod tests {
         }
     }
 
+    /// 130 headers: the HTTP/1 parser gives up and the connection falls
+    /// back to chunks, which still lose every secret (headers, query,
+    /// JSON body), the ones in the request that made it give up included.
+    #[test]
+    fn a_connection_the_parser_gave_up_on_keeps_its_secrets() {
+        let mut request = b"POST /t?access_token=qu3ry&id=1 HTTP/1.1\r\nAuthorization: Bearer s3cret\r\n".to_vec();
+        for i in 0..130 {
+            request.extend(format!("X-Pad-{i}: v\r\n").bytes());
+        }
+        request.extend(b"Content-Type: application/json\r\nContent-Length: 21\r\n\r\n{\"password\":\"pw0rd\"}");
+        let mut tracker = Tracker::new(ParseOptions::default(), false);
+        let mut out = Vec::new();
+        for piece in request.chunks(7) {
+            tracker.on_data(&event(1, Direction::Send, piece), &mut out);
+        }
+        tracker.finish(&mut out);
+        assert!(tracker.stats.parse_errors > 0 && tracker.stats.exchanges == 0, "{:?}", tracker.stats);
+        let text = chunk_text(&out);
+        assert!(text.contains("X-Pad-129: v") && text.contains("id=1"), "{text}");
+        for secret in ["qu3ry", "s3cret", "pw0rd"] {
+            assert!(!text.contains(secret), "{secret}: {text}");
+        }
+    }
+
     /// HTTP/2 frames (HPACK's Huffman coding hides header text from any
     /// scan) and other binary data go out empty and marked redacted, with
     /// their length, unless --show-secrets.
