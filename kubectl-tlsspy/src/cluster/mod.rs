@@ -457,7 +457,8 @@ impl Session {
                 let fatal = line.starts_with("tlsspy-agent:");
                 let important = line.contains("ERROR") || line.contains("WARN");
                 if !fatal && (important || log::log_enabled!(log::Level::Info)) {
-                    self.say(format!("{node}: {line}"));
+                    // Agent logs may quote process names and wire data.
+                    self.say(format!("{node}: {}", crate::render::terminal_safe(&line)));
                 }
             }
             SpyEvent::Ended { node, pod, outcome } => {
@@ -468,7 +469,7 @@ impl Session {
                     Ok(reason) => log::info!("spy on node {node} ({}) ended: {reason}", pod.unwrap_or_default()),
                     Err(failure) => {
                         self.failed = true;
-                        self.say(format!("error: {}", failure.message));
+                        self.say(format!("error: {}", crate::render::terminal_safe(&failure.message)));
                         if failure.fatal {
                             self.fatal = Some(failure.message);
                         }

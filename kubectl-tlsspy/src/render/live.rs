@@ -6,7 +6,7 @@
 
 use std::io::{self, Write};
 
-use spy_protocol::record::{Chunk, Connection, Direction, Exchange, Handshake, Record, Target};
+use spy_protocol::record::{Chunk, Connection, Direction, Exchange, Handshake, Header, Record, Target};
 
 use super::escape::{self, field};
 
@@ -165,8 +165,15 @@ fn write_chunk(out: &mut impl Write, chunk: &Chunk, options: &LiveOptions, style
         )),
         style.dim(&conn.id),
     )?;
-    write_payload(out, &chunk.data.to_bytes(), options, style)
+    let data = chunk.data.to_bytes();
+    if chunk.redacted && data.is_empty() && chunk.len > 0 {
+        return writeln!(out, "    {}", style.dim(WITHHELD));
+    }
+    write_payload(out, &data, options, style)
 }
+
+/// What a withheld binary chunk shows (see the agent's raw masker).
+const WITHHELD: &str = "(binary data withheld: no scan can find secrets in it; --show-secrets shows it)";
 
 fn write_exchange(out: &mut impl Write, x: &Exchange, options: &LiveOptions, style: &Style) -> io::Result<()> {
     let request = x.request.as_ref();
@@ -209,12 +216,29 @@ fn write_exchange(out: &mut impl Write, x: &Exchange, options: &LiveOptions, sty
         style.dim(&x.conn.id),
     )?;
     if options.full {
-        if let Some(data) = request.and_then(|r| r.body.data.as_ref()) {
-            write_payload(out, &data.to_bytes(), options, style)?;
+        if let Some(request) = request {
+            write_headers(out, ">", &request.headers, style)?;
+            if let Some(data) = &request.body.data {
+                write_payload(out, &data.to_bytes(), options, style)?;
+            }
         }
-        if let Some(data) = x.response.as_ref().and_then(|r| r.body.data.as_ref()) {
-            write_payload(out, &data.to_bytes(), options, style)?;
+        if let Some(response) = &x.response {
+            write_headers(out, "<", &response.headers, style)?;
+            if let Some(data) = &response.body.data {
+                write_payload(out, &data.to_bytes(), options, style)?;
+            }
+            write_headers(out, "<", &response.trailers, style)?;
         }
+    }
+    Ok(())
+}
+
+/// Headers as `> name: value` (sent) or `< name: value` (received); names
+/// and values escaped, redacted ones as the agent sent them.
+fn write_headers(out: &mut impl Write, arrow: &str, headers: &[Header], style: &Style) -> io::Result<()> {
+    for h in headers {
+        let name = if h.unknown { "(unknown name)".into() } else { field(&h.name) };
+        writeln!(out, "    {} {name}: {}", style.dim(arrow), field(&h.value))?;
     }
     Ok(())
 }
@@ -302,6 +326,25 @@ mod tests {
     }
 
     #[test]
+    fn withheld_chunks_say_why() {
+        use spy_protocol::record::Payload;
+        let chunk = Chunk {
+            conn: Connection::default(),
+            direction: Direction::Send,
+            ts_ns: 0,
+            offset: 0,
+            len: 9,
+            data: Payload::default(),
+            truncated: false,
+            redacted: true,
+        };
+        let mut out = Vec::new();
+        write_chunk(&mut out, &chunk, &LiveOptions::default(), &Style(false)).expect("write");
+        let shown = String::from_utf8_lossy(&out);
+        assert!(shown.contains("sent 9 B") && shown.ends_with(&format!("    {WITHHELD}\n")), "{shown}");
+    }
+
+    #[test]
     fn long_payloads_fold_unless_full() {
         let text = "line\n".repeat(100);
         let mut out = Vec::new();
@@ -332,6 +375,12 @@ mod tests {
                 method: EVIL.into(),
                 authority: Some(EVIL.into()),
                 path: format!("/{EVIL}"),
+                headers: vec![spy_protocol::record::Header {
+                    name: EVIL.into(),
+                    value: EVIL.into(),
+                    redacted: false,
+                    unknown: false,
+                }],
                 body: body.clone(),
                 ..Default::default()
             }),

@@ -13,6 +13,7 @@ use std::io::{self, IsTerminal, Write};
 use spy_protocol::record::{Line, MemoryStats, Record, Stats};
 use spy_protocol::sink::Sink;
 
+pub use escape::field as terminal_safe;
 pub use filter::Filter;
 pub use live::LiveOptions;
 
@@ -140,6 +141,18 @@ fn mib(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// JSON output needs no escaping of ours: serde_json writes every
+    /// control character as `\uXXXX`, so no wire byte reaches a terminal
+    /// that shows JSON lines.
+    #[test]
+    fn json_lines_carry_control_characters_escaped() {
+        let record =
+            Record::Warning(spy_protocol::record::Warning { message: "/\x1b[2J\x1b]0;t\x07\r".into(), pid: None });
+        let line = serde_json::to_string(&Line::from(record)).expect("json");
+        assert!(line.contains(r"/\u001b[2J\u001b]0;t\u0007\r"), "{line}");
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+    }
 
     /// The end line says how much memory the spies held and, when they had
     /// to, what they let go of to stay within the budget.

@@ -14,7 +14,7 @@ use spy_protocol::record::{
     Chunk, Connection, Direction, HandshakeStats, Payload, PodRef, Record, Role, Stats, TlsLibrary,
 };
 
-use crate::proto::{ConnectionParser, HeaderLineMasker, ParseOptions, Parsed};
+use crate::proto::{ConnectionParser, Masked, ParseOptions, Parsed, RawMasker};
 
 pub mod budget;
 mod handshakes;
@@ -71,9 +71,9 @@ struct ConnState {
     parser: ConnectionParser,
     offsets: StreamOffsets,
     seen_data: bool,
-    /// Secret header values in chunks (plaintext no parser claimed), per
-    /// direction: redaction holds when parsing does not.
-    maskers: [HeaderLineMasker; 2],
+    /// Secrets in chunks (plaintext no parser claimed), per direction:
+    /// redaction holds when parsing does not.
+    maskers: [RawMasker; 2],
 }
 
 /// Counters the tracker keeps for the `stats` record.
@@ -336,16 +336,23 @@ impl Tracker {
     }
 }
 
-/// Masks secret header values in the chunks among `records`, each through
-/// its direction's masker (the state of a header line cut by a call
-/// carries over to the next chunk).
-fn mask_chunks(maskers: &mut [HeaderLineMasker; 2], records: &mut [Record]) {
+/// Masks secrets in the chunks among `records`, each through its
+/// direction's masker (the state of a value cut by a call carries over to
+/// the next chunk). Binary chunks are withheld: empty data, `redacted`,
+/// `len` still what moved.
+fn mask_chunks(maskers: &mut [RawMasker; 2], records: &mut [Record]) {
     for record in records {
         if let Record::Chunk(chunk) = record {
-            let (shown, masked) = maskers[chunk.direction as usize].mask(&chunk.data.to_bytes());
-            if masked {
-                chunk.data = Payload::from_vec(shown, false);
-                chunk.redacted = true;
+            match maskers[chunk.direction as usize].mask(&chunk.data.to_bytes()) {
+                Masked::Text { data, masked: true } => {
+                    chunk.data = Payload::from_vec(data, false);
+                    chunk.redacted = true;
+                }
+                Masked::Text { masked: false, .. } => {}
+                Masked::Withheld => {
+                    chunk.data = Payload::default();
+                    chunk.redacted = true;
+                }
             }
         }
     }
@@ -417,7 +424,7 @@ pub(crate) mod tests {
                 let mut out = Vec::new();
                 if !raw {
                     // Joined mid-body: the parser cannot claim what follows.
-                    tracker.on_data(&event(1, Direction::Send, b"\x00\x01 not http at all\r\n"), &mut out);
+                    tracker.on_data(&event(1, Direction::Send, b"~~ not http at all\r\n"), &mut out);
                 }
                 tracker.on_data(&event(1, Direction::Send, head), &mut out);
                 tracker.on_data(&event(1, Direction::Send, tail), &mut out);
@@ -431,6 +438,52 @@ pub(crate) mod tests {
                 );
                 let redacted = out.iter().any(|r| matches!(r, Record::Chunk(c) if c.redacted));
                 assert_eq!(redacted, !show_secrets);
+            }
+        }
+    }
+
+    /// 130 headers: the HTTP/1 parser gives up and the connection falls
+    /// back to chunks, which still lose every secret (headers, query,
+    /// JSON body), the ones in the request that made it give up included.
+    #[test]
+    fn a_connection_the_parser_gave_up_on_keeps_its_secrets() {
+        let mut request = b"POST /t?access_token=qu3ry&id=1 HTTP/1.1\r\nAuthorization: Bearer s3cret\r\n".to_vec();
+        for i in 0..130 {
+            request.extend(format!("X-Pad-{i}: v\r\n").bytes());
+        }
+        request.extend(b"Content-Type: application/json\r\nContent-Length: 21\r\n\r\n{\"password\":\"pw0rd\"}");
+        let mut tracker = Tracker::new(ParseOptions::default(), false);
+        let mut out = Vec::new();
+        for piece in request.chunks(7) {
+            tracker.on_data(&event(1, Direction::Send, piece), &mut out);
+        }
+        tracker.finish(&mut out);
+        assert!(tracker.stats.parse_errors > 0 && tracker.stats.exchanges == 0, "{:?}", tracker.stats);
+        let text = chunk_text(&out);
+        assert!(text.contains("X-Pad-129: v") && text.contains("id=1"), "{text}");
+        for secret in ["qu3ry", "s3cret", "pw0rd"] {
+            assert!(!text.contains(secret), "{secret}: {text}");
+        }
+    }
+
+    /// HTTP/2 frames (HPACK's Huffman coding hides header text from any
+    /// scan) and other binary data go out empty and marked redacted, with
+    /// their length, unless --show-secrets.
+    #[test]
+    fn binary_chunks_are_withheld_unless_asked() {
+        let frames: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+        for show_secrets in [false, true] {
+            let mut tracker = Tracker::new(ParseOptions { show_secrets, ..ParseOptions::default() }, true);
+            let mut out = Vec::new();
+            tracker.on_data(&event(1, Direction::Send, frames), &mut out);
+            tracker.on_data(&event(1, Direction::Send, b"then text"), &mut out);
+            let chunks: Vec<&Chunk> =
+                out.iter().filter_map(|r| if let Record::Chunk(c) = r { Some(c) } else { None }).collect();
+            assert_eq!(chunks.len(), 2);
+            assert_eq!((chunks[0].len, chunks[1].len), (frames.len() as u64, 9));
+            for chunk in chunks {
+                assert_eq!(chunk.redacted, !show_secrets);
+                assert_eq!(chunk.data.to_bytes().is_empty(), !show_secrets, "{chunk:?}");
             }
         }
     }

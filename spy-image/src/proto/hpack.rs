@@ -38,6 +38,9 @@ const DEFAULT_TABLE_SIZE: usize = 4096;
 pub(crate) struct Field {
     pub(crate) name: Option<Vec<u8>>,
     pub(crate) value: Option<Vec<u8>>,
+    /// Sent as "never indexed" (RFC 7541 §6.2.3): the sender's own word
+    /// that the value is sensitive, so it is redacted whatever its name.
+    pub(crate) never_indexed: bool,
 }
 
 /// What one header block gave.
@@ -140,7 +143,8 @@ impl Decoder {
                 continue;
             } else {
                 // Literal without indexing (0000) or never indexed (0001).
-                self.literal(block, &mut pos, 4)?
+                let never_indexed = first & 0x10 != 0;
+                Field { never_indexed, ..self.literal(block, &mut pos, 4)? }
             };
             let field_size =
                 field.name.as_ref().map_or(0, Vec::len) + field.value.as_ref().map_or(0, Vec::len) + ENTRY_OVERHEAD;
@@ -158,7 +162,7 @@ impl Decoder {
         let index = integer(block, pos, prefix)?;
         let name = if index == 0 { Some(self.string(block, pos)?) } else { self.lookup(index)?.name };
         let value = self.string(block, pos)?;
-        Ok(Field { name, value: Some(value) })
+        Ok(Field { name, value: Some(value), never_indexed: false })
     }
 
     fn lookup(&self, index: usize) -> Result<Field, HpackError> {
@@ -166,11 +170,15 @@ impl Decoder {
             return Err(HpackError::ZeroIndex);
         }
         if let Some(&(name, value)) = STATIC_TABLE.get(index - 1) {
-            return Ok(Field { name: Some(name.as_bytes().to_vec()), value: Some(value.as_bytes().to_vec()) });
+            return Ok(Field {
+                name: Some(name.as_bytes().to_vec()),
+                value: Some(value.as_bytes().to_vec()),
+                never_indexed: false,
+            });
         }
         Ok(match self.table.get(index - 1 - STATIC_TABLE.len()) {
-            Some(entry) => Field { name: entry.name.clone(), value: Some(entry.value.clone()) },
-            None => Field { name: None, value: None },
+            Some(entry) => Field { name: entry.name.clone(), value: Some(entry.value.clone()), never_indexed: false },
+            None => Field { name: None, value: None, never_indexed: false },
         })
     }
 
@@ -317,7 +325,7 @@ pub(crate) mod tests {
     use super::*;
 
     fn known(name: &str, value: &str) -> Field {
-        Field { name: Some(name.as_bytes().to_vec()), value: Some(value.as_bytes().to_vec()) }
+        Field { name: Some(name.as_bytes().to_vec()), value: Some(value.as_bytes().to_vec()), never_indexed: false }
     }
 
     fn decode_all(dec: &mut Decoder, block: &[u8]) -> Vec<Field> {
@@ -412,13 +420,16 @@ pub(crate) mod tests {
         assert_eq!(
             decode_all(&mut dec, &block),
             vec![
-                Field { name: None, value: None },
-                Field { name: None, value: Some(b"v1".to_vec()) },
+                Field { name: None, value: None, never_indexed: false },
+                Field { name: None, value: Some(b"v1".to_vec()), never_indexed: false },
                 known(":method", "GET")
             ]
         );
         // The inserted entry is now index 62: its value is known.
-        assert_eq!(decode_all(&mut dec, &[0xbe]), vec![Field { name: None, value: Some(b"v1".to_vec()) }]);
+        assert_eq!(
+            decode_all(&mut dec, &[0xbe]),
+            vec![Field { name: None, value: Some(b"v1".to_vec()), never_indexed: false }]
+        );
     }
 
     #[test]
@@ -429,7 +440,7 @@ pub(crate) mod tests {
         assert_eq!(dec.decode(&[0x80]), Err(HpackError::ZeroIndex));
         assert_eq!(
             decode_all(&mut dec, &[0xbe, 0x82]),
-            vec![Field { name: None, value: None }, known(":method", "GET")]
+            vec![Field { name: None, value: None, never_indexed: false }, known(":method", "GET")]
         );
         assert_eq!(dec.decode(&[0x7f, 0xff, 0xff, 0xff, 0xff, 0x7f]), Err(HpackError::Overflow));
         assert_eq!(dec.decode(&[0x40, 0x05, b'a']), Err(HpackError::Truncated));
@@ -487,7 +498,7 @@ pub(crate) mod tests {
             let theirs = loona_hpack::Decoder::new().decode(&block).expect("theirs");
             assert_eq!(
                 ours,
-                vec![Field { name: Some(theirs[0].0.clone()), value: Some(theirs[0].1.clone()) }],
+                vec![Field { name: Some(theirs[0].0.clone()), value: Some(theirs[0].1.clone()), never_indexed: false }],
                 "index {index}"
             );
         }

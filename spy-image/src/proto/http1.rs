@@ -612,7 +612,7 @@ impl InFlight {
 
 /// Record headers, secrets redacted unless `show_secrets`.
 fn headers_of(headers: &[httparse::Header<'_>], show_secrets: bool) -> Vec<Header> {
-    headers.iter().map(|h| redact::header(h.name.to_owned(), lossy(h.value), show_secrets)).collect()
+    headers.iter().map(|h| redact::header(h.name.to_owned(), lossy(h.value), false, show_secrets)).collect()
 }
 
 fn lossy(bytes: &[u8]) -> String {

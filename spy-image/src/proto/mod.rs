@@ -20,7 +20,7 @@ mod hpack;
 mod http1;
 mod http2;
 mod redact;
-pub use redact::HeaderLineMasker;
+pub use redact::{Masked, RawMasker};
 pub mod tls_handshake;
 
 #[cfg(test)]
@@ -233,6 +233,26 @@ impl ConnectionParser {
         if data.is_empty() {
             return;
         }
+        let first = out.len();
+        self.feed_inner(direction, ts_ns, data, out);
+        self.redact(&mut out[first..]);
+    }
+
+    /// What every finished exchange goes through, whichever parser made
+    /// it: query strings, URL headers and body fields (headers were
+    /// redacted by name as they were parsed).
+    fn redact(&self, items: &mut [Parsed]) {
+        if self.options.show_secrets {
+            return;
+        }
+        for item in items {
+            if let Parsed::Exchange(x) = item {
+                redact::exchange(x);
+            }
+        }
+    }
+
+    fn feed_inner(&mut self, direction: Direction, ts_ns: u64, data: &[u8], out: &mut Vec<Parsed>) {
         let offset = self.offsets[direction as usize];
         self.offsets[direction as usize] += data.len() as u64;
         let flow = match &mut self.state {
@@ -257,6 +277,12 @@ impl ConnectionParser {
     /// stream cannot be trusted past this point unless the parser can step
     /// over them (inside a body of known length).
     pub fn gap(&mut self, direction: Direction, len: u64, out: &mut Vec<Parsed>) {
+        let first = out.len();
+        self.gap_inner(direction, len, out);
+        self.redact(&mut out[first..]);
+    }
+
+    fn gap_inner(&mut self, direction: Direction, len: u64, out: &mut Vec<Parsed>) {
         self.offsets[direction as usize] = self.offsets[direction as usize].saturating_add(len);
         let flow = match &mut self.state {
             State::Passthrough => Flow::Continue,
@@ -287,6 +313,12 @@ impl ConnectionParser {
 
     /// The connection ended (or the session did): flush what is pending.
     pub fn finish(&mut self, reason: &str, out: &mut Vec<Parsed>) {
+        let first = out.len();
+        self.finish_inner(reason, out);
+        self.redact(&mut out[first..]);
+    }
+
+    fn finish_inner(&mut self, reason: &str, out: &mut Vec<Parsed>) {
         match &mut self.state {
             State::Passthrough => {}
             State::Http1(p) => p.finish(reason, out),

@@ -1091,3 +1091,70 @@ fn http2_fixture_fed_from_the_server_side() {
     let paths = |ex: &[Exchange]| ex.iter().map(|e| e.request.as_ref().map(|r| r.path.clone())).collect::<Vec<_>>();
     assert_eq!(paths(&as_server), paths(&as_client));
 }
+
+// ---------------------------------------------------------------- secrets
+
+const LOGIN: &[u8] = b"POST /cb?code=c0de&state=s HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 33\r\n\r\n{\"user\":\"u\",\"password\":\"hunt3r\"}";
+const REDIRECT: &[u8] = b"HTTP/1.1 302 Found\r\nLocation: /next?access_token=t0ken&x=1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 24\r\n\r\na=1&client_secret=s3cr3t";
+
+/// Query strings, URL headers and body fields go the way headers go:
+/// redacted unless --show-secrets.
+#[test]
+fn http1_query_location_and_body_secrets_are_redacted_unless_asked() {
+    for show_secrets in [false, true] {
+        let ex = exchanges(&run_with(ParseOptions { show_secrets, ..opts() }, &[(Send, LOGIN), (Recv, REDIRECT)]));
+        let text = format!("{ex:?}");
+        for secret in ["c0de", "hunt3r", "t0ken", "s3cr3t"] {
+            assert_eq!(text.contains(secret), show_secrets, "{secret} with show_secrets={show_secrets}: {text}");
+        }
+        let req = ex[0].request.as_ref().expect("request");
+        if !show_secrets {
+            assert_eq!(req.path, "/cb?code=<redacted>&state=s");
+            assert_eq!(body_text(&req.body), "{\"user\":\"u\",\"password\":\"<redacted>\"}");
+            let resp = ex[0].response.as_ref().expect("response");
+            assert_eq!(header(&resp.headers, "location"), Some("/next?access_token=<redacted>&x=1"));
+            assert_eq!(body_text(&resp.body), "a=1&client_secret=<redacted>");
+        }
+    }
+}
+
+/// A field the sender marked never-indexed (HPACK §6.2.3) is redacted
+/// whatever its name; gRPC metadata named like a secret and a query
+/// parameter in :path are too.
+#[test]
+fn http2_never_indexed_fields_grpc_metadata_and_path_queries_are_redacted() {
+    let mut block = hpack_literal(&[
+        (":method", "POST"),
+        (":path", "/pkg.Svc/Call?sig=s1g"),
+        ("content-type", "application/grpc"),
+        ("x-refresh-token", "gRPCm3ta"),
+    ]);
+    // Never indexed, new name: 0001 0000.
+    block.push(0x10);
+    block.extend(hpack::tests::int(7, 0, "x-plain".len()));
+    block.extend_from_slice(b"x-plain");
+    block.extend(hpack::tests::int(7, 0, "n3verIdx".len()));
+    block.extend_from_slice(b"n3verIdx");
+    let mut client = H2_PREFACE.to_vec();
+    client.extend(settings());
+    client.extend(h2_frame(1, 0x4, 1, &block));
+    client.extend(data_frame(1, true, &grpc_msg(b"hi")));
+    let mut server = settings();
+    server.extend(headers_frame(1, false, &[(":status", "200"), ("content-type", "application/grpc")]));
+    server.extend(headers_frame(1, true, &[("grpc-status", "0")]));
+    for show_secrets in [false, true] {
+        let out = run_with(ParseOptions { show_secrets, ..opts() }, &[(Send, &client), (Recv, &server)]);
+        let ex = exchanges(&out);
+        assert_eq!(ex.len(), 1, "{out:?}");
+        let req = ex[0].request.as_ref().expect("request");
+        let text = format!("{ex:?}");
+        for secret in ["s1g", "gRPCm3ta", "n3verIdx"] {
+            assert_eq!(text.contains(secret), show_secrets, "{secret} with show_secrets={show_secrets}: {text}");
+        }
+        assert_eq!(
+            ex[0].grpc.as_ref().map(|g| g.method.as_str()),
+            Some(if show_secrets { "Call?sig=s1g" } else { "Call?sig=<redacted>" })
+        );
+        assert_eq!(header(&req.headers, "x-plain").is_some_and(|v| v == "<redacted>"), !show_secrets);
+    }
+}

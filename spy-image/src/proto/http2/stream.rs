@@ -46,6 +46,7 @@ impl HeaderList {
     pub(super) fn sort(fields: Vec<hpack::Field>, show_secrets: bool) -> HeaderList {
         let mut list = HeaderList::default();
         for field in fields {
+            let never_indexed = field.never_indexed && !show_secrets;
             let value = field.value.map(|v| String::from_utf8_lossy(&v).into_owned());
             let Some(name) = field.name.map(|n| String::from_utf8_lossy(&n).into_owned()) else {
                 list.headers.push(redact::unknown_name(value, show_secrets));
@@ -60,14 +61,17 @@ impl HeaderList {
                 "content-type" => &mut list.content_type,
                 "content-encoding" => &mut list.content_encoding,
                 _ => {
-                    list.headers.push(redact::header(name, value, show_secrets));
+                    list.headers.push(redact::header(name, value, never_indexed, show_secrets));
                     continue;
                 }
             };
             if !name.starts_with(':') {
-                list.headers.push(redact::header(name, value.clone(), show_secrets));
+                list.headers.push(redact::header(name.clone(), value.clone(), never_indexed, show_secrets));
             }
-            slot.get_or_insert(value);
+            // A never-indexed :path or :authority is hidden like any other
+            // field; :method and :status are protocol, not data.
+            let hide = never_indexed && matches!(name.as_str(), ":path" | ":authority");
+            slot.get_or_insert(if hide { redact::REDACTED.to_owned() } else { value });
         }
         list
     }
@@ -301,7 +305,11 @@ mod tests {
     use spy_protocol::record::Direction::{Recv, Send};
 
     fn field(name: &str, value: &str) -> hpack::Field {
-        hpack::Field { name: Some(name.as_bytes().to_vec()), value: Some(value.as_bytes().to_vec()) }
+        hpack::Field {
+            name: Some(name.as_bytes().to_vec()),
+            value: Some(value.as_bytes().to_vec()),
+            never_indexed: false,
+        }
     }
 
     fn names(headers: &[Header]) -> Vec<&str> {
@@ -317,7 +325,7 @@ mod tests {
                 field(":path", "/second-is-ignored"),
                 field("content-type", "application/grpc"),
                 field("authorization", "Bearer x"),
-                hpack::Field { name: None, value: Some(b"v".to_vec()) },
+                hpack::Field { name: None, value: Some(b"v".to_vec()), never_indexed: false },
                 field("content-encoding", "gzip"),
             ],
             false,
