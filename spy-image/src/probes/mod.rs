@@ -281,6 +281,7 @@ impl Probes {
             programs::SSL_WRITE_EX_ENTER,
             programs::SSL_READ_EX_ENTER,
             programs::SSL_RETURN,
+            programs::SSL_FREE_ENTER,
             programs::GO_WRITE_ENTER,
             programs::GO_READ_ENTER,
             programs::GO_RETURN,
