@@ -393,6 +393,7 @@ impl Spy {
         stats.memory = self.tracker.memory_stats();
         stats.memory.dropped_bytes = stats.memory.dropped_bytes.saturating_add(captured.dropped_bytes);
         stats.memory.unbuffered_segments = captured.unbuffered_segments;
+        stats.undecoded_events = self.decode_errors;
         stats
     }
 

@@ -428,6 +428,10 @@ pub struct Stats {
     pub gap_calls: u64,
     #[serde(default)]
     pub gap_bytes: u64,
+    /// Ring buffer records the agent could not decode (never expected:
+    /// a kernel object out of step with the agent).
+    #[serde(default)]
+    pub undecoded_events: u64,
 }
 
 /// The agent's memory budget at work (`--memory-budget`).
@@ -512,6 +516,7 @@ impl std::ops::AddAssign<&Stats> for Stats {
             gaps,
             gap_calls,
             gap_bytes,
+            undecoded_events,
         } = other;
         self.calls += calls;
         self.events += events;
@@ -531,6 +536,7 @@ impl std::ops::AddAssign<&Stats> for Stats {
         self.gaps += gaps;
         self.gap_calls += gap_calls;
         self.gap_bytes = self.gap_bytes.saturating_add(*gap_bytes);
+        self.undecoded_events += undecoded_events;
     }
 }
 
@@ -698,6 +704,7 @@ mod tests {
             gaps: n,
             gap_calls: n,
             gap_bytes: n,
+            undecoded_events: n,
         };
         let spies = [one(1), one(2), one(4)];
         assert_eq!(spies.iter().sum::<Stats>(), one(7));
@@ -717,7 +724,7 @@ mod tests {
             out
         };
         assert!(numbers(&json).iter().all(|&n| n == 7), "{json}");
-        assert_eq!(numbers(&json).len(), 36);
+        assert_eq!(numbers(&json).len(), 37);
     }
 
     #[test]

@@ -118,6 +118,9 @@ fn loss_part(stats: &Stats) -> String {
     if stats.lost_close_events > 0 {
         lost.push(format!("{} close events (those connections wait for their idle timeout)", stats.lost_close_events));
     }
+    if stats.undecoded_events > 0 {
+        lost.push(format!("{} kernel events the spy could not decode", stats.undecoded_events));
+    }
     if stats.gaps > 0 {
         lost.push(format!(
             "{} TLS calls and {} bytes at {} places in the streams, each marked where it happened",
@@ -131,6 +134,8 @@ fn loss_part(stats: &Stats) -> String {
     let why = if ring_full {
         // The flag exists in every mode, and cluster mode hands it to its spies.
         "the kernel ring buffer was full, raise --ring-buffer-mib (default 32)"
+    } else if stats.lost_bytes == 0 && stats.gaps == 0 {
+        "the agent and its eBPF programs disagree on the event layout (a bug: please report it)"
     } else {
         // Bytes lost without a full ring: a call over the per-call cap, or
         // user memory the kernel could not read.
@@ -200,7 +205,7 @@ mod tests {
     #[test]
     fn the_stats_line_tells_every_loss() {
         assert!(stats_line(&Stats::default()).contains("; 0 events lost"));
-        let cases: [(Stats, &str); 5] = [
+        let cases: [(Stats, &str); 6] = [
             (Stats { lost_events: 2, lost_bytes: 300, ..Stats::default() }, "2 data events (300 bytes)"),
             (Stats { lost_process_events: 4, ..Stats::default() }, "4 fork/exec/exit events"),
             (Stats { lost_close_events: 5, ..Stats::default() }, "5 close events"),
@@ -209,6 +214,7 @@ mod tests {
                 "6 TLS calls and 700 bytes at 1 places",
             ),
             (Stats { lost_bytes: 9, ..Stats::default() }, "0 data events (9 bytes)"),
+            (Stats { undecoded_events: 3, ..Stats::default() }, "3 kernel events the spy could not decode"),
         ];
         for (stats, says) in cases {
             let line = stats_line(&stats);
