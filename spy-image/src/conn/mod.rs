@@ -593,6 +593,21 @@ pub(crate) mod tests {
         assert_eq!((stats.gaps, stats.gap_calls, stats.gap_bytes), (1, 1, head.len() as u64));
     }
 
+    /// Found by the kernel_event fuzz target: a position near the end of
+    /// u64 makes a gap that size; the streams saturate, nothing overflows.
+    #[test]
+    fn absurd_kernel_positions_do_not_overflow() {
+        for raw in [false, true] {
+            let mut tracker = Tracker::new(ParseOptions::default(), raw);
+            let mut out = Vec::new();
+            tracker.on_data(&numbered(Direction::Send, 0, 0, b"GET / HTTP/1.1\r\n\r\n"), &mut out);
+            tracker.on_data(&numbered(Direction::Send, 9, u64::MAX - 3, b"abcdefgh"), &mut out);
+            tracker.on_data(&numbered(Direction::Send, 10, u64::MAX, b"ijkl"), &mut out);
+            tracker.finish(&mut out);
+            assert_eq!(tracker.stats.gaps, 1, "raw={raw}");
+        }
+    }
+
     /// Calls that arrive in order, numbered, are parsed as they always were.
     #[test]
     fn numbered_calls_in_order_make_whole_exchanges() {
