@@ -17,6 +17,11 @@
 
 use spy_protocol::record::Direction;
 
+/// More bytes than any connection moves (4 EiB): a jump past it is no real
+/// loss but a position gone wrong, and is told as a loss of unknown size,
+/// so that the parsers' offsets stay far from overflow.
+pub const MAX_STREAM_BYTES: u64 = 1 << 62;
+
 /// Where the kernel put a call: its number and the bytes before it, in its
 /// connection and direction.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -103,6 +108,10 @@ impl StreamOffsets {
                 position: position.start.saturating_add(piece.call_offset).saturating_add(piece.len),
                 next_seq: position.seq.saturating_add(1),
             });
+        }
+        let mut placed = placed;
+        if dir.stream_offset.saturating_add(placed.gap) > MAX_STREAM_BYTES {
+            placed.gap = 0;
         }
         let end = piece.call_offset.saturating_add(piece.len);
         dir.expected_call_offset = if end >= piece.call_len { 0 } else { end };
@@ -259,11 +268,13 @@ mod tests {
     fn absurd_offsets_do_not_overflow() {
         let mut s = StreamOffsets::default();
         let placed = s.place(Direction::Send, unnumbered(u64::MAX, 10, u64::MAX));
-        assert_eq!(placed.gap, u64::MAX);
+        assert_eq!((placed.lost, placed.gap), (true, 0), "past MAX_STREAM_BYTES: size unknown");
+        let placed = s.place(Direction::Send, unnumbered(MAX_STREAM_BYTES - 10, 10, u64::MAX));
+        assert_eq!((placed.lost, placed.gap), (true, MAX_STREAM_BYTES - 10));
         let mut s = StreamOffsets::default();
         s.place(Direction::Send, numbered(0, 0, 0, 1, 1));
         let placed = s.place(Direction::Send, numbered(u64::MAX, u64::MAX, u64::MAX, u64::MAX, 1));
-        assert_eq!((placed.gap, placed.lost_calls), (u64::MAX - 1, u64::MAX - 1));
+        assert_eq!((placed.lost, placed.gap, placed.lost_calls), (true, 0, u64::MAX - 1));
         let placed = s.place(Direction::Send, numbered(0, 0, 0, 1, 1));
         assert!(placed.lost, "numbering started over");
     }
