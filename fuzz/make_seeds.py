@@ -39,3 +39,55 @@ write("http2", "python-h2-split", [record("send", client[len(PREFACE):100]), rec
 write("connection", "http1", [record("send", b"GET " + req), record("recv", b"HTTP/1.1 " + resp)])
 write("connection", "http2", [record("send", client), record("recv", server)])
 write("connection", "http2-server", [record("recv", client), record("send", server)])
+
+# ---- kernel_event, packet, flows (layouts: spy-ebpf/bpf/tlsspy.h, capture/packet.rs) ----
+import socket
+
+
+def data_event(direction, data, seq, start, call_offset=0, call_len=None, conn_ptr=0x1000, fd=5):
+    tuple_ = struct.pack("<HHHH16s16s", 2, 40000, 443, 0, socket.inet_aton("127.0.0.1"),
+                         socket.inet_aton("127.0.0.1"))
+    header = struct.pack("<IIIiQQQQIBBH", 1, 10, 10, fd, 1, conn_ptr, call_len or len(data), call_offset,
+                         len(data), 0 if direction == "send" else 1, 1, 1)
+    event = header + tuple_ + b"curl".ljust(16, b"\0") + struct.pack("<QQ", seq, start) + data
+    return struct.pack(">H", len(event)) + event
+
+
+def close_event(conn_ptr, fd, why):
+    event = struct.pack("<IIQiB3sQ", 5, 10, conn_ptr, fd, why, b"\0\0\0", 2)
+    return struct.pack(">H", len(event)) + event
+
+
+get = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+head = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n"
+write("kernel_event", "in-order", [data_event("send", get, 0, 0), data_event("recv", head, 0, 0),
+                                   data_event("recv", b"body", 1, len(head)), close_event(0x1000, -1, 1)])
+write("kernel_event", "lost-call", [data_event("send", get, 0, 0), data_event("recv", b"body", 1, len(head)),
+                                    data_event("send", get, 3, 3 * len(get)), close_event(0, 5, 2)])
+
+
+def ipv4_tcp(src_port, dst_port, seq, flags, payload):
+    tcp = struct.pack(">HHIIBBHHH", src_port, dst_port, seq, 0, 5 << 4, flags, 65535, 0, 0)
+    total = 20 + len(tcp) + len(payload)
+    ip = struct.pack(">BBHHHBBH4s4s", 0x45, 0, total, 0, 0, 64, 6, 0, socket.inet_aton("10.0.0.1"),
+                     socket.inet_aton("10.0.0.2"))
+    return ip + tcp + payload
+
+
+hello = open(os.path.join(HERE, "seeds", "tls_handshake", "client_hello_python"), "rb").read()[1:]
+syn = ipv4_tcp(40000, 443, 1000, 0x02, b"")
+write("packet", "syn", [struct.pack(">H", len(syn)), syn])
+data = ipv4_tcp(40000, 443, 1001, 0x18, hello[:200])
+write("packet", "client-hello", [struct.pack(">H", len(data) + 40), data])
+
+
+def flow_packet(control, packet):
+    return struct.pack(">BH", control, len(packet)) + packet
+
+
+write("flows", "client-hello-in-pieces", [
+    flow_packet(1, syn),
+    flow_packet(1, ipv4_tcp(40000, 443, 1001 + 100, 0x18, hello[100:])),  # out of order first
+    flow_packet(1, ipv4_tcp(40000, 443, 1001, 0x18, hello[:100])),
+    flow_packet(0x81, ipv4_tcp(40000, 443, 1001 + len(hello), 0x11, b"")),
+])

@@ -254,8 +254,9 @@ pub struct OutputArgs {
     #[arg(long, value_name = "LEVEL", default_value = "warn")]
     pub log_level: String,
 
-    /// Ring buffer between kernel and spy, in MiB (a power of two).
-    #[arg(long, value_name = "MIB", default_value = "32", hide = true)]
+    /// Ring buffer between kernel and spy, in MiB (a power of two, at most
+    /// 2048): raise it when the end line says events were lost.
+    #[arg(long, value_name = "MIB", default_value = "32", value_parser = spy_protocol::limits::parse_ring_buffer_mib)]
     pub ring_buffer_mib: u32,
 
     #[command(flatten)]

@@ -8,6 +8,8 @@
  *   uprobe    Go crypto/tls.(*Conn).Write entry             copy the bytes to write
  *   uprobe    Go crypto/tls.(*Conn).Read entry              remember (conn, buf, fd) per goroutine frame
  *   uprobe    every RET of those two Go functions           copy the bytes read; end the call
+ *   uprobe    SSL_free                                      the connection ended: close event
+ *   tracepoint syscalls/sys_enter_close                     a TLS socket closed: close event
  *   tracepoint sched/sched_process_{fork,exec,exit}         follow targets' children
  *
  * Only processes in target_tgids are traced; everything else returns after one
@@ -91,6 +93,26 @@ struct {
 	__type(key, __u32);
 	__type(value, struct tlsspy_data_event);
 } scratch SEC(".maps");
+
+/* Per connection and direction: where its next call goes. */
+struct call_seq_key {
+	__u64 conn_ptr;
+	__u32 tgid;
+	__u8 direction;
+	__u8 _pad[3];
+};
+
+struct call_seq {
+	__u64 next;  /* the next call's sequence number */
+	__u64 bytes; /* bytes moved by the calls before it */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, TLSSPY_MAX_CALL_SEQS);
+	__type(key, struct call_seq_key);
+	__type(value, struct call_seq);
+} call_seqs SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -236,6 +258,50 @@ static long emit_one_chunk(__u32 index, void *data)
 	return 0;
 }
 
+/* Numbers the call in its connection and direction, before any of its
+ * events is reserved: a call whose events all find the ring buffer full
+ * still takes its number and its bytes, so user space sees the jump where
+ * it happened. Not atomic: one connection's calls in one direction do not
+ * run at once (an SSL* is not shared between threads mid-call, and Go's
+ * tls.Conn serialises writes and reads per direction). */
+static __always_inline void number_call(struct tlsspy_data_header *hdr, __u32 tgid, __u64 conn_ptr,
+					__u8 direction, __u64 moved)
+{
+	struct call_seq_key key;
+	__builtin_memset(&key, 0, sizeof(key));
+	key.conn_ptr = conn_ptr;
+	key.tgid = tgid;
+	key.direction = direction;
+	struct call_seq *seq = bpf_map_lookup_elem(&call_seqs, &key);
+	if (seq) {
+		hdr->call_seq = seq->next;
+		hdr->call_start = seq->bytes;
+		seq->next += 1;
+		seq->bytes += moved;
+		return;
+	}
+	/* The connection's first call since the spy started (or since its
+	 * entry aged out): numbering starts here. */
+	hdr->call_seq = 0;
+	hdr->call_start = 0;
+	struct call_seq first = { .next = 1, .bytes = moved };
+	bpf_map_update_elem(&call_seqs, &key, &first, BPF_ANY);
+}
+
+/* Forgets a connection's numbering; true when it had any (it moved data). */
+static __always_inline bool forget_call_seqs(__u32 tgid, __u64 conn_ptr)
+{
+	struct call_seq_key key;
+	__builtin_memset(&key, 0, sizeof(key));
+	key.conn_ptr = conn_ptr;
+	key.tgid = tgid;
+	key.direction = TLSSPY_DIR_SEND;
+	bool known = bpf_map_delete_elem(&call_seqs, &key) == 0;
+	key.direction = TLSSPY_DIR_RECV;
+	known = (bpf_map_delete_elem(&call_seqs, &key) == 0) || known;
+	return known;
+}
+
 /* The socket fd of an OpenSSL call: the one its syscalls touched, else the
  * one this SSL* used before (a read served from OpenSSL's buffer makes no
  * syscall). */
@@ -277,6 +343,7 @@ static __always_inline void emit_call(__u64 pid_tgid, const struct tls_call *cal
 	ev->hdr.library_id = call->library_id;
 	tuple_of(&ev->hdr.tuple, tgid, fd);
 	bpf_get_current_comm(ev->hdr.comm, sizeof(ev->hdr.comm));
+	number_call(&ev->hdr, tgid, call->conn_ptr, call->direction, moved);
 	stat_add(TLSSPY_STAT_CALLS, 1);
 
 	struct emit_ctx ctx = { .ev = ev, .buf = call->buf, .total = moved };
@@ -588,6 +655,41 @@ int go_return(struct pt_regs *ctx)
 	return 0;
 }
 
+/* ---- connections that end ---- */
+
+static __always_inline void emit_close(__u32 tgid, __u64 conn_ptr, __s32 fd, __u8 why)
+{
+	struct tlsspy_close_event *ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		stat_add(TLSSPY_STAT_CLOSE_LOST, 1);
+		return;
+	}
+	ev->kind = TLSSPY_EVENT_CLOSE;
+	ev->tgid = tgid;
+	ev->conn_ptr = conn_ptr;
+	ev->fd = fd;
+	ev->why = why;
+	__builtin_memset(ev->_pad, 0, sizeof(ev->_pad));
+	ev->ts_ns = bpf_ktime_get_ns();
+	bpf_ringbuf_submit(ev, wakeup_flags());
+}
+
+/* SSL_free(ssl): the connection object goes, and with it what user space
+ * holds for it. Only an SSL* that moved data is reported (a handshake
+ * that failed, a probe connection: nothing to forget). */
+SEC("uprobe/SSL_free")
+int BPF_KPROBE(ssl_free_enter, void *ssl)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	if (!is_target(tgid))
+		return 0;
+	struct conn_fd_key key = { .conn_ptr = (__u64)ssl, .tgid = tgid };
+	bpf_map_delete_elem(&conn_fds, &key);
+	if (forget_call_seqs(tgid, (__u64)ssl))
+		emit_close(tgid, (__u64)ssl, -1, TLSSPY_CLOSE_SSL_FREE);
+	return 0;
+}
+
 /* ---- the socket fd of the call in flight ---- */
 
 /* Attached to sys_enter_{read,write,readv,writev,recvfrom,sendto,recvmsg,sendmsg}:
@@ -602,7 +704,9 @@ int sys_enter_fd_io(struct trace_event_raw_sys_enter *ctx)
 	return 0;
 }
 
-/* A target closing an fd: forget the socket it named. */
+/* A target closing an fd: forget the socket it named. Only a socket that
+ * TLS calls used has an fd_tuples entry, so only those closes are reported
+ * (Go's crypto/tls has no SSL_free: its connections end here). */
 SEC("tracepoint/syscalls/sys_enter_close")
 int sys_enter_close(struct trace_event_raw_sys_enter *ctx)
 {
@@ -610,7 +714,8 @@ int sys_enter_close(struct trace_event_raw_sys_enter *ctx)
 	if (!is_target(tgid))
 		return 0;
 	struct fd_key key = { .tgid = tgid, .fd = (__s32)ctx->args[0] };
-	bpf_map_delete_elem(&fd_tuples, &key);
+	if (bpf_map_delete_elem(&fd_tuples, &key) == 0)
+		emit_close(tgid, 0, key.fd, TLSSPY_CLOSE_FD);
 	return 0;
 }
 

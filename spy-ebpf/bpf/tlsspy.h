@@ -38,6 +38,10 @@
 /* Go crypto/tls calls in flight at once (one per goroutine frame inside
  * (*Conn).Read/Write); LRU, so entries whose return was never seen age out. */
 #define TLSSPY_MAX_GO_CALLS 65536
+/* Per connection and direction: the next call's sequence number and the
+ * bytes moved before it (two entries per live connection); LRU, so a
+ * connection whose SSL_free or close was never seen ages out. */
+#define TLSSPY_MAX_CALL_SEQS (2 * 65536)
 
 /* Every ring buffer record starts with a __u32 kind. */
 enum tlsspy_event_kind {
@@ -45,6 +49,13 @@ enum tlsspy_event_kind {
 	TLSSPY_EVENT_FORK = 2, /* struct tlsspy_proc_event: a target forked */
 	TLSSPY_EVENT_EXEC = 3, /* struct tlsspy_proc_event: a target exec'd */
 	TLSSPY_EVENT_EXIT = 4, /* struct tlsspy_proc_event: a target exited */
+	TLSSPY_EVENT_CLOSE = 5, /* struct tlsspy_close_event: a connection ended */
+};
+
+/* What ended a connection (tlsspy_close_event.why). */
+enum tlsspy_close_why {
+	TLSSPY_CLOSE_SSL_FREE = 1, /* SSL_free(conn_ptr) */
+	TLSSPY_CLOSE_FD = 2,       /* close(fd) of a socket TLS calls used */
 };
 
 enum tlsspy_direction {
@@ -67,7 +78,8 @@ enum tlsspy_stat {
 	TLSSPY_STAT_PROC_LOST = 5,   /* fork/exec/exit events lost */
 	TLSSPY_STAT_ENTRY_HITS = 6,  /* TLS call entries of targets (one breakpoint each) */
 	TLSSPY_STAT_RETURN_HITS = 7, /* TLS call returns of targets */
-	TLSSPY_STAT_MAX = 8,
+	TLSSPY_STAT_CLOSE_LOST = 8,  /* close events lost (the connection then ages out) */
+	TLSSPY_STAT_MAX = 9,
 };
 
 /* Values of the target_tgids map. */
@@ -114,6 +126,24 @@ struct tlsspy_data_header {
 	__u16 library_id; /* the probed file, from the uprobe's attach cookie (0: unknown) */
 	struct tlsspy_conn_tuple tuple;
 	char comm[TLSSPY_COMM_LEN];
+	/* The call's number in its connection and direction (0, 1, 2, ...):
+	 * every call takes one, whether its events fit in the ring buffer or
+	 * not, so a jump tells user space that whole calls were lost. */
+	__u64 call_seq;
+	/* Bytes the connection moved in this direction before this call, lost
+	 * ones included: how many bytes a jump lost. */
+	__u64 call_start;
+};
+
+/* A connection ended: SSL_free of its SSL*, or close() of its socket. */
+struct tlsspy_close_event {
+	__u32 kind; /* TLSSPY_EVENT_CLOSE */
+	__u32 tgid;
+	__u64 conn_ptr; /* the SSL* freed, 0 for a close(fd) */
+	__s32 fd;       /* the fd closed, -1 for SSL_free */
+	__u8 why;       /* enum tlsspy_close_why */
+	__u8 _pad[3];
+	__u64 ts_ns;
 };
 
 /* Per Go executable: byte offsets from a *tls.Conn to its socket fd, from
@@ -150,7 +180,7 @@ _Static_assert(sizeof(struct tlsspy_socket_key) == 48, "tlsspy_socket_key size")
 TLSSPY_ASSERT_OFFSET(tlsspy_socket_key, netns, 40);
 _Static_assert(sizeof(struct tlsspy_socket_owner) == 32, "tlsspy_socket_owner size");
 TLSSPY_ASSERT_OFFSET(tlsspy_socket_owner, comm, 16);
-_Static_assert(sizeof(struct tlsspy_data_header) == 112, "tlsspy_data_header size");
+_Static_assert(sizeof(struct tlsspy_data_header) == 128, "tlsspy_data_header size");
 TLSSPY_ASSERT_OFFSET(tlsspy_data_header, ts_ns, 16);
 TLSSPY_ASSERT_OFFSET(tlsspy_data_header, conn_ptr, 24);
 TLSSPY_ASSERT_OFFSET(tlsspy_data_header, call_len, 32);
@@ -161,7 +191,14 @@ TLSSPY_ASSERT_OFFSET(tlsspy_data_header, source, 53);
 TLSSPY_ASSERT_OFFSET(tlsspy_data_header, library_id, 54);
 TLSSPY_ASSERT_OFFSET(tlsspy_data_header, tuple, 56);
 TLSSPY_ASSERT_OFFSET(tlsspy_data_header, comm, 96);
-TLSSPY_ASSERT_OFFSET(tlsspy_data_event, data, 112);
+TLSSPY_ASSERT_OFFSET(tlsspy_data_header, call_seq, 112);
+TLSSPY_ASSERT_OFFSET(tlsspy_data_header, call_start, 120);
+TLSSPY_ASSERT_OFFSET(tlsspy_data_event, data, 128);
+_Static_assert(sizeof(struct tlsspy_close_event) == 32, "tlsspy_close_event size");
+TLSSPY_ASSERT_OFFSET(tlsspy_close_event, conn_ptr, 8);
+TLSSPY_ASSERT_OFFSET(tlsspy_close_event, fd, 16);
+TLSSPY_ASSERT_OFFSET(tlsspy_close_event, why, 20);
+TLSSPY_ASSERT_OFFSET(tlsspy_close_event, ts_ns, 24);
 _Static_assert(sizeof(struct tlsspy_go_config) == 16, "tlsspy_go_config size");
 TLSSPY_ASSERT_OFFSET(tlsspy_go_config, tcpconn_fd, 4);
 TLSSPY_ASSERT_OFFSET(tlsspy_go_config, netfd_sysfd, 8);

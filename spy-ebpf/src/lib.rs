@@ -24,6 +24,13 @@ pub mod event_kind {
     pub const FORK: u32 = 2;
     pub const EXEC: u32 = 3;
     pub const EXIT: u32 = 4;
+    pub const CLOSE: u32 = 5;
+}
+
+/// `enum tlsspy_close_why`.
+pub mod close_why {
+    pub const SSL_FREE: u8 = 1;
+    pub const FD: u8 = 2;
 }
 
 /// `enum tlsspy_direction`.
@@ -48,7 +55,8 @@ pub mod stat {
     pub const PROC_LOST: u32 = 5;
     pub const ENTRY_HITS: u32 = 6;
     pub const RETURN_HITS: u32 = 7;
-    pub const MAX: u32 = 8;
+    pub const CLOSE_LOST: u32 = 8;
+    pub const MAX: u32 = 9;
 }
 
 /// Values of the `target_tgids` map.
@@ -73,6 +81,7 @@ pub mod programs {
     pub const SSL_WRITE_EX_ENTER: &str = "ssl_write_ex_enter";
     pub const SSL_READ_EX_ENTER: &str = "ssl_read_ex_enter";
     pub const SSL_RETURN: &str = "ssl_return";
+    pub const SSL_FREE_ENTER: &str = "ssl_free_enter";
     pub const GO_WRITE_ENTER: &str = "go_write_enter";
     pub const GO_READ_ENTER: &str = "go_read_enter";
     pub const GO_RETURN: &str = "go_return";
@@ -122,6 +131,27 @@ pub struct DataHeader {
     pub library_id: u16,
     pub tuple: ConnTuple,
     pub comm: [u8; COMM_LEN],
+    /// The call's number in its connection and direction: a jump means
+    /// whole calls were lost.
+    pub call_seq: u64,
+    /// Bytes the connection moved in this direction before this call.
+    pub call_start: u64,
+}
+
+/// `struct tlsspy_close_event`: a connection ended.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CloseEvent {
+    pub kind: u32,
+    pub tgid: u32,
+    /// The SSL* freed (0 for a close of an fd).
+    pub conn_ptr: u64,
+    /// The fd closed (-1 for SSL_free).
+    pub fd: i32,
+    /// `close_why::*`.
+    pub why: u8,
+    pub _pad: [u8; 3],
+    pub ts_ns: u64,
 }
 
 /// `struct tlsspy_go_config`: how to get from a Go `*tls.Conn` to its
@@ -191,7 +221,7 @@ assert_layout!(
 );
 assert_layout!(
     DataHeader,
-    size = 112,
+    size = 128,
     kind = 0,
     tgid = 4,
     tid = 8,
@@ -205,8 +235,11 @@ assert_layout!(
     source = 53,
     library_id = 54,
     tuple = 56,
-    comm = 96
+    comm = 96,
+    call_seq = 112,
+    call_start = 120
 );
+assert_layout!(CloseEvent, size = 32, kind = 0, tgid = 4, conn_ptr = 8, fd = 16, why = 20, _pad = 21, ts_ns = 24);
 assert_layout!(GoConfig, size = 16, conn_iface = 0, tcpconn_fd = 4, netfd_sysfd = 8, _pad = 12);
 assert_layout!(SocketKey, size = 48, tuple = 0, netns = 40, _pad = 44);
 assert_layout!(SocketOwner, size = 32, tgid = 0, _pad = 4, ts_ns = 8, comm = 16);

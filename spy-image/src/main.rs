@@ -58,6 +58,12 @@ struct Args {
     /// No protocol parsing: plaintext as it moved, as chunk records.
     #[arg(long)]
     raw: bool,
+
+    /// Ring buffer between the kernel and the agent, in MiB (a power of
+    /// two): raise it when stats say events were lost.
+    #[arg(long, value_name = "MIB", default_value_t = spy_protocol::limits::DEFAULT_RING_BUFFER_MIB,
+          value_parser = spy_protocol::limits::parse_ring_buffer_mib)]
+    ring_buffer_mib: u32,
 }
 
 fn main() -> ExitCode {
@@ -135,6 +141,8 @@ mod agent {
             exit_when_targets_gone: !args.session,
             node: args.node.clone(),
             memory_budget: args.memory_budget,
+            // At most 2048 MiB (parse_ring_buffer_mib): 2^31 bytes fits.
+            load: spy_image::probes::LoadOptions { ring_buffer_bytes: args.ring_buffer_mib.saturating_mul(1 << 20) },
             ..SpyOptions::default()
         };
         let mut spy = Spy::start(options)?;

@@ -351,6 +351,10 @@ impl Spy {
                     self.tracker.describe_process(proc_event.tgid, meta);
                 }
             }
+            KernelEvent::Close(close) => {
+                let (conn_ptr, fd) = event::closed(&close);
+                self.tracker.connection_closed(close.tgid, conn_ptr, fd, &mut self.out);
+            }
             KernelEvent::Exit(proc_event) => {
                 let pid = proc_event.tgid;
                 if self.targets.on_exit(pid) {
@@ -389,6 +393,7 @@ impl Spy {
         stats.memory = self.tracker.memory_stats();
         stats.memory.dropped_bytes = stats.memory.dropped_bytes.saturating_add(captured.dropped_bytes);
         stats.memory.unbuffered_segments = captured.unbuffered_segments;
+        stats.undecoded_events = self.decode_errors;
         stats
     }
 

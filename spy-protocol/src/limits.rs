@@ -94,6 +94,25 @@ pub fn format_size(bytes: u64) -> String {
     bytes.to_string()
 }
 
+/// The kernel ring buffer between the eBPF programs and the agent, in MiB,
+/// by default (`--ring-buffer-mib`; part of [`AGENT_FIXED_OVERHEAD`]).
+pub const DEFAULT_RING_BUFFER_MIB: u32 = 32;
+/// The largest ring buffer taken: its size in bytes must fit the kernel's
+/// u32 map size and be a power of two.
+pub const MAX_RING_BUFFER_MIB: u32 = 2048;
+
+/// `--ring-buffer-mib`: a power of two from 1 to [`MAX_RING_BUFFER_MIB`]
+/// (the kernel takes only power-of-two ring buffers).
+pub fn parse_ring_buffer_mib(text: &str) -> Result<u32, String> {
+    let mib: u32 = text.trim().parse().map_err(|_| format!("`{text}` is not a whole number of MiB"))?;
+    if mib == 0 || mib > MAX_RING_BUFFER_MIB || !mib.is_power_of_two() {
+        return Err(format!(
+            "`{text}` is not a power of two from 1 to {MAX_RING_BUFFER_MIB} (the kernel takes only those)"
+        ));
+    }
+    Ok(mib)
+}
+
 /// Memory for a spy pod whose agent has `budget`: the limit of its
 /// container, as a Kubernetes quantity (bytes, exactly).
 pub fn pod_memory_limit(budget: u64) -> u64 {
@@ -132,6 +151,16 @@ mod tests {
             assert!(err.contains('`'), "{err}");
         }
         assert!(parse_max_body("16777217").is_err_and(|e| e.contains("16MiB")));
+    }
+
+    #[test]
+    fn ring_buffer_sizes_are_powers_of_two() {
+        assert_eq!(parse_ring_buffer_mib("32"), Ok(DEFAULT_RING_BUFFER_MIB));
+        assert_eq!(parse_ring_buffer_mib("1"), Ok(1));
+        assert_eq!(parse_ring_buffer_mib("2048"), Ok(MAX_RING_BUFFER_MIB));
+        for bad in ["0", "3", "4096", "-1", "", "1MiB", "99999999999"] {
+            assert!(parse_ring_buffer_mib(bad).is_err_and(|e| e.contains('`')), "{bad}");
+        }
     }
 
     #[test]

@@ -411,6 +411,27 @@ pub struct Stats {
     /// let go of.
     #[serde(default)]
     pub memory: MemoryStats,
+    /// Fork, exec and exit events of targets the ring buffer had no room
+    /// for (a child then goes unfollowed, an exit unseen).
+    #[serde(default)]
+    pub lost_process_events: u64,
+    /// Connection-close events (SSL_free, close) the ring buffer had no
+    /// room for (those connections then wait for their idle timeout).
+    #[serde(default)]
+    pub lost_close_events: u64,
+    /// Places in connections' streams where plaintext was lost (each is
+    /// marked in the exchange it broke), the whole TLS calls lost at them,
+    /// and their bytes.
+    #[serde(default)]
+    pub gaps: u64,
+    #[serde(default)]
+    pub gap_calls: u64,
+    #[serde(default)]
+    pub gap_bytes: u64,
+    /// Ring buffer records the agent could not decode (never expected:
+    /// a kernel object out of step with the agent).
+    #[serde(default)]
+    pub undecoded_events: u64,
 }
 
 /// The agent's memory budget at work (`--memory-budget`).
@@ -431,6 +452,9 @@ pub struct MemoryStats {
     pub evicted_connections: u64,
     /// Connections forgotten after a long silence.
     pub idle_connections: u64,
+    /// Connections forgotten at once because the target ended them
+    /// (SSL_free, or close of their socket).
+    pub closed_connections: u64,
     /// Bytes let go to stay within the budget: what evicted connections held,
     /// and out-of-order segments not held for reassembly.
     pub dropped_bytes: u64,
@@ -488,6 +512,12 @@ impl std::ops::AddAssign<&Stats> for Stats {
             probe_hits,
             handshakes,
             memory,
+            lost_process_events,
+            lost_close_events,
+            gaps,
+            gap_calls,
+            gap_bytes,
+            undecoded_events,
         } = other;
         self.calls += calls;
         self.events += events;
@@ -502,6 +532,12 @@ impl std::ops::AddAssign<&Stats> for Stats {
         self.probe_hits += probe_hits;
         self.handshakes += handshakes;
         self.memory += memory;
+        self.lost_process_events += lost_process_events;
+        self.lost_close_events += lost_close_events;
+        self.gaps += gaps;
+        self.gap_calls += gap_calls;
+        self.gap_bytes = self.gap_bytes.saturating_add(*gap_bytes);
+        self.undecoded_events += undecoded_events;
     }
 }
 
@@ -514,6 +550,7 @@ impl std::ops::AddAssign<&MemoryStats> for MemoryStats {
             budget_bytes,
             evicted_connections,
             idle_connections,
+            closed_connections,
             dropped_bytes,
             unbuffered_segments,
         } = other;
@@ -523,6 +560,7 @@ impl std::ops::AddAssign<&MemoryStats> for MemoryStats {
         self.budget_bytes = self.budget_bytes.saturating_add(*budget_bytes);
         self.evicted_connections += evicted_connections;
         self.idle_connections += idle_connections;
+        self.closed_connections += closed_connections;
         self.dropped_bytes = self.dropped_bytes.saturating_add(*dropped_bytes);
         self.unbuffered_segments += unbuffered_segments;
     }
@@ -658,9 +696,16 @@ mod tests {
                 budget_bytes: n,
                 evicted_connections: n,
                 idle_connections: n,
+                closed_connections: n,
                 dropped_bytes: n,
                 unbuffered_segments: n,
             },
+            lost_process_events: n,
+            lost_close_events: n,
+            gaps: n,
+            gap_calls: n,
+            gap_bytes: n,
+            undecoded_events: n,
         };
         let spies = [one(1), one(2), one(4)];
         assert_eq!(spies.iter().sum::<Stats>(), one(7));
@@ -680,7 +725,7 @@ mod tests {
             out
         };
         assert!(numbers(&json).iter().all(|&n| n == 7), "{json}");
-        assert_eq!(numbers(&json).len(), 30);
+        assert_eq!(numbers(&json).len(), 37);
     }
 
     #[test]

@@ -156,13 +156,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         Some(duration) => duration + args.spy.timeout + DEADLINE_MARGIN,
         None => DEFAULT_DEADLINE,
     });
-    let mut agent_args = vec!["--max-body".to_string(), args.output.max_body.to_string()];
-    if args.output.show_secrets {
-        agent_args.push("--show-secrets".into());
-    }
-    if args.output.raw {
-        agent_args.push("--raw".into());
-    }
+    let agent_args = agent_args(&args.output);
     let session_id = session_id();
     let names = SharedPeerNames::default();
     // Started before the first spy pod exists: from here on, whatever ends
@@ -235,6 +229,20 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         eprintln!("{}", stats_line(&session.stats()));
     }
     Ok(if session.failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// The flags each spy pod's agent gets from the plugin's output options.
+fn agent_args(output: &crate::cli::OutputArgs) -> Vec<String> {
+    let mut agent_args = vec!["--max-body".to_string(), output.max_body.to_string()];
+    if output.show_secrets {
+        agent_args.push("--show-secrets".into());
+    }
+    if output.raw {
+        agent_args.push("--raw".into());
+    }
+    // The end line's loss hint names this flag: it must reach the spies.
+    agent_args.extend(["--ring-buffer-mib".to_string(), output.ring_buffer_mib.to_string()]);
+    agent_args
 }
 
 async fn sleep_or_never(duration: Option<Duration>) {
@@ -533,6 +541,21 @@ impl Drop for Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the loss hint tells people to raise reaches the spies.
+    #[test]
+    fn the_ring_buffer_size_reaches_the_agent() {
+        use clap::Parser as _;
+        let cli = crate::cli::Cli::try_parse_from(["kubectl-tlsspy", "pod/x", "--ring-buffer-mib", "128", "--raw"])
+            .expect("parse");
+        let args = agent_args(&cli.cluster.output);
+        let at = args.iter().position(|a| a == "--ring-buffer-mib").expect("passed");
+        assert_eq!(args[at + 1], "128");
+        assert!(args.contains(&"--raw".to_string()));
+        let cli = crate::cli::Cli::try_parse_from(["kubectl-tlsspy", "pod/x"]).expect("parse");
+        assert!(agent_args(&cli.cluster.output).windows(2).any(|w| w == ["--ring-buffer-mib", "32"]));
+        assert!(crate::cli::Cli::try_parse_from(["kubectl-tlsspy", "pod/x", "--ring-buffer-mib", "3"]).is_err());
+    }
 
     #[test]
     fn session_ids_are_label_values() {

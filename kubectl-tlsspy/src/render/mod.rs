@@ -101,16 +101,48 @@ pub fn stats_line(stats: &Stats) -> String {
             h.not_tls_flows
         ));
     }
-    if stats.lost_events > 0 || stats.lost_bytes > 0 {
-        line.push_str(&format!(
-            "; LOST {} events ({} bytes): the kernel ring buffer was full, raise --ring-buffer-mib",
-            stats.lost_events, stats.lost_bytes
-        ));
-    } else {
-        line.push_str("; 0 events lost");
-    }
+    line.push_str(&loss_part(stats));
     line.push_str(&memory_part(&stats.memory));
     line
+}
+
+/// What the kernel could not deliver, every counter of it: "0 events
+/// lost" only when none is above zero.
+fn loss_part(stats: &Stats) -> String {
+    let mut lost = Vec::new();
+    if stats.lost_events > 0 || stats.lost_bytes > 0 {
+        lost.push(format!("{} data events ({} bytes)", stats.lost_events, stats.lost_bytes));
+    }
+    if stats.lost_process_events > 0 {
+        lost.push(format!("{} fork/exec/exit events (children may go unfollowed)", stats.lost_process_events));
+    }
+    if stats.lost_close_events > 0 {
+        lost.push(format!("{} close events (those connections wait for their idle timeout)", stats.lost_close_events));
+    }
+    if stats.undecoded_events > 0 {
+        lost.push(format!("{} kernel events the spy could not decode", stats.undecoded_events));
+    }
+    if stats.gaps > 0 {
+        lost.push(format!(
+            "{} TLS calls and {} bytes at {} places in the streams, each marked where it happened",
+            stats.gap_calls, stats.gap_bytes, stats.gaps
+        ));
+    }
+    if lost.is_empty() {
+        return "; 0 events lost".to_string();
+    }
+    let ring_full = stats.lost_events > 0 || stats.lost_process_events > 0 || stats.lost_close_events > 0;
+    let why = if ring_full {
+        // The flag exists in every mode, and cluster mode hands it to its spies.
+        "the kernel ring buffer was full, raise --ring-buffer-mib (default 32)"
+    } else if stats.lost_bytes == 0 && stats.gaps == 0 {
+        "the agent and its eBPF programs disagree on the event layout (a bug: please report it)"
+    } else {
+        // Bytes lost without a full ring: a call over the per-call cap, or
+        // user memory the kernel could not read.
+        "a TLS call larger than the 4 MiB a call may carry, or plaintext the kernel could not read"
+    };
+    format!("; LOST {}: {why}", lost.join(", "))
 }
 
 /// The memory budget's part of the stats line: the most held, and what was
@@ -130,6 +162,9 @@ fn memory_part(memory: &MemoryStats) -> String {
     }
     if memory.idle_connections > 0 {
         part.push_str(&format!("; {} idle connections forgotten", memory.idle_connections));
+    }
+    if memory.closed_connections > 0 {
+        part.push_str(&format!("; {} closed connections forgotten at once", memory.closed_connections));
     }
     part
 }
@@ -174,5 +209,46 @@ mod tests {
         assert!(line.ends_with("; 2 idle connections forgotten"), "{line}");
         // An agent older than the budget says nothing about it.
         assert!(!stats_line(&Stats::default()).contains("memory"));
+        stats.memory.closed_connections = 3;
+        assert!(stats_line(&stats).ends_with("; 3 closed connections forgotten at once"), "{}", stats_line(&stats));
+    }
+
+    /// Every loss counter makes the line say LOST, with the flag that helps;
+    /// "0 events lost" only when there is none.
+    #[test]
+    fn the_stats_line_tells_every_loss() {
+        assert!(stats_line(&Stats::default()).contains("; 0 events lost"));
+        let cases: [(Stats, &str); 6] = [
+            (Stats { lost_events: 2, lost_bytes: 300, ..Stats::default() }, "2 data events (300 bytes)"),
+            (Stats { lost_process_events: 4, ..Stats::default() }, "4 fork/exec/exit events"),
+            (Stats { lost_close_events: 5, ..Stats::default() }, "5 close events"),
+            (
+                Stats { gaps: 1, gap_calls: 6, gap_bytes: 700, ..Stats::default() },
+                "6 TLS calls and 700 bytes at 1 places",
+            ),
+            (Stats { lost_bytes: 9, ..Stats::default() }, "0 data events (9 bytes)"),
+            (Stats { undecoded_events: 3, ..Stats::default() }, "3 kernel events the spy could not decode"),
+        ];
+        for (stats, says) in cases {
+            let line = stats_line(&stats);
+            assert!(line.contains("; LOST ") && line.contains(says), "{line}");
+            assert!(!line.contains("0 events lost"), "{line}");
+        }
+        let ring = stats_line(&Stats { lost_process_events: 1, ..Stats::default() });
+        assert!(ring.contains("raise --ring-buffer-mib"), "{ring}");
+        let cap = stats_line(&Stats { lost_bytes: 9, ..Stats::default() });
+        assert!(!cap.contains("--ring-buffer-mib") && cap.contains("4 MiB"), "{cap}");
+    }
+
+    /// The flag the hint names is one the plugin takes, in local and
+    /// cluster mode alike.
+    #[test]
+    fn the_ring_buffer_hint_names_a_real_flag() {
+        use clap::Parser as _;
+        for mode in [&["kubectl-tlsspy", "pod/x"][..], &["kubectl-tlsspy", "local", "--pid", "1"][..]] {
+            let mut args = mode.to_vec();
+            args.extend(["--ring-buffer-mib", "64"]);
+            crate::cli::Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
     }
 }

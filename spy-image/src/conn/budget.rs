@@ -13,7 +13,8 @@
 //!
 //! Every way a connection ends goes through `Tracker::close`, which
 //! [`Budget::forget`]s it: an eviction, an idle timeout, a process exit,
-//! or a close the kernel reports (`forget`).
+//! or a close the kernel reports (SSL_free, or close of its socket:
+//! `Tracker::connection_closed`), which frees it at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::mem::size_of;
@@ -63,6 +64,8 @@ pub struct Budget {
 pub struct BudgetStats {
     pub evicted_connections: u64,
     pub idle_connections: u64,
+    /// Forgotten because the target ended them (SSL_free, close).
+    pub closed_connections: u64,
     pub dropped_bytes: u64,
 }
 
@@ -142,7 +145,7 @@ impl Budget {
     }
 
     pub fn stats(&self) -> MemoryStats {
-        let BudgetStats { evicted_connections, idle_connections, dropped_bytes } = self.stats;
+        let BudgetStats { evicted_connections, idle_connections, closed_connections, dropped_bytes } = self.stats;
         MemoryStats {
             held_bytes: self.gauge.held(),
             reassembly_bytes: self.gauge.reassembly(),
@@ -150,6 +153,7 @@ impl Budget {
             budget_bytes: self.gauge.budget(),
             evicted_connections,
             idle_connections,
+            closed_connections,
             dropped_bytes,
             ..MemoryStats::default()
         }

@@ -24,7 +24,8 @@ pub use budget::Budget;
 
 use handshakes::TupleEntry;
 pub use handshakes::{Plaintext, WireHandshake};
-use stream::StreamOffsets;
+pub use stream::CallPosition;
+use stream::{Piece, Placed, StreamOffsets};
 
 /// Exited processes whose names are kept for handshakes that come late.
 const MAX_EXITED_REMEMBERED: usize = 1024;
@@ -44,6 +45,12 @@ pub struct DataEvent<'a> {
     pub library: TlsLibrary,
     pub call_len: u64,
     pub call_offset: u64,
+    /// The call's number and the bytes before it in its connection and
+    /// direction, as the kernel counted them (`None`: the source numbers
+    /// no calls; then only losses inside a call are found).
+    pub position: Option<CallPosition>,
+    /// The socket fd the call used, when known.
+    pub fd: Option<i32>,
     pub local: Option<SocketAddr>,
     pub remote: Option<SocketAddr>,
     /// The thread's name, used until the process is described.
@@ -74,6 +81,11 @@ struct ConnState {
     /// Secrets in chunks (plaintext no parser claimed), per direction:
     /// redaction holds when parsing does not.
     maskers: [RawMasker; 2],
+    /// The socket fd, for a close the kernel reports by fd.
+    fd: Option<i32>,
+    /// A warning about lost calls was sent (one per connection: the
+    /// exchanges each gap broke say the rest).
+    gap_warned: bool,
 }
 
 /// Counters the tracker keeps for the `stats` record.
@@ -85,6 +97,10 @@ pub struct TrackerStats {
     pub parse_errors: u64,
     pub bytes: u64,
     pub gap_bytes: u64,
+    /// Places in the streams where the kernel lost plaintext, and the
+    /// whole TLS calls lost at them.
+    pub gaps: u64,
+    pub gap_calls: u64,
     /// Handshake records sent, and how many of them were decrypted.
     pub handshakes: u64,
     pub handshakes_decrypted: u64,
@@ -101,12 +117,17 @@ impl TrackerStats {
             chunks,
             parse_errors,
             bytes,
-            gap_bytes: _,
+            gap_bytes,
+            gaps,
+            gap_calls,
             handshakes,
             handshakes_decrypted,
         } = *self;
         Stats {
             bytes,
+            gap_bytes,
+            gaps,
+            gap_calls,
             connections,
             exchanges,
             chunks,
@@ -125,6 +146,8 @@ pub struct Tracker {
     raw: bool,
     conns: HashMap<ConnKey, ConnState>,
     processes: HashMap<u32, ProcessMeta>,
+    /// (tgid, fd) → the connection on that socket, for closes by fd.
+    fds: HashMap<(u32, i32), ConnKey>,
     /// (local, remote) → the connection's id: how a handshake seen on the
     /// wire and the plaintext of the same connection meet.
     tuples: HashMap<(SocketAddr, SocketAddr), TupleEntry>,
@@ -144,6 +167,7 @@ impl Tracker {
             options,
             raw,
             conns: HashMap::new(),
+            fds: HashMap::new(),
             processes: HashMap::new(),
             tuples: HashMap::new(),
             exited: std::collections::VecDeque::new(),
@@ -184,6 +208,8 @@ impl Tracker {
                     offsets: StreamOffsets::default(),
                     seen_data: false,
                     maskers: Default::default(),
+                    fd: None,
+                    gap_warned: false,
                 },
             );
             self.link_tuple(key, out);
@@ -194,6 +220,7 @@ impl Tracker {
             }
             self.link_tuple(key, out);
         }
+        self.note_fd(key, ev.fd);
         let Some(state) = self.conns.get_mut(&key) else { return };
         if !state.seen_data && state.record.role == Role::Unknown {
             // Who speaks first is, for HTTP and nearly every TLS protocol,
@@ -206,10 +233,32 @@ impl Tracker {
         state.seen_data = true;
 
         let mut parsed = Vec::new();
-        let placed = state.offsets.place(ev.direction, ev.call_offset, ev.data.len() as u64, ev.call_len);
+        let piece = Piece {
+            position: ev.position,
+            call_offset: ev.call_offset,
+            len: ev.data.len() as u64,
+            call_len: ev.call_len,
+        };
+        let placed = state.offsets.place(ev.direction, piece);
         if placed.lost {
+            self.stats.gaps += 1;
             self.stats.gap_bytes = self.stats.gap_bytes.saturating_add(placed.gap);
+            self.stats.gap_calls = self.stats.gap_calls.saturating_add(placed.lost_calls);
+            let here = lost_here(&placed, ev.direction);
             state.parser.gap(ev.direction, placed.gap, &mut parsed);
+            // What the gap broke says where and how much.
+            mark_lost(&mut parsed, &here);
+            if !state.gap_warned {
+                state.gap_warned = true;
+                out.push(Record::Warning(spy_protocol::record::Warning {
+                    message: format!(
+                        "connection {} ({}): {here} at byte {} of the stream; later losses on it are marked in \
+                         its exchanges",
+                        state.record.id, state.record.process, placed.offset
+                    ),
+                    pid: Some(ev.tgid),
+                }));
+            }
         }
 
         self.stats.bytes += ev.data.len() as u64;
@@ -242,6 +291,35 @@ impl Tracker {
         self.account(key, ev.ts_ns, ev.data.len(), finished, out);
     }
 
+    /// The kernel says a connection ended: the library freed its object
+    /// (`conn_ptr`), or the process closed its socket (`fd`). Its exchanges
+    /// are finished and it is forgotten at once, budget and all.
+    pub fn connection_closed(&mut self, tgid: u32, conn_ptr: Option<u64>, fd: Option<i32>, out: &mut Vec<Record>) {
+        let by_ptr = conn_ptr.map(|conn_ptr| ConnKey { tgid, conn_ptr });
+        let by_fd = fd.and_then(|fd| self.fds.get(&(tgid, fd)).copied());
+        for key in [by_ptr, by_fd].into_iter().flatten() {
+            if self.conns.contains_key(&key) {
+                self.budget.stats.closed_connections += 1;
+                self.close(key, "connection closed", out);
+            }
+        }
+    }
+
+    /// Remembers the connection's socket fd (it may be learnt late).
+    fn note_fd(&mut self, key: ConnKey, fd: Option<i32>) {
+        let Some(fd) = fd.filter(|&fd| fd >= 0) else { return };
+        let Some(state) = self.conns.get_mut(&key) else { return };
+        if state.fd == Some(fd) {
+            return;
+        }
+        if let Some(old) = state.fd.replace(fd) {
+            if self.fds.get(&(key.tgid, old)) == Some(&key) {
+                self.fds.remove(&(key.tgid, old));
+            }
+        }
+        self.fds.insert((key.tgid, fd), key);
+    }
+
     /// A process exited: its connections end.
     pub fn process_exited(&mut self, tgid: u32, out: &mut Vec<Record>) {
         let keys: Vec<ConnKey> = self.conns.keys().filter(|k| k.tgid == tgid).copied().collect();
@@ -268,6 +346,11 @@ impl Tracker {
     fn close(&mut self, key: ConnKey, reason: &str, out: &mut Vec<Record>) {
         self.budget.forget(&key);
         if let Some(mut state) = self.conns.remove(&key) {
+            if let Some(fd) = state.fd {
+                if self.fds.get(&(key.tgid, fd)) == Some(&key) {
+                    self.fds.remove(&(key.tgid, fd));
+                }
+            }
             self.tuple_closed(key, &state.record, reason == budget::EVICTED);
             let mut parsed = Vec::new();
             state.parser.finish(reason, &mut parsed);
@@ -336,6 +419,32 @@ impl Tracker {
     }
 }
 
+/// What a gap is, in words, for the exchange it broke.
+fn lost_here(placed: &Placed, direction: Direction) -> String {
+    let stream = match direction {
+        Direction::Send => "sent",
+        Direction::Recv => "received",
+    };
+    match (placed.lost_calls, placed.gap) {
+        (0, 0) => format!("TLS data {stream} lost here (how much is unknown: the kernel's count started over)"),
+        (0, bytes) => format!("part of a TLS call lost here ({bytes} bytes {stream})"),
+        (1, bytes) => format!("1 TLS call lost here ({bytes} bytes {stream})"),
+        (calls, bytes) => format!("{calls} TLS calls lost here ({bytes} bytes {stream})"),
+    }
+}
+
+/// Puts `here` in front of why each exchange a gap broke is incomplete.
+fn mark_lost(parsed: &mut [Parsed], here: &str) {
+    for item in parsed {
+        if let Parsed::Exchange(exchange) = item {
+            exchange.incomplete = Some(match exchange.incomplete.take() {
+                Some(why) => format!("{here}: {why}"),
+                None => here.to_string(),
+            });
+        }
+    }
+}
+
 /// Masks secrets in the chunks among `records`, each through its
 /// direction's masker (the state of a value cut by a call carries over to
 /// the next chunk). Binary chunks are withheld: empty data, `redacted`,
@@ -372,6 +481,8 @@ pub(crate) mod tests {
             library: TlsLibrary::Openssl,
             call_len: data.len() as u64,
             call_offset: 0,
+            position: None,
+            fd: None,
             local: Some("127.0.0.1:40000".parse().expect("addr")),
             remote: Some("127.0.0.1:443".parse().expect("addr")),
             comm: "curl",
@@ -485,6 +596,119 @@ pub(crate) mod tests {
                 assert_eq!(chunk.redacted, !show_secrets);
                 assert_eq!(chunk.data.to_bytes().is_empty(), !show_secrets, "{chunk:?}");
             }
+        }
+    }
+
+    /// An event as the kernel numbers it: call `seq` of its direction,
+    /// after `start` bytes.
+    fn numbered<'a>(direction: Direction, seq: u64, start: u64, data: &'a [u8]) -> DataEvent<'a> {
+        DataEvent { position: Some(CallPosition { seq, start }), fd: Some(5), ..event(1, direction, data) }
+    }
+
+    fn exchanges(out: &[Record]) -> Vec<&spy_protocol::record::Exchange> {
+        out.iter()
+            .filter_map(|r| match r {
+                Record::Exchange(e) => Some(&**e),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A whole TLS call lost between two others (the response's head) is
+    /// never spliced: the exchange it broke says so, where it happened,
+    /// with the calls and bytes lost, and a warning names the connection.
+    #[test]
+    fn a_lost_call_between_two_others_is_marked_in_the_exchange_it_broke() {
+        let mut tracker = Tracker::new(ParseOptions::default(), false);
+        let mut out = Vec::new();
+        let request: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
+        let head: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n";
+        tracker.on_data(&numbered(Direction::Send, 0, 0, request), &mut out);
+        // Recv call 0 (the head) never arrived; call 1 (the body) did.
+        tracker.on_data(&numbered(Direction::Recv, 1, head.len() as u64, b"body"), &mut out);
+        let broken = exchanges(&out);
+        assert_eq!(broken.len(), 1, "{out:?}");
+        let why = broken[0].incomplete.as_deref().expect("incomplete");
+        assert!(why.starts_with(&format!("1 TLS call lost here ({} bytes received)", head.len())), "{why}");
+        assert_eq!(broken[0].request.as_ref().map(|r| r.path.as_str()), Some("/a"));
+        let warnings: Vec<&str> = out
+            .iter()
+            .filter_map(|r| match r {
+                Record::Warning(w) => Some(w.message.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].contains("connection c1 (curl): 1 TLS call lost here"), "{warnings:?}");
+        assert_eq!((tracker.stats.gaps, tracker.stats.gap_calls), (1, 1));
+        assert_eq!(tracker.stats.gap_bytes, head.len() as u64);
+        let stats = tracker.stats.as_record();
+        assert_eq!((stats.gaps, stats.gap_calls, stats.gap_bytes), (1, 1, head.len() as u64));
+    }
+
+    /// Found by the kernel_event fuzz target: a position near the end of
+    /// u64 makes a gap that size; the streams saturate, nothing overflows.
+    #[test]
+    fn absurd_kernel_positions_do_not_overflow() {
+        for raw in [false, true] {
+            let mut tracker = Tracker::new(ParseOptions::default(), raw);
+            let mut out = Vec::new();
+            tracker.on_data(&numbered(Direction::Send, 0, 0, b"GET / HTTP/1.1\r\n\r\n"), &mut out);
+            tracker.on_data(&numbered(Direction::Send, 9, u64::MAX - 3, b"abcdefgh"), &mut out);
+            tracker.on_data(&numbered(Direction::Send, 10, u64::MAX, b"ijkl"), &mut out);
+            tracker.finish(&mut out);
+            assert_eq!(tracker.stats.gaps, 1, "raw={raw}");
+        }
+    }
+
+    /// Calls that arrive in order, numbered, are parsed as they always were.
+    #[test]
+    fn numbered_calls_in_order_make_whole_exchanges() {
+        let mut tracker = Tracker::new(ParseOptions::default(), false);
+        let mut out = Vec::new();
+        let (get, head) = (b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\n");
+        tracker.on_data(&numbered(Direction::Send, 0, 0, get), &mut out);
+        tracker.on_data(&numbered(Direction::Recv, 0, 0, head), &mut out);
+        tracker.on_data(&numbered(Direction::Recv, 1, head.len() as u64, b"body"), &mut out);
+        tracker.on_data(&numbered(Direction::Send, 1, get.len() as u64, get), &mut out);
+        tracker.on_data(&numbered(Direction::Recv, 2, head.len() as u64 + 4, head), &mut out);
+        tracker.on_data(&numbered(Direction::Recv, 3, 2 * head.len() as u64 + 4, b"more"), &mut out);
+        let done = exchanges(&out);
+        assert_eq!(done.len(), 2, "{out:?}");
+        assert!(done.iter().all(|e| e.incomplete.is_none()), "{done:?}");
+        assert_eq!(tracker.stats.gaps, 0);
+    }
+
+    /// SSL_free or a close of the socket ends the connection at once: its
+    /// exchange is finished (a response that ends with the connection is
+    /// complete), the budget lets its bytes go, and it is counted.
+    #[test]
+    fn a_closed_connection_is_forgotten_at_once() {
+        for by_fd in [false, true] {
+            let mut tracker = Tracker::new(ParseOptions::default(), false);
+            let mut out = Vec::new();
+            tracker.on_data(&numbered(Direction::Send, 0, 0, b"GET / HTTP/1.0\r\n\r\n"), &mut out);
+            tracker.on_data(&numbered(Direction::Recv, 0, 0, b"HTTP/1.0 200 OK\r\n\r\nuntil close"), &mut out);
+            assert!(tracker.budget.held() > 0);
+            assert!(exchanges(&out).is_empty());
+            // Another process's fd of the same number, or another object: not this one.
+            tracker.connection_closed(11, None, Some(5), &mut out);
+            tracker.connection_closed(10, Some(2), None, &mut out);
+            assert_eq!(tracker.conns.len(), 1);
+            if by_fd {
+                tracker.connection_closed(10, None, Some(5), &mut out);
+            } else {
+                tracker.connection_closed(10, Some(1), None, &mut out);
+            }
+            assert!(tracker.conns.is_empty() && tracker.fds.is_empty(), "by_fd={by_fd}");
+            assert_eq!(tracker.budget.held(), 0);
+            assert_eq!(tracker.memory_stats().closed_connections, 1);
+            let done = exchanges(&out);
+            assert_eq!(done.len(), 1, "{out:?}");
+            assert_eq!(done[0].incomplete, None, "{:?}", done[0]);
+            // Told twice (SSL_free after close): nothing more happens.
+            tracker.connection_closed(10, Some(1), Some(5), &mut out);
+            assert_eq!(tracker.memory_stats().closed_connections, 1);
         }
     }
 

@@ -3,10 +3,10 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use spy_ebpf::{event_kind, ConnTuple, DataHeader, ProcEvent};
+use spy_ebpf::{close_why, event_kind, CloseEvent, ConnTuple, DataHeader, ProcEvent};
 use spy_protocol::record::{Direction, TlsLibrary};
 
-use crate::conn::DataEvent;
+use crate::conn::{CallPosition, DataEvent};
 
 /// One ring buffer record.
 #[derive(Debug)]
@@ -15,6 +15,7 @@ pub enum KernelEvent<'a> {
     Fork(ProcEvent),
     Exec(ProcEvent),
     Exit(ProcEvent),
+    Close(CloseEvent),
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -25,6 +26,10 @@ pub enum DecodeError {
     UnknownKind(u32),
     #[error("data event claims {claimed} bytes but carries {carried}")]
     Length { claimed: u32, carried: usize },
+    #[error("data event of {0} bytes is more than one event may carry")]
+    TooLong(u32),
+    #[error("close event for an unknown reason {0}")]
+    UnknownClose(u8),
 }
 
 pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
@@ -35,6 +40,9 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
             let header: DataHeader = read_pod(bytes)?;
             let data = &bytes[size_of::<DataHeader>()..];
             let len = header.data_len as usize;
+            if len > spy_ebpf::MAX_DATA {
+                return Err(DecodeError::TooLong(header.data_len));
+            }
             if len > data.len() {
                 return Err(DecodeError::Length { claimed: header.data_len, carried: data.len() });
             }
@@ -43,6 +51,13 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
         event_kind::FORK => Ok(KernelEvent::Fork(read_pod(bytes)?)),
         event_kind::EXEC => Ok(KernelEvent::Exec(read_pod(bytes)?)),
         event_kind::EXIT => Ok(KernelEvent::Exit(read_pod(bytes)?)),
+        event_kind::CLOSE => {
+            let close: CloseEvent = read_pod(bytes)?;
+            match close.why {
+                close_why::SSL_FREE | close_why::FD => Ok(KernelEvent::Close(close)),
+                other => Err(DecodeError::UnknownClose(other)),
+            }
+        }
         other => Err(DecodeError::UnknownKind(other)),
     }
 }
@@ -51,6 +66,7 @@ pub fn decode(bytes: &[u8]) -> Result<KernelEvent<'_>, DecodeError> {
 trait Pod: Copy {}
 impl Pod for DataHeader {}
 impl Pod for ProcEvent {}
+impl Pod for CloseEvent {}
 
 fn read_pod<T: Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
     if bytes.len() < size_of::<T>() {
@@ -96,10 +112,21 @@ pub fn data_event<'a>(header: &'a DataHeader, data: &'a [u8], ts_ns: u64) -> Dat
         },
         call_len: header.call_len,
         call_offset: header.call_offset,
+        position: Some(CallPosition { seq: header.call_seq, start: header.call_start }),
+        fd: (header.fd >= 0).then_some(header.fd),
         local,
         remote,
         comm: comm(&header.comm),
         data,
+    }
+}
+
+/// What a close event ends: the connection object freed, or the socket
+/// closed.
+pub fn closed(close: &CloseEvent) -> (Option<u64>, Option<i32>) {
+    match close.why {
+        close_why::SSL_FREE => (Some(close.conn_ptr), None),
+        _ => (None, (close.fd >= 0).then_some(close.fd)),
     }
 }
 
@@ -156,6 +183,43 @@ mod tests {
         assert_eq!((ev.direction, ev.library), (Direction::Recv, TlsLibrary::Openssl));
     }
 
+    fn close_bytes(close: &CloseEvent) -> Vec<u8> {
+        let mut bytes = vec![0u8; size_of::<CloseEvent>()];
+        // SAFETY: CloseEvent is repr(C) plain data and `bytes` is exactly its size.
+        unsafe { std::ptr::write_unaligned(bytes.as_mut_ptr().cast::<CloseEvent>(), *close) };
+        bytes
+    }
+
+    #[test]
+    fn data_events_carry_the_calls_number_and_socket() {
+        let header = DataHeader { call_seq: 5, call_start: 700, fd: 9, ..Default::default() };
+        let ev = data_event(&header, b"", 0);
+        assert_eq!(ev.position, Some(CallPosition { seq: 5, start: 700 }));
+        assert_eq!(ev.fd, Some(9));
+        let header = DataHeader { fd: -1, ..Default::default() };
+        assert_eq!(data_event(&header, b"", 0).fd, None);
+    }
+
+    #[test]
+    fn close_events_name_the_object_or_the_socket() {
+        let free = CloseEvent {
+            kind: event_kind::CLOSE,
+            tgid: 4,
+            conn_ptr: 0xabc,
+            fd: -1,
+            why: close_why::SSL_FREE,
+            ..Default::default()
+        };
+        let KernelEvent::Close(decoded) = decode(&close_bytes(&free)).expect("decode") else { panic!("not close") };
+        assert_eq!(closed(&decoded), (Some(0xabc), None));
+        let fd = CloseEvent { kind: event_kind::CLOSE, tgid: 4, fd: 7, why: close_why::FD, ..Default::default() };
+        let KernelEvent::Close(decoded) = decode(&close_bytes(&fd)).expect("decode") else { panic!("not close") };
+        assert_eq!(closed(&decoded), (None, Some(7)));
+        let odd = CloseEvent { kind: event_kind::CLOSE, why: 9, ..Default::default() };
+        assert_eq!(decode(&close_bytes(&odd)).unwrap_err(), DecodeError::UnknownClose(9));
+        assert_eq!(decode(&close_bytes(&fd)[..20]).unwrap_err(), DecodeError::Short(20));
+    }
+
     #[test]
     fn bad_records_are_errors_not_panics() {
         assert_eq!(decode(&[1, 0]).unwrap_err(), DecodeError::Short(2));
@@ -163,5 +227,7 @@ mod tests {
         let header = DataHeader { kind: event_kind::DATA, data_len: 100, ..Default::default() };
         let bytes = header_bytes(&header);
         assert!(matches!(decode(&bytes), Err(DecodeError::Length { claimed: 100, .. })));
+        let header = DataHeader { kind: event_kind::DATA, data_len: u32::MAX, ..Default::default() };
+        assert_eq!(decode(&header_bytes(&header)).unwrap_err(), DecodeError::TooLong(u32::MAX));
     }
 }

@@ -82,6 +82,7 @@ pub struct KernelStats {
     pub lost_bytes: u64,
     pub no_fd: u64,
     pub proc_lost: u64,
+    pub close_lost: u64,
     /// Probe hits of targets: TLS call entries and returns.
     pub entry_hits: u64,
     pub return_hits: u64,
@@ -92,8 +93,17 @@ impl KernelStats {
     /// Every field is named: a new counter must be mapped, or said to
     /// have no place in the record (`_`).
     pub fn as_record(&self) -> spy_protocol::record::Stats {
-        let KernelStats { calls, events, lost_events, lost_bytes, no_fd, proc_lost: _, entry_hits, return_hits: _ } =
-            *self;
+        let KernelStats {
+            calls,
+            events,
+            lost_events,
+            lost_bytes,
+            no_fd,
+            proc_lost,
+            close_lost,
+            entry_hits,
+            return_hits: _,
+        } = *self;
         spy_protocol::record::Stats {
             calls,
             events,
@@ -101,6 +111,8 @@ impl KernelStats {
             lost_bytes,
             calls_without_socket: no_fd,
             probe_hits: entry_hits,
+            lost_process_events: proc_lost,
+            lost_close_events: close_lost,
             ..Default::default()
         }
     }
@@ -269,6 +281,7 @@ impl Probes {
             programs::SSL_WRITE_EX_ENTER,
             programs::SSL_READ_EX_ENTER,
             programs::SSL_RETURN,
+            programs::SSL_FREE_ENTER,
             programs::GO_WRITE_ENTER,
             programs::GO_READ_ENTER,
             programs::GO_RETURN,
@@ -368,6 +381,15 @@ impl Probes {
                 OpensslFunction::Read => programs::SSL_READ_ENTER,
                 OpensslFunction::WriteEx => programs::SSL_WRITE_EX_ENTER,
                 OpensslFunction::ReadEx => programs::SSL_READ_EX_ENTER,
+                OpensslFunction::Free => {
+                    // An entry probe only: the connection ends as it is called.
+                    let link =
+                        self.attach_one(programs::SSL_FREE_ENTER, offset, host_path, None).map_err(|source| {
+                            ProbeError::Uprobe { function: function.symbol(), path: host_path.to_path_buf(), source }
+                        })?;
+                    self.links.push((programs::SSL_FREE_ENTER, LinkId::UProbe(link)));
+                    continue;
+                }
             };
             // The entry probe carries the library id as its cookie; the
             // return probe finds it in the call record.
@@ -524,6 +546,7 @@ impl Probes {
             lost_bytes: sum(stat::LOST_BYTES),
             no_fd: sum(stat::NO_FD),
             proc_lost: sum(stat::PROC_LOST),
+            close_lost: sum(stat::CLOSE_LOST),
             entry_hits: sum(stat::ENTRY_HITS),
             return_hits: sum(stat::RETURN_HITS),
         }

@@ -254,7 +254,7 @@ impl ConnectionParser {
 
     fn feed_inner(&mut self, direction: Direction, ts_ns: u64, data: &[u8], out: &mut Vec<Parsed>) {
         let offset = self.offsets[direction as usize];
-        self.offsets[direction as usize] += data.len() as u64;
+        self.offsets[direction as usize] = offset.saturating_add(data.len() as u64);
         let flow = match &mut self.state {
             State::Passthrough => {
                 out.push(Parsed::Unclaimed { direction, ts_ns, offset, data: data.to_vec() });

@@ -23,6 +23,9 @@ pub enum OpensslFunction {
     Read,
     WriteEx,
     ReadEx,
+    /// SSL_free: not a data call; probed so that a freed connection is
+    /// forgotten at once.
+    Free,
 }
 
 impl OpensslFunction {
@@ -32,6 +35,7 @@ impl OpensslFunction {
             OpensslFunction::Read => "SSL_read",
             OpensslFunction::WriteEx => "SSL_write_ex",
             OpensslFunction::ReadEx => "SSL_read_ex",
+            OpensslFunction::Free => "SSL_free",
         }
     }
 }
@@ -116,6 +120,10 @@ pub fn detect_openssl_in(data: &[u8], path: &Path, is_executable: bool) -> Resul
     }
     if offsets.is_empty() {
         return Ok(None);
+    }
+    let free = OpensslFunction::Free;
+    if let Some(offset) = defined_symbol(&file, free.symbol()).and_then(|address| file_offset(&file, address)) {
+        offsets.push((free, offset));
     }
     // BoringSSL keeps OpenSSL's API but has symbols OpenSSL never had.
     for marker in ["SSL_set_strict_cipher_list", "BORINGSSL_self_test", "SSL_CTX_set_strict_cipher_list"] {
@@ -207,6 +215,7 @@ mod tests {
             .expect("libssl3 is installed (apt-get install libssl3)");
         let probes = detect_openssl(path, false).expect("parse").expect("libssl has SSL_write");
         assert_eq!(probes.library, TlsLibrary::Openssl);
-        assert_eq!(probes.offsets.len(), 4);
+        assert_eq!(probes.offsets.len(), 5, "{probes:?}");
+        assert!(probes.offsets.iter().any(|&(f, _)| f == OpensslFunction::Free), "{probes:?}");
     }
 }
