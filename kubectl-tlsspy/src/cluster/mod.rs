@@ -356,6 +356,7 @@ impl Session {
             }
             let command = Command::Container {
                 id: id.clone(),
+                pod_uid: pod.uid.clone(),
                 pod: PodRef {
                     namespace: pod.namespace.clone(),
                     name: pod.name.clone(),

@@ -46,8 +46,8 @@ impl Host for ProcHost {
         process::mapped_files(pid).unwrap_or_default()
     }
 
-    fn container_pids(&self, id: &str) -> Result<Vec<u32>, String> {
-        container::pids_of(id).map_err(|err| err.to_string())
+    fn container_pids(&self, id: &str, pod_uid: &str) -> Result<Vec<u32>, String> {
+        container::pids_of(id, pod_uid).map_err(|err| err.to_string())
     }
 
     fn file_id(&self, path: &Path) -> Option<FileId> {

@@ -34,8 +34,9 @@ pub trait Host {
     fn ns_pid(&self, pid: u32) -> Option<u32>;
     /// The files the process maps executable (empty: gone, or a zombie).
     fn mapped_files(&self, pid: u32) -> Vec<MappedFile>;
-    /// The host processes of a container, by its runtime id.
-    fn container_pids(&self, id: &str) -> Result<Vec<u32>, String>;
+    /// The host processes of a container, by its runtime id, that sit in
+    /// the cgroup of the pod with this UID (an error says why none).
+    fn container_pids(&self, id: &str, pod_uid: &str) -> Result<Vec<u32>, String>;
     fn file_id(&self, path: &Path) -> Option<FileId>;
     fn open_file_id(&self, file: &File) -> Option<FileId>;
     /// The TLS stack a file holds (None: none, or unreadable).
@@ -269,10 +270,11 @@ impl<H: Host> Targets<H> {
         self.process_meta(pid)
     }
 
-    /// The processes of a container (by its runtime id) that are not
-    /// targets yet; a warning when the node runs none.
-    pub fn new_container_pids(&self, id: &str, out: &mut Vec<Record>) -> Vec<u32> {
-        match self.host.container_pids(id) {
+    /// The processes of a container (by its runtime id, in the pod with
+    /// this UID) that are not targets yet; a warning when the node runs
+    /// none, or none in that pod.
+    pub fn new_container_pids(&self, id: &str, pod_uid: &str, out: &mut Vec<Record>) -> Vec<u32> {
+        match self.host.container_pids(id, pod_uid) {
             Ok(pids) => pids.into_iter().filter(|pid| !self.targets.contains_key(pid)).collect(),
             Err(message) => {
                 out.push(Record::Warning(Warning { message, pid: None }));

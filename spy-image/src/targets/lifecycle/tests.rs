@@ -47,7 +47,10 @@ impl Host for &FakeHost {
     fn mapped_files(&self, pid: u32) -> Vec<MappedFile> {
         self.processes.borrow().get(&pid).map(|p| p.files.clone()).unwrap_or_default()
     }
-    fn container_pids(&self, id: &str) -> Result<Vec<u32>, String> {
+    fn container_pids(&self, id: &str, pod_uid: &str) -> Result<Vec<u32>, String> {
+        if pod_uid != POD_UID {
+            return Err(format!("refused container {id}: not in pod {pod_uid}"));
+        }
         self.containers.get(id).cloned().ok_or_else(|| format!("no process of container {id} runs on this node"))
     }
     fn file_id(&self, path: &Path) -> Option<FileId> {
@@ -119,6 +122,8 @@ impl Attach for FakeProbes {
     }
 }
 
+/// The pod UID the fake host puts its containers in.
+const POD_UID: &str = "0b1c2d3e";
 const LIBSSL: &str = "/usr/lib/libssl.so.3";
 
 fn openssl() -> DetectedStack {
@@ -390,14 +395,18 @@ fn containers_add_their_processes_and_an_unknown_one_warns() {
     let mut lifecycle = Targets::new(&host, true, WAIT);
     let mut out = Vec::new();
     let pod = PodRef { namespace: "ns".into(), name: "web".into(), container: Some("main".into()) };
-    assert_eq!(lifecycle.new_container_pids("abc", &mut out), [80, 81]);
+    assert_eq!(lifecycle.new_container_pids("abc", POD_UID, &mut out), [80, 81]);
     let meta = add(&mut lifecycle, 80, Some(pod.clone()), &mut probes, &mut out).expect("added");
     assert_eq!(meta.pod.as_ref(), Some(&pod));
     // Known ones are not new.
-    assert_eq!(lifecycle.new_container_pids("abc", &mut out), [81]);
+    assert_eq!(lifecycle.new_container_pids("abc", POD_UID, &mut out), [81]);
     let before = out.len();
-    assert!(lifecycle.new_container_pids("nope", &mut out).is_empty());
+    assert!(lifecycle.new_container_pids("nope", POD_UID, &mut out).is_empty());
     assert!(matches!(&out[before..], [Record::Warning(w)] if w.message.contains("container nope")));
+    // Another pod's UID gets nothing, and a warning that says so.
+    let before = out.len();
+    assert!(lifecycle.new_container_pids("abc", "other-uid", &mut out).is_empty());
+    assert!(matches!(&out[before..], [Record::Warning(w)] if w.message.starts_with("refused container abc")));
     assert!(matches!(lifecycle.add_process(999, None, &mut probes), Err(TargetError::NoSuchProcess(999))));
 }
 
