@@ -30,7 +30,11 @@ pub enum Command {
     Stop,
     /// `pod_uid` is the pod's `metadata.uid`, which the kubelet writes
     /// into the container's cgroup path.
-    Container { id: String, pod_uid: String, pod: PodRef },
+    Container {
+        id: String,
+        pod_uid: String,
+        pod: PodRef,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

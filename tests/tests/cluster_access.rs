@@ -196,9 +196,9 @@ impl Drop for Plugin {
 }
 
 fn is_target_of(line: &str, name: &str) -> bool {
-    serde_json::from_str::<Line>(line).ok().is_some_and(|l| {
-        matches!(l.record, Record::Target(t) if t.probed && t.pod.as_ref().is_some_and(|p| p.name == name))
-    })
+    serde_json::from_str::<Line>(line).ok().is_some_and(
+        |l| matches!(l.record, Record::Target(t) if t.probed && t.pod.as_ref().is_some_and(|p| p.name == name)),
+    )
 }
 
 fn any_record_of(lines: &[String], name: &str) -> bool {

@@ -301,10 +301,9 @@ impl TargetAccess {
     /// The first targets, reviewed together: the allowed ones, and a
     /// refusal line for each other one.
     pub async fn screen_initial(&mut self, pods: Vec<PodTarget>) -> (Vec<PodTarget>, Vec<String>) {
-        let answers = futures::future::join_all(
-            pods.iter().map(|pod| may_read_memory(&self.client, &pod.namespace, &pod.name)),
-        )
-        .await;
+        let answers =
+            futures::future::join_all(pods.iter().map(|pod| may_read_memory(&self.client, &pod.namespace, &pod.name)))
+                .await;
         let (mut allowed, mut refused) = (Vec::new(), Vec::new());
         for (pod, ok) in pods.into_iter().zip(answers) {
             self.verdicts.insert(pod.uid.clone(), ok);

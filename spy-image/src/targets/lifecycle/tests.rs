@@ -63,9 +63,9 @@ impl Host for &FakeHost {
     fn open_file_id(&self, _file: &File) -> Option<FileId> {
         None
     }
-    fn detect(&self, path: &Path, _is_exe: bool) -> Option<DetectedStack> {
+    fn detect(&self, file: &MappedFile, _is_exe: bool) -> Option<DetectedStack> {
         *self.detected.borrow_mut() += 1;
-        self.stacks.get(path).cloned()
+        self.stacks.get(&file.host_path).cloned()
     }
     fn library_hint(&self, files: &[MappedFile]) -> Option<&'static str> {
         files.iter().any(|f| f.path.contains("libgnutls")).then_some("GnuTLS")
@@ -106,15 +106,15 @@ impl Attach for FakeProbes {
         self.traced.push(pid);
         Ok(())
     }
-    fn attach_openssl(&mut self, _file: FileId, path: &Path, _library: &OpensslProbes) -> Result<(), Refused> {
+    fn attach_openssl(&mut self, file: &MappedFile, _library: &OpensslProbes) -> Result<(), Refused> {
         if let Some(why) = self.refuse {
             return Err(Refused(why));
         }
-        self.attached.push(path.to_path_buf());
+        self.attached.push(file.host_path.clone());
         Ok(())
     }
-    fn attach_go(&mut self, _file: FileId, path: &Path, _bin: &GoBinary) -> Result<(), Refused> {
-        self.attached.push(path.to_path_buf());
+    fn attach_go(&mut self, file: &MappedFile, _bin: &GoBinary) -> Result<(), Refused> {
+        self.attached.push(file.host_path.clone());
         Ok(())
     }
     fn probed_library(&self, id: u16) -> Option<ProbedLibrary> {
@@ -136,7 +136,12 @@ fn openssl() -> DetectedStack {
 }
 
 fn mapped(path: &str, ino: u64) -> MappedFile {
-    MappedFile { path: path.into(), host_path: path.into(), file_id: FileId { dev: 1, ino } }
+    MappedFile {
+        path: path.into(),
+        host_path: path.into(),
+        file_id: FileId { dev: 1, ino, ..FileId::default() },
+        open: None,
+    }
 }
 
 /// A node with curl (maps libssl), rustls-client (a built-in stack we do
@@ -144,11 +149,11 @@ fn mapped(path: &str, ino: u64) -> MappedFile {
 fn node() -> FakeHost {
     let mut host = FakeHost::default();
     host.stacks.insert(LIBSSL.into(), openssl());
-    host.files.insert(LIBSSL.into(), FileId { dev: 1, ino: 1 });
+    host.files.insert(LIBSSL.into(), FileId { dev: 1, ino: 1, ..FileId::default() });
     for (ino, exe) in
         [(10, "/usr/bin/curl"), (11, "/usr/bin/rustls-client"), (12, "/usr/bin/plain"), (13, "/usr/bin/gnutls-cli")]
     {
-        host.files.insert(exe.into(), FileId { dev: 1, ino });
+        host.files.insert(exe.into(), FileId { dev: 1, ino, ..FileId::default() });
     }
     host.built_in.insert("/usr/bin/rustls-client".into(), "rustls");
     host
