@@ -101,6 +101,9 @@ struct Plugin {
     lines: mpsc::Receiver<String>,
     seen: Vec<String>,
     stderr: Arc<Mutex<String>>,
+    /// The stderr reader: joined once the plugin exited, so all it wrote
+    /// is in `stderr` before a test looks.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Plugin {
@@ -128,7 +131,7 @@ impl Plugin {
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut pipe = child.stderr.take().expect("stderr");
         let sink = stderr.clone();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             let mut buf = [0u8; 4096];
             while let Ok(n) = pipe.read(&mut buf) {
                 if n == 0 {
@@ -139,7 +142,7 @@ impl Plugin {
                 sink.lock().expect("lock").push_str(&text);
             }
         });
-        Plugin { child: Some(child), lines, seen: Vec::new(), stderr }
+        Plugin { child: Some(child), lines, seen: Vec::new(), stderr, stderr_reader: Some(stderr_reader) }
     }
 
     fn stderr(&self) -> String {
@@ -174,6 +177,7 @@ impl Plugin {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         let status = wait_timeout(&mut child, WAIT).expect("the plugin ends on SIGTERM");
+        self.join_stderr();
         while let Ok(line) = self.lines.recv_timeout(Duration::from_secs(1)) {
             self.seen.push(line);
         }
@@ -182,7 +186,16 @@ impl Plugin {
 
     fn wait(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
-        wait_timeout(&mut child, WAIT).unwrap_or_else(|| panic!("the plugin did not exit:\n{}", self.stderr()))
+        let status =
+            wait_timeout(&mut child, WAIT).unwrap_or_else(|| panic!("the plugin did not exit:\n{}", self.stderr()));
+        self.join_stderr();
+        status
+    }
+
+    fn join_stderr(&mut self) {
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
     }
 }
 
