@@ -222,7 +222,7 @@ pub async fn preflight(
     };
     bail!(
         "you are not allowed to {}{more}; tlsspy needs:\n{}\nAsk a cluster admin for the permissions in \
-         deploy/rbac.yaml (it also makes a namespace for the spy pods: use it with --spy-namespace tlsspy).",
+         deploy/rbac.yaml (it also makes the `tlsspy` namespace, where the spy pods run by default).",
         missing[0].what(),
         list.join("\n")
     )
