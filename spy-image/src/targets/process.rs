@@ -144,7 +144,9 @@ pub fn mapped_files(pid: u32) -> io::Result<Vec<MappedFile>> {
                 files.push(MappedFile { path: mapping.path.to_string(), host_path, file_id, open });
             }
             // Gone since maps was read (an unmap, an exit): nothing to probe.
-            Err(MapError::Open(err)) if err.kind() == io::ErrorKind::NotFound => {}
+            Err(MapError::Open(err)) if err.kind() == io::ErrorKind::NotFound => {
+                log::debug!("pid {pid}: {} is no longer mapped", mapping.path);
+            }
             Err(err) => log::warn!("pid {pid}: not probing {}: {err}", mapping.path),
         }
     }
@@ -154,8 +156,10 @@ pub fn mapped_files(pid: u32) -> io::Result<Vec<MappedFile>> {
 /// One line of /proc/PID/maps that maps a file executable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Mapping<'a> {
-    /// `start-end` as in the line: the name of the mapping in map_files.
-    pub range: &'a str,
+    /// Start and end address: `{start:x}-{end:x}` names the mapping in
+    /// map_files (maps pads low addresses with zeros, map_files does not).
+    pub start: u64,
+    pub end: u64,
     pub major: u32,
     pub minor: u32,
     pub ino: u64,
@@ -185,7 +189,7 @@ pub enum MapError {
 
 /// Opens the file a mapping maps, and checks it is that file.
 pub fn open_mapping(pid: u32, mapping: &Mapping<'_>) -> Result<File, MapError> {
-    let link = proc_dir(pid).join("map_files").join(mapping.range);
+    let link = proc_dir(pid).join("map_files").join(format!("{:x}-{:x}", mapping.start, mapping.end));
     let file = File::open(&link).map_err(MapError::Open)?;
     let meta = file.metadata().map_err(MapError::Open)?;
     let (found_major, found_minor) = split_dev(meta.dev());
@@ -217,7 +221,7 @@ fn executable_mappings(maps: &str) -> impl Iterator<Item = Mapping<'_>> {
     maps.lines().filter_map(|line| {
         // address perms offset dev inode path
         let mut fields = line.splitn(6, ' ');
-        let range = fields.next()?;
+        let (start, end) = fields.next()?.split_once('-')?;
         let perms = fields.next()?;
         let _offset = fields.next()?;
         let dev = fields.next()?;
@@ -231,7 +235,8 @@ fn executable_mappings(maps: &str) -> impl Iterator<Item = Mapping<'_>> {
         }
         let (major, minor) = dev.split_once(':')?;
         Some(Mapping {
-            range,
+            start: u64::from_str_radix(start, 16).ok()?,
+            end: u64::from_str_radix(end, 16).ok()?,
             major: u32::from_str_radix(major, 16).ok()?,
             minor: u32::from_str_radix(minor, 16).ok()?,
             ino: inode.parse().ok()?,
@@ -260,8 +265,18 @@ mod tests {
         assert_eq!(paths, ["/usr/bin/curl", "/usr/lib/x86_64-linux-gnu/libssl.so.3"]);
         assert_eq!(
             mappings[0],
-            Mapping { range: "55d0c0a2a000-55d0c0a8a000", major: 0xfd, minor: 1, ino: 1234, path: "/usr/bin/curl" }
+            Mapping {
+                start: 0x55d0c0a2a000,
+                end: 0x55d0c0a8a000,
+                major: 0xfd,
+                minor: 1,
+                ino: 1234,
+                path: "/usr/bin/curl"
+            }
         );
+        // A non-PIE executable sits low: maps pads its addresses, map_files does not.
+        let low = executable_mappings("00400000-00491000 r-xp 00000000 fe:00 10051697 /app\n").next().expect("one");
+        assert_eq!((low.start, low.end), (0x400000, 0x491000));
         // A line that does not parse is skipped, not a panic.
         assert_eq!(executable_mappings("zz r-xp 0 fd 12 /x\nzz r-xp 0 fd:zz 12 /x\nzz r-xp 0 1:2 x /x\n").count(), 0);
     }
