@@ -91,3 +91,46 @@ write("flows", "client-hello-in-pieces", [
     flow_packet(1, ipv4_tcp(40000, 443, 1001, 0x18, hello[:100])),
     flow_packet(0x81, ipv4_tcp(40000, 443, 1001 + len(hello), 0x11, b"")),
 ])
+
+# Go binary analysis. Real Go executables are megabytes, past -max_len: the
+# seeds are small shapes that get past each stage's first checks.
+def write_raw(target, name, data):
+    os.makedirs(os.path.join(HERE, "seeds", target), exist_ok=True)
+    with open(os.path.join(HERE, "seeds", target, name), "wb") as f:
+        f.write(data)
+
+
+def varint_string(s):
+    out, n = b"", len(s)
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out += bytes([byte | (0x80 if n else 0)])
+        if not n:
+            return out + s
+
+
+# Go 1.18+ build info: magic, pointer size 8, inline-strings flag, padding.
+buildinfo = b"\xff Go buildinf:" + bytes([8, 2]) + bytes(16)
+buildinfo += varint_string(b"go1.22.1")
+buildinfo += varint_string(b"0w\xaf\x0c\x92t\x08\x02A\xe1\xc1\x07\xe6\xd6\x18\xe6path\texample.com/app\nmod\texample.com/app\t(devel)\t\n\xf92C1\x86\x18 r\x00\x82B\x10A\x16\xd8\xf2")
+write_raw("go_buildinfo", "go122", buildinfo)
+# A Go 1.20 pcHeader (magic 0xfffffff1, minLC 1, ptrSize 8) with two functions.
+header = struct.pack("<IBBBB", 0xFFFFFFF1, 0, 0, 1, 8)
+words = [2, 1, 0x401000, 0x60, 0x80, 0x90, 0x90, 0xA0]  # nfunc nfiles textStart funcnameOff cuOff filetabOff pctabOff pclnOff
+pcln = header + b"".join(struct.pack("<Q", w) for w in words)
+pcln = pcln.ljust(0x60, b"\0") + b"crypto/tls.(*Conn).Write\0crypto/tls.(*Conn).Read\0"
+pcln = pcln.ljust(0xA0, b"\0") + struct.pack("<IIIIII", 0, 0x10, 0x40, 0x20, 0x80, 0)
+write_raw("go_pclntab", "go120", pcln)
+# DWARF: .debug_info with a v4 unit header, .debug_abbrev with one entry.
+info = struct.pack("<IHIB", 7, 4, 0, 8)
+abbrev = bytes([1, 0x13, 1, 0x03, 0x08, 0, 0, 0])
+write_raw("go_dwarf", "unit", struct.pack(">H", len(info)) + info + struct.pack(">H", len(abbrev)) + abbrev)
+# A minimal ELF64 x86-64 executable of our own: header, one PT_LOAD, and a
+# few bytes of code (ret): the ELF stage, then "not Go".
+code = b"\xc3" * 16
+phoff, ehsize, phentsize = 64, 64, 56
+elf = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)
+elf += struct.pack("<HHIQQQIHHHHHH", 2, 0x3E, 1, 0x401000 + phoff + phentsize, phoff, 0, 0, ehsize, phentsize, 1, 64, 0, 0)
+size = phoff + phentsize + len(code)
+elf += struct.pack("<IIQQQQQQ", 1, 5, 0, 0x401000, 0x401000, size, size, 0x1000)
+write_raw("go_elf", "tiny", elf + code)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the fuzz targets with *stable* rustc and runs each one.
 #
-#   fuzz/run.sh [SECONDS] [TARGET...]     (default: 20 s; http1 http2 connection tls_handshake kernel_event packet flows)
+#   fuzz/run.sh [SECONDS] [TARGET...]     (default: 20 s; every target below)
 #
 # No nightly exists here, so instead of `cargo fuzz` (which wants -Zsanitizer)
 # we pass the flags cargo-fuzz passes for its coverage instrumentation, all of
@@ -19,7 +19,7 @@ set -euo pipefail
 seconds=${1:-20}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(http1 http2 connection tls_handshake kernel_event packet flows)
+[ ${#targets[@]} -gt 0 ] || targets=(http1 http2 connection tls_handshake go_elf go_buildinfo go_pclntab go_dwarf kernel_event packet flows)
 
 here=$(cd "$(dirname "$0")" && pwd)
 host=$(rustc -vV | sed -n 's/^host: //p')

@@ -123,8 +123,8 @@ pub struct SpyArgs {
     #[arg(long, value_name = "IMAGE", default_value = DEFAULT_IMAGE)]
     pub image: String,
 
-    /// Where the spy pods run (default: the targets' namespace). Needs a
-    /// namespace that allows privileged pods.
+    /// Where the spy pods run (default: `tlsspy`, created when missing if
+    /// you may). Needs a namespace that allows privileged pods.
     #[arg(long, value_name = "NAMESPACE")]
     pub spy_namespace: Option<String>,
 

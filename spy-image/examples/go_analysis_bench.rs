@@ -162,7 +162,7 @@ fn attach_bench(paths: &[PathBuf]) -> ExitCode {
             }
         };
         let before_attach = Instant::now();
-        let attached = probes.attach_go(file, path, &bin);
+        let attached = probes.attach_go(file, path, path, &bin);
         let attach = before_attach.elapsed();
         let uprobes = 2 + bin.write.ret_file_offsets.len() + bin.read.ret_file_offsets.len();
         match attached {

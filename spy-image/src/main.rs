@@ -256,11 +256,8 @@ mod agent {
                         match command {
                             Command::Go | Command::Heartbeat => {}
                             Command::Stop => break "stopped by the plugin".to_string(),
-                            Command::Pid(pid) => {
-                                let _ = control.send(Control::AddProcess { pid, pod: None }).await;
-                            }
-                            Command::Container { id, pod } => {
-                                let _ = control.send(Control::AddContainer { id, pod }).await;
+                            Command::Container { id, pod_uid, pod } => {
+                                let _ = control.send(Control::AddContainer { id, pod_uid, pod }).await;
                             }
                         }
                     }

@@ -76,10 +76,9 @@ impl Default for SpyOptions {
 /// Messages to a running spy.
 #[derive(Debug)]
 pub enum Control {
-    /// Spy on one more process.
-    AddProcess { pid: u32, pod: Option<PodRef> },
-    /// Spy on every process of a container (by its runtime id).
-    AddContainer { id: String, pod: PodRef },
+    /// Spy on every process of a container (by its runtime id) that sits
+    /// in the cgroup of the pod with UID `pod_uid`.
+    AddContainer { id: String, pod_uid: String, pod: PodRef },
     /// End the session, saying why.
     Stop(String),
 }
@@ -171,10 +170,11 @@ impl Spy {
         Ok(())
     }
 
-    /// Starts tracing every process of a container. Processes it starts
-    /// later are followed as children of these.
-    pub fn add_container(&mut self, id: &str, pod: PodRef) {
-        for pid in self.targets.new_container_pids(id, &mut self.out) {
+    /// Starts tracing every process of a container that the kubelet put in
+    /// the pod's cgroup. Processes it starts later are followed as
+    /// children of these.
+    pub fn add_container(&mut self, id: &str, pod_uid: &str, pod: PodRef) {
+        for pid in self.targets.new_container_pids(id, pod_uid, &mut self.out) {
             if let Err(err) = self.add_process(pid, Some(pod.clone())) {
                 self.out.push(Record::Warning(Warning { message: chain(&err), pid: Some(pid) }));
             }
@@ -273,12 +273,7 @@ impl Spy {
                     }
                 }
                 message = control.recv() => match message {
-                    Some(Control::AddProcess { pid, pod }) => {
-                        if let Err(err) = self.add_process(pid, pod) {
-                            self.out.push(Record::Warning(Warning { message: chain(&err), pid: Some(pid) }));
-                        }
-                    }
-                    Some(Control::AddContainer { id, pod }) => self.add_container(&id, pod),
+                    Some(Control::AddContainer { id, pod_uid, pod }) => self.add_container(&id, &pod_uid, pod),
                     Some(Control::Stop(reason)) => break reason,
                     None => break "control channel closed".to_string(),
                 },

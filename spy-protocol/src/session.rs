@@ -6,9 +6,13 @@
 //!   go                      start emitting records
 //!   hb                      heartbeat
 //!   stop                    end the session
-//!   pid <PID>               spy on one more host process
-//!   container <ID> <NS>/<POD>/<CONTAINER>
-//!                           spy on the processes of a container
+//!   container <ID> <POD-UID> <NS>/<POD>/<CONTAINER>
+//!                           spy on the processes of a container; the
+//!                           agent checks that their cgroup names both
+//!                           the pod UID and the container id
+//!
+//! There is no command for an arbitrary host process: the plugin never
+//! needs one, and a session may only see the containers it named.
 //!
 //! The agent reads lines with [`parse`]; the plugin writes them with
 //! [`Command::line`], so neither side spells a command by hand.
@@ -24,8 +28,13 @@ pub enum Command {
     Go,
     Heartbeat,
     Stop,
-    Pid(u32),
-    Container { id: String, pod: PodRef },
+    /// `pod_uid` is the pod's `metadata.uid`, which the kubelet writes
+    /// into the container's cgroup path.
+    Container {
+        id: String,
+        pod_uid: String,
+        pod: PodRef,
+    },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -48,8 +57,14 @@ impl Command {
     /// The command as one line, newline included, that [`parse`] reads back
     /// as the same command.
     pub fn line(&self) -> Result<String, UnsendableError> {
-        if let Command::Container { id, pod } = self {
+        if let Command::Container { id, pod_uid, pod } = self {
             check_word(id, false)?;
+            if !is_pod_uid(pod_uid) {
+                return Err(UnsendableError {
+                    word: pod_uid.chars().take(80).collect(),
+                    why: "a pod UID is 1 to 64 hex digits and dashes",
+                });
+            }
             check_word(&pod.namespace, true)?;
             check_word(&pod.name, true)?;
             check_word(pod.container.as_deref().unwrap_or_default(), true)?;
@@ -80,10 +95,9 @@ impl fmt::Display for Command {
             Command::Go => f.write_str("go"),
             Command::Heartbeat => f.write_str("hb"),
             Command::Stop => f.write_str("stop"),
-            Command::Pid(pid) => write!(f, "pid {pid}"),
-            Command::Container { id, pod } => write!(
+            Command::Container { id, pod_uid, pod } => write!(
                 f,
-                "container {id} {}/{}/{}",
+                "container {id} {pod_uid} {}/{}/{}",
                 pod.namespace,
                 pod.name,
                 pod.container.as_deref().unwrap_or_default()
@@ -100,12 +114,9 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
         Some("go") => Command::Go,
         Some("hb") => Command::Heartbeat,
         Some("stop") => Command::Stop,
-        Some("pid") => {
-            let pid = words.next().and_then(|w| w.parse().ok()).ok_or(err("expected `pid <PID>`"))?;
-            Command::Pid(pid)
-        }
         Some("container") => {
             let id = words.next().ok_or(err("expected a container id"))?.to_string();
+            let pod_uid = words.next().filter(|w| is_pod_uid(w)).ok_or(err("expected a pod UID"))?.to_string();
             let pod = words.next().ok_or(err("expected <namespace>/<pod>/<container>"))?;
             let mut parts = pod.splitn(3, '/');
             let (Some(namespace), Some(name), Some(container)) = (parts.next(), parts.next(), parts.next()) else {
@@ -116,6 +127,7 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
             }
             Command::Container {
                 id,
+                pod_uid,
                 pod: PodRef {
                     namespace: namespace.to_string(),
                     name: name.to_string(),
@@ -131,6 +143,12 @@ pub fn parse(line: &str) -> Result<Command, ParseError> {
     Ok(command)
 }
 
+/// A pod UID as the API server makes them (a UUID): hex digits and dashes.
+/// Anything else cannot appear in a kubelet's cgroup path.
+fn is_pod_uid(word: &str) -> bool {
+    (1..=64).contains(&word.len()) && word.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,18 +158,23 @@ mod tests {
     fn commands() {
         assert_eq!(parse("go\n"), Ok(Command::Go));
         assert_eq!(parse("hb"), Ok(Command::Heartbeat));
-        assert_eq!(parse("pid 42"), Ok(Command::Pid(42)));
-        let Ok(Command::Container { id, pod }) = parse("container abc ns/web-1/nginx") else { panic!() };
+        let Ok(Command::Container { id, pod_uid, pod }) = parse("container abc 0b1c-2d ns/web-1/nginx") else {
+            panic!()
+        };
         assert_eq!(id, "abc");
+        assert_eq!(pod_uid, "0b1c-2d");
         assert_eq!(pod.container.as_deref(), Some("nginx"));
     }
 
     #[test]
     fn bad_lines_are_errors() {
-        assert!(parse("pid x").is_err());
-        assert!(parse("container abc ns/web").is_err());
-        assert!(parse("container abc ns//nginx").is_err());
-        assert!(parse("container abc ns/web/a/b").is_err());
+        // The agent spies on containers only: no command names a host pid.
+        assert!(parse("pid 42").is_err());
+        assert!(parse("container abc ns/web/nginx").is_err(), "no pod UID");
+        assert!(parse("container abc ../etc ns/web/nginx").is_err(), "not a UID");
+        assert!(parse("container abc 0b1c ns/web").is_err());
+        assert!(parse("container abc 0b1c ns//nginx").is_err());
+        assert!(parse("container abc 0b1c ns/web/a/b").is_err());
         assert!(parse("launch").is_err());
         assert!(parse("go now").is_err());
     }
@@ -161,10 +184,9 @@ mod tests {
         assert_eq!(Command::Go.line(), Ok("go\n".into()));
         assert_eq!(Command::Heartbeat.line(), Ok("hb\n".into()));
         assert_eq!(Command::Stop.line(), Ok("stop\n".into()));
-        assert_eq!(Command::Pid(7).line(), Ok("pid 7\n".into()));
         let pod = PodRef { namespace: "ns".into(), name: "web-1".into(), container: Some("nginx".into()) };
-        let container = Command::Container { id: "abc".into(), pod };
-        assert_eq!(container.line(), Ok("container abc ns/web-1/nginx\n".into()));
+        let container = Command::Container { id: "abc".into(), pod_uid: "0b1c".into(), pod };
+        assert_eq!(container.line(), Ok("container abc 0b1c ns/web-1/nginx\n".into()));
     }
 
     #[test]
@@ -174,19 +196,22 @@ mod tests {
             name: name.into(),
             container: container.map(Into::into),
         };
-        let refused = |id: &str, pod: PodRef| Command::Container { id: id.into(), pod }.line().is_err();
+        let refused =
+            |id: &str, pod: PodRef| Command::Container { id: id.into(), pod_uid: "0b1c".into(), pod }.line().is_err();
         assert!(refused("a b", pod("web", Some("c"))));
         assert!(refused("abc", pod("we b", Some("c"))));
         assert!(refused("abc", pod("web/x", Some("c"))));
         assert!(refused("abc", pod("web", None)));
         assert!(refused("", pod("web", Some("c"))));
+        let no_uid = Command::Container { id: "abc".into(), pod_uid: String::new(), pod: pod("web", Some("c")) };
+        assert!(no_uid.line().is_err());
     }
 
     proptest! {
         /// Whatever the plugin can send, the agent reads as sent.
         #[test]
         fn every_sendable_command_reads_back_as_itself(
-            pid in any::<u32>(),
+            pod_uid in "[0-9a-f-]{1,64}",
             id in "[^\\s]{1,70}",
             namespace in "[a-z0-9-]{1,63}",
             name in "[a-z0-9.-]{1,63}",
@@ -194,7 +219,7 @@ mod tests {
             junk in "\\PC{0,40}",
         ) {
             let pod = PodRef { namespace, name, container: Some(container) };
-            for command in [Command::Go, Command::Heartbeat, Command::Stop, Command::Pid(pid), Command::Container { id, pod }] {
+            for command in [Command::Go, Command::Heartbeat, Command::Stop, Command::Container { id, pod_uid, pod }] {
                 let line = command.line().expect("sendable");
                 prop_assert_eq!(parse(&line), Ok(command));
             }

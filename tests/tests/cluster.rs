@@ -542,6 +542,8 @@ fn a_frozen_plugin_loses_its_spy_and_left_behind_pods_are_removed() {
     assert!(ended.is_some(), "the left-behind pod never ended");
     let out = Command::new(workspace_bin("kubectl-tlsspy"))
         .arg("cleanup")
+        // The left-behind pod is in `default`, not the spy namespace.
+        .args(["-n", "default"])
         .arg("--kubeconfig")
         .arg(&kc)
         .output()
@@ -576,8 +578,9 @@ fn failures_are_explained_in_one_sentence() {
     let viewer = s.kubeconfig_for("viewer").expect("viewer");
     let (status, err) = run_to_end(&s, &viewer, &["pod/web"]);
     assert!(!status.success());
-    assert!(err.contains("you are not allowed to create pods in namespace \"default\""), "{err}");
-    assert!(err.contains("create pods/attach in namespace \"default\" (to talk to the spy pods)"), "{err}");
+    // The spy namespace is the dedicated `tlsspy`, not the targets'.
+    assert!(err.contains("you are not allowed to create pods in namespace \"tlsspy\""), "{err}");
+    assert!(err.contains("create pods/attach in namespace \"tlsspy\" (to talk to the spy pods)"), "{err}");
     assert!(err.contains("deploy/rbac.yaml"), "{err}");
 
     let (status, err) = run_to_end(&s, &admin, &["pod/web", "--spy-namespace", "locked"]);

@@ -66,8 +66,10 @@ pub async fn remove_session(api: &Api<Pod>, session: &str) -> kube::Result<usize
 
 /// `kubectl tlsspy cleanup`.
 pub async fn run(args: CleanupArgs) -> anyhow::Result<ExitCode> {
-    let (client, context_ns) = connect(&args.kube).await?;
-    let namespace = args.kube.namespace.clone().unwrap_or(context_ns);
+    // Spy pods live in the spy namespace, not the context's: -n names
+    // another one (a session run with --spy-namespace).
+    let (client, _context_ns) = connect(&args.kube).await?;
+    let namespace = args.kube.namespace.clone().unwrap_or_else(|| super::rbac::DEFAULT_SPY_NAMESPACE.to_string());
     let api: Api<Pod> =
         if args.kube.all_namespaces { Api::all(client.clone()) } else { Api::namespaced(client.clone(), &namespace) };
     let pods = api.list(&managed()).await.map_err(|err| anyhow::anyhow!("cannot list spy pods: {err}"))?;

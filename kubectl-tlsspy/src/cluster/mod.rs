@@ -132,7 +132,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     let (client, context_ns) = connect(&args.kube).await?;
     let namespace = args.kube.namespace.clone().unwrap_or(context_ns);
     let target_ns = (!args.kube.all_namespaces).then(|| namespace.clone());
-    let spy_ns = args.spy.spy_namespace.clone().unwrap_or_else(|| namespace.clone());
+    let spy_ns = args.spy.spy_namespace.clone().unwrap_or_else(|| rbac::DEFAULT_SPY_NAMESPACE.to_string());
     let kinds: Vec<_> = refs
         .iter()
         .filter_map(|r| match r {
@@ -144,6 +144,18 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     let query =
         Query::resolve(&client, target_ns.as_deref(), &refs, args.selector.as_deref(), args.container.clone()).await?;
     let initial = query.initial(&client, args.follow).await?;
+    // Before any spy pod exists: only targets whose memory the user could
+    // read anyway go on.
+    let mut access = rbac::TargetAccess::new(client.clone(), args.follow);
+    let found = initial.len();
+    let (initial, refused) = access.screen_initial(initial).await;
+    for line in &refused {
+        eprintln!("tlsspy: {line}");
+    }
+    if found > 0 && initial.is_empty() {
+        bail!("tlsspy may not show any of the {found} target pod(s) to you (each is named above)");
+    }
+    rbac::ensure_spy_namespace(&client, &spy_ns, args.spy.spy_namespace.is_some()).await?;
 
     let spy_api: Api<Pod> = Api::namespaced(client.clone(), &spy_ns);
     match cleanup::remove_stale(&spy_api).await {
@@ -198,7 +210,11 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     let reason = loop {
         tokio::select! {
             Some(event) = session.events_rx.recv() => session.handle(event, &mut renderer)?,
-            Some(change) = changes.next() => session.target_changed(change),
+            Some(change) = changes.next() => match access.screen(change).await {
+                rbac::Screened::Pass(change) => session.target_changed(change),
+                rbac::Screened::Refused(line) => session.say(line),
+                rbac::Screened::Quiet => {}
+            },
             Some(notice) = notices.recv() => session.say(notice),
             reason = &mut signal => break reason,
             () = &mut stop_after => break "--duration elapsed".to_string(),
@@ -364,6 +380,7 @@ impl Session {
             }
             let command = Command::Container {
                 id: id.clone(),
+                pod_uid: pod.uid.clone(),
                 pod: PodRef {
                     namespace: pod.namespace.clone(),
                     name: pod.name.clone(),

@@ -4,15 +4,36 @@
 //!
 //! [`PERMISSIONS`] is the one list; `deploy/rbac.yaml` grants exactly it
 //! (a test holds the two together).
+//!
+//! On top of those, one rule per target ([`TargetAccess`]): tlsspy shows a
+//! pod's plaintext only to someone who could already read that pod's
+//! memory, i.e. who may `create pods/exec` (or `pods/attach`) on it. The
+//! spy pod itself is privileged, so without this check anyone allowed to
+//! run spies could read every pod on a node.
 
 #![forbid(unsafe_code)]
 
+use std::collections::HashMap;
+
 use anyhow::bail;
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PostParams;
 use kube::{Api, Client};
 
-use super::targets::WorkloadKind;
+use super::targets::{PodState, PodTarget, TargetEvent, WorkloadKind};
+use super::{MANAGED_BY, MANAGED_BY_LABEL};
+
+/// Where the spy pods run unless `--spy-namespace` says otherwise: a
+/// namespace of their own (deploy/rbac.yaml makes it), so that allowing
+/// privileged pods there allows nothing in the targets' namespaces, and
+/// `pods/attach` there reaches only spies.
+pub const DEFAULT_SPY_NAMESPACE: &str = "tlsspy";
+
+/// The pod subresources that already let their holder read a pod's
+/// memory; holding `create` on either one is what [`TargetAccess`] asks.
+pub const MEMORY_READERS: [&str; 2] = ["exec", "attach"];
 
 /// Where a permission is needed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,10 +222,183 @@ pub async fn preflight(
     };
     bail!(
         "you are not allowed to {}{more}; tlsspy needs:\n{}\nAsk a cluster admin for the permissions in \
-         deploy/rbac.yaml (it also makes a namespace for the spy pods: use it with --spy-namespace tlsspy).",
+         deploy/rbac.yaml (it also makes the `tlsspy` namespace, where the spy pods run by default).",
         missing[0].what(),
         list.join("\n")
     )
+}
+
+/// The review that asks "may I `create pods/<subresource>` on this pod?".
+fn pod_review(namespace: &str, pod: &str, subresource: &str) -> SelfSubjectAccessReview {
+    SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                group: Some(String::new()),
+                resource: Some("pods".into()),
+                subresource: Some(subresource.into()),
+                verb: Some("create".into()),
+                namespace: Some(namespace.into()),
+                name: Some(pod.into()),
+                ..ResourceAttributes::default()
+            }),
+            ..SelfSubjectAccessReviewSpec::default()
+        },
+        ..SelfSubjectAccessReview::default()
+    }
+}
+
+/// Whether the user may read the memory of pod `namespace/pod`: allowed
+/// `create pods/exec` or `create pods/attach` on it, by name. Fails
+/// closed: a review the cluster cannot answer is a no (logged).
+pub async fn may_read_memory(client: &Client, namespace: &str, pod: &str) -> bool {
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    for subresource in MEMORY_READERS {
+        match reviews.create(&PostParams::default(), &pod_review(namespace, pod, subresource)).await {
+            Ok(review) if review.status.as_ref().is_some_and(|s| s.allowed) => return true,
+            Ok(_) => {}
+            Err(err) => {
+                log::warn!("cannot check whether you may {subresource} into {namespace}/{pod} ({err}): refused");
+                return false;
+            }
+        }
+    }
+    false
+}
+
+/// What a refused target is told, by name.
+pub fn refusal(namespace: &str, pod: &str) -> String {
+    format!(
+        "you may not exec into {namespace}/{pod}: tlsspy shows plaintext only to those who could read the pod's \
+         memory; ask for create pods/exec (or pods/attach) on it"
+    )
+}
+
+/// The per-target rule, remembered per pod UID so each pod is reviewed
+/// once however often the watch reports it.
+pub struct TargetAccess {
+    client: Client,
+    follow: bool,
+    /// Pod UID → allowed.
+    verdicts: HashMap<String, bool>,
+}
+
+/// What becomes of one watch event.
+#[derive(Debug)]
+pub enum Screened {
+    /// Hand it on to the session.
+    Pass(TargetEvent),
+    /// A newly matched pod the user may not read: say this, drop the event.
+    Refused(String),
+    /// A pod refused before: drop the event silently.
+    Quiet,
+}
+
+impl TargetAccess {
+    pub fn new(client: Client, follow: bool) -> TargetAccess {
+        TargetAccess { client, follow, verdicts: HashMap::new() }
+    }
+
+    /// The first targets, reviewed together: the allowed ones, and a
+    /// refusal line for each other one.
+    pub async fn screen_initial(&mut self, pods: Vec<PodTarget>) -> (Vec<PodTarget>, Vec<String>) {
+        let answers =
+            futures::future::join_all(pods.iter().map(|pod| may_read_memory(&self.client, &pod.namespace, &pod.name)))
+                .await;
+        let (mut allowed, mut refused) = (Vec::new(), Vec::new());
+        for (pod, ok) in pods.into_iter().zip(answers) {
+            self.verdicts.insert(pod.uid.clone(), ok);
+            if ok {
+                allowed.push(pod);
+            } else {
+                refused.push(refusal(&pod.namespace, &pod.name));
+            }
+        }
+        (allowed, refused)
+    }
+
+    /// One watch event: a pod not reviewed yet is reviewed before the
+    /// session sees it (without --follow the session takes no new pods,
+    /// so those pass unreviewed and are ignored there).
+    pub async fn screen(&mut self, change: TargetEvent) -> Screened {
+        match change {
+            TargetEvent::Changed(PodState::Ready(pod), uid) => {
+                let allowed = match self.verdicts.get(&uid) {
+                    Some(&known) => known,
+                    None if !self.follow => return Screened::Pass(TargetEvent::Changed(PodState::Ready(pod), uid)),
+                    None => {
+                        let ok = may_read_memory(&self.client, &pod.namespace, &pod.name).await;
+                        self.verdicts.insert(uid.clone(), ok);
+                        if !ok {
+                            return Screened::Refused(format!("tlsspy: {}", refusal(&pod.namespace, &pod.name)));
+                        }
+                        true
+                    }
+                };
+                if allowed {
+                    Screened::Pass(TargetEvent::Changed(PodState::Ready(pod), uid))
+                } else {
+                    Screened::Quiet
+                }
+            }
+            TargetEvent::Gone(uid) => {
+                // A UID never comes back: forget it, so the table stays as
+                // small as the set of live pods.
+                self.verdicts.remove(&uid);
+                Screened::Pass(TargetEvent::Gone(uid))
+            }
+            other => Screened::Pass(other),
+        }
+    }
+}
+
+/// Makes sure the spy namespace exists. The default one is created when
+/// missing (allowing privileged pods, as deploy/rbac.yaml does); one named
+/// with --spy-namespace is never created. A namespace we may not read is
+/// taken as it is: creating the spy pod will tell.
+pub async fn ensure_spy_namespace(client: &Client, namespace: &str, named_by_user: bool) -> anyhow::Result<()> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    match api.get_opt(namespace).await {
+        Ok(Some(_)) => return Ok(()),
+        Ok(None) => {}
+        Err(err) => {
+            log::debug!("cannot read namespace {namespace} ({err}); going on");
+            return Ok(());
+        }
+    }
+    if named_by_user {
+        bail!(
+            "the spy namespace \"{namespace}\" (--spy-namespace) does not exist: create it with \
+             `kubectl create namespace {namespace}` and allow privileged pods there \
+             (`kubectl label namespace {namespace} pod-security.kubernetes.io/enforce=privileged`)"
+        );
+    }
+    let wanted = Namespace {
+        metadata: ObjectMeta {
+            name: Some(namespace.into()),
+            labels: Some(
+                [
+                    ("pod-security.kubernetes.io/enforce".to_string(), "privileged".to_string()),
+                    (MANAGED_BY_LABEL.to_string(), MANAGED_BY.to_string()),
+                ]
+                .into(),
+            ),
+            ..ObjectMeta::default()
+        },
+        ..Namespace::default()
+    };
+    match api.create(&PostParams::default(), &wanted).await {
+        Ok(_) => {
+            eprintln!("tlsspy: created namespace \"{namespace}\" for the spy pods");
+            Ok(())
+        }
+        // Someone else made it in between: as good.
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(err) => bail!(
+            "the spy namespace \"{namespace}\" does not exist and tlsspy cannot create it ({err}); ask a cluster \
+             admin to run `kubectl apply -f deploy/rbac.yaml` (it makes the namespace and the roles), or name a \
+             namespace that allows privileged pods with --spy-namespace"
+        ),
+    }
 }
 
 /// `pods`, `pods/attach`, `deployments.apps`.
@@ -296,6 +490,27 @@ mod tests {
                 "{name} is not bound"
             );
         }
+    }
+
+    #[test]
+    fn pod_reviews_ask_for_exec_on_the_pod_by_name() {
+        let review = pod_review("shop", "web-1", "exec");
+        let attributes = review.spec.resource_attributes.expect("resource attributes");
+        assert_eq!(attributes.verb.as_deref(), Some("create"));
+        assert_eq!(attributes.resource.as_deref(), Some("pods"));
+        assert_eq!(attributes.subresource.as_deref(), Some("exec"));
+        assert_eq!(attributes.namespace.as_deref(), Some("shop"));
+        assert_eq!(attributes.name.as_deref(), Some("web-1"));
+        assert_eq!(attributes.group.as_deref(), Some(""));
+        assert_eq!(MEMORY_READERS, ["exec", "attach"]);
+    }
+
+    #[test]
+    fn refusals_name_the_pod_and_what_to_ask_for() {
+        let text = refusal("shop", "web-1");
+        assert!(text.starts_with("you may not exec into shop/web-1: "), "{text}");
+        assert!(text.contains("could read the pod's memory"), "{text}");
+        assert!(text.contains("create pods/exec"), "{text}");
     }
 
     #[test]

@@ -3,12 +3,10 @@
 
 #![forbid(unsafe_code)]
 
-use std::path::Path;
-
 use crate::probes::{ProbeError, Probes};
 use crate::targets::go::GoBinary;
 use crate::targets::lifecycle::{Attach, ProbedLibrary};
-use crate::targets::process::FileId;
+use crate::targets::process::MappedFile;
 use crate::targets::tls_stack::OpensslProbes;
 
 impl Attach for Probes {
@@ -18,12 +16,15 @@ impl Attach for Probes {
         Probes::add_target(self, pid, follow_children)
     }
 
-    fn attach_openssl(&mut self, file: FileId, path: &Path, library: &OpensslProbes) -> Result<(), ProbeError> {
-        Probes::attach_openssl(self, file, path, library)
+    // The uprobes go on the open, checked file (/proc/self/fd/N), never
+    // on a path the target could have re-pointed since the analysis;
+    // records name the file by its host path.
+    fn attach_openssl(&mut self, file: &MappedFile, library: &OpensslProbes) -> Result<(), ProbeError> {
+        Probes::attach_openssl(self, file.file_id, &file.host_path, &file.probe_path(), library)
     }
 
-    fn attach_go(&mut self, file: FileId, path: &Path, bin: &GoBinary) -> Result<(), ProbeError> {
-        Probes::attach_go(self, file, path, bin)
+    fn attach_go(&mut self, file: &MappedFile, bin: &GoBinary) -> Result<(), ProbeError> {
+        Probes::attach_go(self, file.file_id, &file.host_path, &file.probe_path(), bin)
     }
 
     fn probed_library(&self, id: u16) -> Option<ProbedLibrary> {

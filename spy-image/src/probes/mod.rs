@@ -365,10 +365,13 @@ impl Probes {
 
     /// Puts entry and return probes on every SSL_read/SSL_write(_ex) the
     /// library exports. Probes on a file serve every process mapping it.
+    /// They go on `probe_path` (the file the offsets were computed from,
+    /// e.g. `/proc/self/fd/N`); errors and records name `host_path`.
     pub fn attach_openssl(
         &mut self,
         file: FileId,
         host_path: &Path,
+        probe_path: &Path,
         library: &OpensslProbes,
     ) -> Result<(), ProbeError> {
         if self.attached.contains_key(&file) {
@@ -394,14 +397,14 @@ impl Probes {
             // The entry probe carries the library id as its cookie; the
             // return probe finds it in the call record.
             let cookie = (self.cookies && name_takes_cookie(entry)).then_some(u64::from(id));
-            let attached = self.attach_one(entry, offset, host_path, cookie).or_else(|err| {
+            let attached = self.attach_one(entry, offset, probe_path, cookie).or_else(|err| {
                 if cookie.is_some() {
                     log::info!(
                         "attach cookies refused ({}); events will not name their library",
                         crate::error::chain(&err)
                     );
                     self.cookies = false;
-                    self.attach_one(entry, offset, host_path, None)
+                    self.attach_one(entry, offset, probe_path, None)
                 } else {
                     Err(err)
                 }
@@ -412,7 +415,7 @@ impl Probes {
                 source,
             })?;
             self.links.push((entry, LinkId::UProbe(entry_link)));
-            let return_link = self.attach_one(programs::SSL_RETURN, offset, host_path, None).map_err(|source| {
+            let return_link = self.attach_one(programs::SSL_RETURN, offset, probe_path, None).map_err(|source| {
                 ProbeError::Uprobe { function: function.symbol(), path: host_path.to_path_buf(), source }
             })?;
             self.links.push((programs::SSL_RETURN, LinkId::UProbe(return_link)));
@@ -431,7 +434,14 @@ impl Probes {
     /// `Read`: one at each entry, one at each RET (never a uretprobe). The
     /// returns go first, so every call whose entry is recorded has its
     /// return probed. On any failure nothing stays attached.
-    pub fn attach_go(&mut self, file: FileId, host_path: &Path, bin: &GoBinary) -> Result<(), ProbeError> {
+    /// As for [`Probes::attach_openssl`], probes go on `probe_path`.
+    pub fn attach_go(
+        &mut self,
+        file: FileId,
+        host_path: &Path,
+        probe_path: &Path,
+        bin: &GoBinary,
+    ) -> Result<(), ProbeError> {
         if self.attached.contains_key(&file) {
             return Ok(());
         }
@@ -463,7 +473,7 @@ impl Probes {
             .map_err(|source| ProbeError::Map { name: maps::GO_CONFIGS, source })?;
 
         let mut links: Vec<(&'static str, UProbeLinkId)> = Vec::new();
-        let result = self.attach_go_function_probes(host_path, id, [&bin.write, &bin.read], &mut links);
+        let result = self.attach_go_function_probes(host_path, probe_path, id, [&bin.write, &bin.read], &mut links);
         if let Err(err) = result {
             for (program, link) in links {
                 if let Ok(probe) = uprobe(&mut self.ebpf, program) {
@@ -488,6 +498,7 @@ impl Probes {
     fn attach_go_function_probes(
         &mut self,
         path: &Path,
+        probe_path: &Path,
         id: u16,
         functions: [&GoFunctionProbe; 2],
         links: &mut Vec<(&'static str, UProbeLinkId)>,
@@ -499,13 +510,14 @@ impl Probes {
         };
         for function in functions {
             for &ret in &function.ret_file_offsets {
-                let link = self.attach_one(programs::GO_RETURN, ret, path, None).map_err(|e| failed(function, e))?;
+                let link =
+                    self.attach_one(programs::GO_RETURN, ret, probe_path, None).map_err(|e| failed(function, e))?;
                 links.push((programs::GO_RETURN, link));
             }
         }
         for (function, program) in functions.into_iter().zip([programs::GO_WRITE_ENTER, programs::GO_READ_ENTER]) {
             let link = self
-                .attach_one(program, function.entry_file_offset, path, Some(u64::from(id)))
+                .attach_one(program, function.entry_file_offset, probe_path, Some(u64::from(id)))
                 .map_err(|e| failed(function, e))?;
             links.push((program, link));
         }

@@ -4,7 +4,6 @@
 #![forbid(unsafe_code)]
 
 use std::fs::File;
-use std::os::unix::fs::MetadataExt as _;
 use std::path::Path;
 
 use crate::targets::lifecycle::Host;
@@ -46,8 +45,8 @@ impl Host for ProcHost {
         process::mapped_files(pid).unwrap_or_default()
     }
 
-    fn container_pids(&self, id: &str) -> Result<Vec<u32>, String> {
-        container::pids_of(id).map_err(|err| err.to_string())
+    fn container_pids(&self, id: &str, pod_uid: &str) -> Result<Vec<u32>, String> {
+        container::pids_of(id, pod_uid).map_err(|err| err.to_string())
     }
 
     fn file_id(&self, path: &Path) -> Option<FileId> {
@@ -55,11 +54,16 @@ impl Host for ProcHost {
     }
 
     fn open_file_id(&self, file: &File) -> Option<FileId> {
-        file.metadata().ok().map(|m| FileId { dev: m.dev(), ino: m.ino() })
+        file.metadata().ok().map(|m| FileId::from_metadata(&m))
     }
 
-    fn detect(&self, path: &Path, is_exe: bool) -> Option<DetectedStack> {
-        tls_stack::detect(path, is_exe).unwrap_or_else(|err| {
+    fn detect(&self, file: &MappedFile, is_exe: bool) -> Option<DetectedStack> {
+        let found = match &file.open {
+            // The bytes of the very file that is mapped (and will be probed).
+            Some(open) => tls_stack::detect_open(open.file(), &file.host_path, is_exe),
+            None => tls_stack::detect(&file.host_path, is_exe),
+        };
+        found.unwrap_or_else(|err| {
             log::debug!("{}", crate::error::chain(&err));
             None
         })

@@ -34,12 +34,14 @@ pub trait Host {
     fn ns_pid(&self, pid: u32) -> Option<u32>;
     /// The files the process maps executable (empty: gone, or a zombie).
     fn mapped_files(&self, pid: u32) -> Vec<MappedFile>;
-    /// The host processes of a container, by its runtime id.
-    fn container_pids(&self, id: &str) -> Result<Vec<u32>, String>;
+    /// The host processes of a container, by its runtime id, that sit in
+    /// the cgroup of the pod with this UID (an error says why none).
+    fn container_pids(&self, id: &str, pod_uid: &str) -> Result<Vec<u32>, String>;
     fn file_id(&self, path: &Path) -> Option<FileId>;
     fn open_file_id(&self, file: &File) -> Option<FileId>;
-    /// The TLS stack a file holds (None: none, or unreadable).
-    fn detect(&self, path: &Path, is_exe: bool) -> Option<DetectedStack>;
+    /// The TLS stack a file holds (None: none, or unreadable), read
+    /// through its open file when it has one.
+    fn detect(&self, file: &MappedFile, is_exe: bool) -> Option<DetectedStack>;
     /// A TLS library tlsspy does not probe among mapped files.
     fn library_hint(&self, files: &[MappedFile]) -> Option<&'static str>;
     /// A TLS stack tlsspy does not probe, built into an executable.
@@ -52,8 +54,10 @@ pub trait Attach {
     type Error: std::error::Error + 'static;
     /// Starts tracing a process in the kernel (its events, its children).
     fn add_target(&mut self, pid: u32, follow_children: bool) -> Result<(), Self::Error>;
-    fn attach_openssl(&mut self, file: FileId, path: &Path, library: &OpensslProbes) -> Result<(), Self::Error>;
-    fn attach_go(&mut self, file: FileId, path: &Path, bin: &GoBinary) -> Result<(), Self::Error>;
+    /// Probes go on `file.probe_path()` (the file analysed), and are named
+    /// by `file.host_path`.
+    fn attach_openssl(&mut self, file: &MappedFile, library: &OpensslProbes) -> Result<(), Self::Error>;
+    fn attach_go(&mut self, file: &MappedFile, bin: &GoBinary) -> Result<(), Self::Error>;
     /// The library a probe hit came from, by the id its probes carry.
     fn probed_library(&self, id: u16) -> Option<ProbedLibrary>;
 }
@@ -225,11 +229,11 @@ impl<H: Host> Targets<H> {
     /// `Ok(false)`: nothing to probe in it (a Go program we cannot probe is
     /// reported with its reason once it runs).
     pub fn attach_file<A: Attach>(&mut self, path: &Path, is_exe: bool, attach: &mut A) -> Result<bool, A::Error> {
-        let Some(file) = self.host.file_id(path) else { return Ok(false) };
-        match self.examine(file, path, is_exe) {
-            Some(DetectedStack::Openssl(library)) => attach.attach_openssl(file, path, &library)?,
+        let Some(file) = self.program_file(path.to_path_buf()) else { return Ok(false) };
+        match self.examine(&file, is_exe) {
+            Some(DetectedStack::Openssl(library)) => attach.attach_openssl(&file, &library)?,
             Some(DetectedStack::Go(bin)) => {
-                if let Err(err) = attach.attach_go(file, path, &bin) {
+                if let Err(err) = attach.attach_go(&file, &bin) {
                     // Not fatal: the target record says why once it runs.
                     log::info!("{}", crate::error::chain(&err));
                     return Ok(false);
@@ -269,10 +273,11 @@ impl<H: Host> Targets<H> {
         self.process_meta(pid)
     }
 
-    /// The processes of a container (by its runtime id) that are not
-    /// targets yet; a warning when the node runs none.
-    pub fn new_container_pids(&self, id: &str, out: &mut Vec<Record>) -> Vec<u32> {
-        match self.host.container_pids(id) {
+    /// The processes of a container (by its runtime id, in the pod with
+    /// this UID) that are not targets yet; a warning when the node runs
+    /// none, or none in that pod.
+    pub fn new_container_pids(&self, id: &str, pod_uid: &str, out: &mut Vec<Record>) -> Vec<u32> {
+        match self.host.container_pids(id, pod_uid) {
             Ok(pids) => pids.into_iter().filter(|pid| !self.targets.contains_key(pid)).collect(),
             Err(message) => {
                 out.push(Record::Warning(Warning { message, pid: None }));
@@ -527,7 +532,7 @@ impl<H: Host> Targets<H> {
         let mut report = false;
         for file in found {
             let is_exe = exe.as_deref() == Some(file.path.as_str());
-            let Some(detected) = self.examine(file.file_id, &file.host_path, is_exe) else { continue };
+            let Some(detected) = self.examine(&file, is_exe) else { continue };
             let stack = attach_stack(detected, &file, attach);
             if let Some(state) = self.targets.get_mut(&pid) {
                 state.stacks.push(stack);
@@ -600,19 +605,21 @@ impl<H: Host> Targets<H> {
 
     /// What TLS stack the file holds (cheap to clone: a Go analysis is
     /// shared).
-    fn examine(&mut self, file: FileId, path: &Path, is_exe: bool) -> Option<DetectedStack> {
-        if let Some(known) = self.libraries.get(&file) {
+    /// What a file holds, analysed once per content identity (device,
+    /// inode, size, mtime, ctime): a file rewritten in place is new.
+    fn examine(&mut self, file: &MappedFile, is_exe: bool) -> Option<DetectedStack> {
+        if let Some(known) = self.libraries.get(&file.file_id) {
             return known.clone();
         }
-        let found = self.host.detect(path, is_exe);
-        self.libraries.insert(file, found.clone());
+        let found = self.host.detect(file, is_exe);
+        self.libraries.insert(file.file_id, found.clone());
         found
     }
 
     /// The program file as a mapping of its own (for a process already gone).
     fn program_file(&self, path: PathBuf) -> Option<MappedFile> {
         let file_id = self.host.file_id(&path)?;
-        Some(MappedFile { path: path.to_string_lossy().into_owned(), host_path: path, file_id })
+        Some(MappedFile { path: path.to_string_lossy().into_owned(), host_path: path, file_id, open: None })
     }
 
     fn target_record(&self, pid: u32) -> Target {
@@ -652,17 +659,14 @@ fn attach_stack<A: Attach>(detected: DetectedStack, file: &MappedFile, attach: &
         Err(err) => (false, Some(crate::error::chain(&err))),
     };
     let (library, linkage, version, (probed, reason)) = match detected {
-        DetectedStack::Openssl(library) => (
-            library.library,
-            library.linkage,
-            library.version.clone(),
-            outcome(attach.attach_openssl(file.file_id, &file.host_path, &library)),
-        ),
+        DetectedStack::Openssl(library) => {
+            (library.library, library.linkage, library.version.clone(), outcome(attach.attach_openssl(file, &library)))
+        }
         DetectedStack::Go(bin) => (
             TlsLibrary::GoCryptoTls,
             Linkage::Static,
             Some(bin.go_version.clone()),
-            outcome(attach.attach_go(file.file_id, &file.host_path, &bin)),
+            outcome(attach.attach_go(file, &bin)),
         ),
         DetectedStack::GoUnsupported { version, reason } => {
             (TlsLibrary::GoCryptoTls, Linkage::Static, version, (false, Some(reason::go_unsupported(&reason))))

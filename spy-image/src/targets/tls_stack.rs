@@ -76,24 +76,55 @@ pub enum DetectedStack {
 /// `Ok(None)`: no TLS stack.
 pub fn detect(path: &Path, is_executable: bool) -> Result<Option<DetectedStack>, DetectError> {
     let data = std::fs::read(path).map_err(|source| DetectError::Read { path: path.display().to_string(), source })?;
+    detect_in(&data, path, is_executable)
+}
+
+/// What TLS stack the bytes of a file (named `path`) carry.
+pub fn detect_in(data: &[u8], path: &Path, is_executable: bool) -> Result<Option<DetectedStack>, DetectError> {
     if is_executable {
-        match go::analyze_bytes(&data) {
+        match go::analyze_bytes(data) {
             Ok(bin) => return Ok(Some(DetectedStack::Go(Arc::new(bin)))),
             Err(err) if err.is_go_binary() => {
                 // A Go program without usable crypto/tls may still link
                 // OpenSSL through cgo: then that is its TLS stack.
-                if let Some(openssl) = detect_openssl_in(&data, path, is_executable)? {
+                if let Some(openssl) = detect_openssl_in(data, path, is_executable)? {
                     return Ok(Some(DetectedStack::Openssl(openssl)));
                 }
                 return Ok(Some(DetectedStack::GoUnsupported {
-                    version: go::go_version(&data),
+                    version: go::go_version(data),
                     reason: crate::error::chain(&err),
                 }));
             }
             Err(err) => log::debug!("{}: not a Go program we analyse: {}", path.display(), crate::error::chain(&err)),
         }
     }
-    Ok(detect_openssl_in(&data, path, is_executable)?.map(DetectedStack::Openssl))
+    Ok(detect_openssl_in(data, path, is_executable)?.map(DetectedStack::Openssl))
+}
+
+/// What TLS stack an open file carries, read from offset 0 of that file
+/// (not reopened by path); `shown` names it in errors and gives the
+/// library's soname version.
+pub fn detect_open(
+    file: &std::fs::File,
+    shown: &Path,
+    is_executable: bool,
+) -> Result<Option<DetectedStack>, DetectError> {
+    let data = read_open(file).map_err(|source| DetectError::Read { path: shown.display().to_string(), source })?;
+    detect_in(&data, shown, is_executable)
+}
+
+/// The whole file, by positioned reads (the descriptor's offset is left
+/// alone, so another reader of the same open file is not disturbed),
+/// bounded like the Go analysis' reads.
+fn read_open(file: &std::fs::File) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt as _;
+    let size = file.metadata()?.len();
+    if size > go::MAX_BINARY_SIZE {
+        return Err(std::io::Error::other(format!("{size} bytes is more than the {} analysed", go::MAX_BINARY_SIZE)));
+    }
+    let mut data = vec![0; usize::try_from(size).map_err(std::io::Error::other)?];
+    file.read_exact_at(&mut data, 0)?;
+    Ok(data)
 }
 
 /// Looks for SSL_read/SSL_write in `path`. `Ok(None)`: not a TLS library.

@@ -83,7 +83,8 @@ mod tests {
         MappedFile {
             path: path.into(),
             host_path: PathBuf::from(path),
-            file_id: super::super::process::FileId { dev: 0, ino: 0 },
+            file_id: super::super::process::FileId::default(),
+            open: None,
         }
     }
 

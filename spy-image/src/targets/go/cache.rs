@@ -1,9 +1,10 @@
 //! One analysis per executable file, however many processes run it.
 //!
 //! uprobes live on inodes, and every container of one image runs the same
-//! file from a shared layer: the key is (device, inode). Size and mtime are
-//! kept too, so a file replaced in place (same inode, new bytes) is analysed
-//! again. Failures are cached as well: the common answer for a process is
+//! file from a shared layer: the entry is found by (device, inode), and
+//! holds only while the content identity matches too (size, mtime and
+//! ctime: a file rewritten in place keeps its inode, and whoever rewrote it
+//! may set mtime back, but not ctime), so such a file is analysed again. Failures are cached as well: the common answer for a process is
 //! `NotGo`, and asking again would read the whole file again.
 
 use std::collections::HashMap;
@@ -31,6 +32,8 @@ struct Fingerprint {
     size: u64,
     mtime_s: i64,
     mtime_ns: i64,
+    ctime_s: i64,
+    ctime_ns: i64,
 }
 
 struct Entry {
@@ -84,7 +87,13 @@ impl AnalysisCache {
         let file = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
         let meta = file.metadata().map_err(|e| io_error(path, e))?;
         let key = FileKey { dev: meta.dev(), ino: meta.ino() };
-        let fingerprint = Fingerprint { size: meta.size(), mtime_s: meta.mtime(), mtime_ns: meta.mtime_nsec() };
+        let fingerprint = Fingerprint {
+            size: meta.size(),
+            mtime_s: meta.mtime(),
+            mtime_ns: meta.mtime_nsec(),
+            ctime_s: meta.ctime(),
+            ctime_ns: meta.ctime_nsec(),
+        };
         let cell = {
             let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
             match entries.get(&key) {

@@ -68,7 +68,15 @@ pub(crate) fn struct_offsets(image: &ElfImage<'_>) -> Result<GoStructOffsets, Dw
     if !present(image) {
         return Err(DwarfError::Absent);
     }
-    let sections = gimli::DwarfSections::load(|id| load_section(image, id))?;
+    offsets_in(|id| load_section(image, id))
+}
+
+/// The offsets of [`WANTED`] in DWARF sections however they were loaded
+/// (from an ELF file, or straight from a fuzz input).
+pub(crate) fn offsets_in<'data>(
+    load: impl FnMut(SectionId) -> Result<Cow<'data, [u8]>, DwarfError>,
+) -> Result<GoStructOffsets, DwarfError> {
+    let sections = gimli::DwarfSections::load(load)?;
     let dwarf = sections.borrow(|s| EndianSlice::new(s, LittleEndian));
     let mut found: [Option<u64>; WANTED.len()] = [None; WANTED.len()];
     let parse = |e: gimli::Error| DwarfError::Parse(e.to_string());

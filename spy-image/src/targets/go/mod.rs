@@ -478,5 +478,100 @@ fn probe(
     Ok(GoFunctionProbe { symbol, address, size, entry_file_offset, ret_file_offsets, source })
 }
 
+/// Entry points for the fuzz targets (fuzz/fuzz_targets/go_*.rs): each
+/// runs one stage of the analysis over arbitrary bytes, where any answer
+/// is fine and a panic is the bug. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::borrow::Cow;
+
+    use super::{analyze_bytes, buildinfo, dwarf, go_version, ElfImage, Pclntab, TLS_READ_SYMBOL, TLS_WRITE_SYMBOL};
+
+    /// Most names walked in one pclntab: the table bounds `nfunc` by its
+    /// size, this bounds the time one input takes.
+    const MAX_NAMES: usize = 1 << 16;
+
+    /// The whole analysis of a would-be executable, and its cheap parts.
+    pub fn elf(data: &[u8]) {
+        let _ = analyze_bytes(data);
+        let _ = go_version(data);
+        if let Ok(image) = ElfImage::parse(data) {
+            let _ = image.symbols([TLS_WRITE_SYMBOL, TLS_READ_SYMBOL]);
+            let _ = dwarf::struct_offsets(&image);
+        }
+    }
+
+    /// `.go.buildinfo` blobs, as they are and behind the magic (so that
+    /// the fuzzer spends its time past the first check); pointers (pre-1.18
+    /// layout) resolve as offsets into the input.
+    pub fn buildinfo(data: &[u8]) {
+        let read = |va: u64, len: u64| -> Option<&[u8]> {
+            let start = usize::try_from(va).ok()?;
+            let len = usize::try_from(len).ok()?;
+            data.get(start..)?.get(..len)
+        };
+        let _ = buildinfo::parse(&read, data);
+        let mut framed = buildinfo::MAGIC.to_vec();
+        framed.extend_from_slice(data);
+        let _ = buildinfo::parse(&read, &framed);
+    }
+
+    /// A pcHeader and what follows it: parse, walk names, find functions.
+    pub fn pclntab(data: &[u8]) {
+        let address = 0x4a_0000;
+        if let Ok(table) = Pclntab::parse(data, address) {
+            for name in table.names().take(MAX_NAMES) {
+                if name.is_err() {
+                    break;
+                }
+            }
+            let _ = table.find([TLS_WRITE_SYMBOL, TLS_READ_SYMBOL], 0x40_1000);
+        }
+    }
+
+    /// DWARF sections cut from the input: each is `[len_hi][len_lo][bytes]`,
+    /// in the order .debug_info, .debug_abbrev, .debug_str, .debug_line_str,
+    /// .debug_str_offsets; missing ones are empty.
+    pub fn dwarf(data: &[u8]) {
+        use gimli::SectionId;
+        let order = [
+            SectionId::DebugInfo,
+            SectionId::DebugAbbrev,
+            SectionId::DebugStr,
+            SectionId::DebugLineStr,
+            SectionId::DebugStrOffsets,
+        ];
+        let mut pieces: [&[u8]; 5] = [&[]; 5];
+        let mut rest = data;
+        for piece in &mut pieces {
+            let Some((len, tail)) = rest.split_first_chunk::<2>() else { break };
+            let n = usize::from(u16::from_be_bytes(*len)).min(tail.len());
+            *piece = &tail[..n];
+            rest = &tail[n..];
+        }
+        let _ = dwarf::offsets_in(|id| {
+            let found = order.iter().position(|&wanted| wanted == id).map_or(&[][..], |i| pieces[i]);
+            Ok(Cow::Borrowed(found))
+        });
+    }
+
+    #[cfg(test)]
+    mod tests {
+        /// The entry points take anything: a few shapes that reach past
+        /// the first checks, none may panic.
+        #[test]
+        fn entry_points_take_any_bytes() {
+            let elf_header = b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0\x02\0\x3e\0";
+            let pclntab_header = [0xf1, 0xff, 0xff, 0xff, 0, 0, 1, 8, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0];
+            for input in [&b""[..], b"\xff Go buildinf:\x08\x02", elf_header, &pclntab_header, &[0xff; 300]] {
+                super::elf(input);
+                super::buildinfo(input);
+                super::pclntab(input);
+                super::dwarf(input);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -75,6 +75,9 @@ fn cache_analyses_each_file_once_and_notices_replacement() {
     let data = non_go_elf();
     std::fs::write(&a, &data).expect("write");
     std::fs::write(&b, &data).expect("write");
+    // Made first: linking changes the inode's ctime, i.e. its content identity.
+    let link = dir.path().join("link");
+    std::fs::hard_link(&a, &link).expect("hard link");
     let cache = AnalysisCache::new(8);
     // Many processes of one file: one analysis.
     for _ in 0..5 {
@@ -82,8 +85,6 @@ fn cache_analyses_each_file_once_and_notices_replacement() {
     }
     assert_eq!(cache.stats(), CacheStats { hits: 4, analyses: 1, entries: 1 });
     // A hard link is the same inode: still cached.
-    let link = dir.path().join("link");
-    std::fs::hard_link(&a, &link).expect("hard link");
     assert!(cache.analyze(&link).is_err());
     assert_eq!(cache.stats().analyses, 1);
     // Another inode with the same bytes is another entry.
@@ -94,6 +95,27 @@ fn cache_analyses_each_file_once_and_notices_replacement() {
     assert!(matches!(cache.analyze(&a), Err(GoAnalysisError::NotElf { .. })));
     assert_eq!(cache.stats().analyses, 3);
     assert_eq!(cache.stats().entries, 2);
+}
+
+#[cfg(unix)]
+#[test]
+fn a_rewrite_that_keeps_size_and_mtime_is_still_new_content() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("app");
+    std::fs::write(&path, b"0123456789").expect("write");
+    let cache = AnalysisCache::new(8);
+    assert!(matches!(cache.analyze(&path), Err(GoAnalysisError::NotElf { .. })));
+    let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).expect("mtime");
+    // Past the coarse timestamp tick, so the ctime moves.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let data = non_go_elf();
+    std::fs::write(&path, &data[..10]).expect("rewrite, same size");
+    let file = std::fs::OpenOptions::new().write(true).open(&path).expect("open");
+    file.set_modified(mtime).expect("mtime set back");
+    drop(file);
+    assert_eq!(std::fs::metadata(&path).and_then(|m| m.modified()).expect("mtime"), mtime);
+    let _ = cache.analyze(&path);
+    assert_eq!(cache.stats().analyses, 2, "same inode, size and mtime, but a new ctime: analysed again");
 }
 
 #[cfg(unix)]

@@ -47,7 +47,10 @@ impl Host for &FakeHost {
     fn mapped_files(&self, pid: u32) -> Vec<MappedFile> {
         self.processes.borrow().get(&pid).map(|p| p.files.clone()).unwrap_or_default()
     }
-    fn container_pids(&self, id: &str) -> Result<Vec<u32>, String> {
+    fn container_pids(&self, id: &str, pod_uid: &str) -> Result<Vec<u32>, String> {
+        if pod_uid != POD_UID {
+            return Err(format!("refused container {id}: not in pod {pod_uid}"));
+        }
         self.containers.get(id).cloned().ok_or_else(|| format!("no process of container {id} runs on this node"))
     }
     fn file_id(&self, path: &Path) -> Option<FileId> {
@@ -60,9 +63,9 @@ impl Host for &FakeHost {
     fn open_file_id(&self, _file: &File) -> Option<FileId> {
         None
     }
-    fn detect(&self, path: &Path, _is_exe: bool) -> Option<DetectedStack> {
+    fn detect(&self, file: &MappedFile, _is_exe: bool) -> Option<DetectedStack> {
         *self.detected.borrow_mut() += 1;
-        self.stacks.get(path).cloned()
+        self.stacks.get(&file.host_path).cloned()
     }
     fn library_hint(&self, files: &[MappedFile]) -> Option<&'static str> {
         files.iter().any(|f| f.path.contains("libgnutls")).then_some("GnuTLS")
@@ -103,15 +106,15 @@ impl Attach for FakeProbes {
         self.traced.push(pid);
         Ok(())
     }
-    fn attach_openssl(&mut self, _file: FileId, path: &Path, _library: &OpensslProbes) -> Result<(), Refused> {
+    fn attach_openssl(&mut self, file: &MappedFile, _library: &OpensslProbes) -> Result<(), Refused> {
         if let Some(why) = self.refuse {
             return Err(Refused(why));
         }
-        self.attached.push(path.to_path_buf());
+        self.attached.push(file.host_path.clone());
         Ok(())
     }
-    fn attach_go(&mut self, _file: FileId, path: &Path, _bin: &GoBinary) -> Result<(), Refused> {
-        self.attached.push(path.to_path_buf());
+    fn attach_go(&mut self, file: &MappedFile, _bin: &GoBinary) -> Result<(), Refused> {
+        self.attached.push(file.host_path.clone());
         Ok(())
     }
     fn probed_library(&self, id: u16) -> Option<ProbedLibrary> {
@@ -119,6 +122,8 @@ impl Attach for FakeProbes {
     }
 }
 
+/// The pod UID the fake host puts its containers in.
+const POD_UID: &str = "0b1c2d3e";
 const LIBSSL: &str = "/usr/lib/libssl.so.3";
 
 fn openssl() -> DetectedStack {
@@ -131,7 +136,12 @@ fn openssl() -> DetectedStack {
 }
 
 fn mapped(path: &str, ino: u64) -> MappedFile {
-    MappedFile { path: path.into(), host_path: path.into(), file_id: FileId { dev: 1, ino } }
+    MappedFile {
+        path: path.into(),
+        host_path: path.into(),
+        file_id: FileId { dev: 1, ino, ..FileId::default() },
+        open: None,
+    }
 }
 
 /// A node with curl (maps libssl), rustls-client (a built-in stack we do
@@ -139,11 +149,11 @@ fn mapped(path: &str, ino: u64) -> MappedFile {
 fn node() -> FakeHost {
     let mut host = FakeHost::default();
     host.stacks.insert(LIBSSL.into(), openssl());
-    host.files.insert(LIBSSL.into(), FileId { dev: 1, ino: 1 });
+    host.files.insert(LIBSSL.into(), FileId { dev: 1, ino: 1, ..FileId::default() });
     for (ino, exe) in
         [(10, "/usr/bin/curl"), (11, "/usr/bin/rustls-client"), (12, "/usr/bin/plain"), (13, "/usr/bin/gnutls-cli")]
     {
-        host.files.insert(exe.into(), FileId { dev: 1, ino });
+        host.files.insert(exe.into(), FileId { dev: 1, ino, ..FileId::default() });
     }
     host.built_in.insert("/usr/bin/rustls-client".into(), "rustls");
     host
@@ -390,14 +400,18 @@ fn containers_add_their_processes_and_an_unknown_one_warns() {
     let mut lifecycle = Targets::new(&host, true, WAIT);
     let mut out = Vec::new();
     let pod = PodRef { namespace: "ns".into(), name: "web".into(), container: Some("main".into()) };
-    assert_eq!(lifecycle.new_container_pids("abc", &mut out), [80, 81]);
+    assert_eq!(lifecycle.new_container_pids("abc", POD_UID, &mut out), [80, 81]);
     let meta = add(&mut lifecycle, 80, Some(pod.clone()), &mut probes, &mut out).expect("added");
     assert_eq!(meta.pod.as_ref(), Some(&pod));
     // Known ones are not new.
-    assert_eq!(lifecycle.new_container_pids("abc", &mut out), [81]);
+    assert_eq!(lifecycle.new_container_pids("abc", POD_UID, &mut out), [81]);
     let before = out.len();
-    assert!(lifecycle.new_container_pids("nope", &mut out).is_empty());
+    assert!(lifecycle.new_container_pids("nope", POD_UID, &mut out).is_empty());
     assert!(matches!(&out[before..], [Record::Warning(w)] if w.message.contains("container nope")));
+    // Another pod's UID gets nothing, and a warning that says so.
+    let before = out.len();
+    assert!(lifecycle.new_container_pids("abc", "other-uid", &mut out).is_empty());
+    assert!(matches!(&out[before..], [Record::Warning(w)] if w.message.starts_with("refused container abc")));
     assert!(matches!(lifecycle.add_process(999, None, &mut probes), Err(TargetError::NoSuchProcess(999))));
 }
 
