@@ -133,11 +133,18 @@ pub struct SpyArgs {
     pub timeout: Duration,
 
     /// A spy that hears nothing from the plugin for this long ends itself.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, hide = true)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_timeout, hide = true)]
     pub heartbeat_timeout: Duration,
 
+    /// The plugin gives up on a spy that sends nothing for this long (a
+    /// network cut, a stuck spy) and deletes its pod. An idle spy sends a
+    /// stats record every third of --heartbeat-timeout.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_timeout, hide = true)]
+    pub silence_timeout: Duration,
+
     /// The spy pods' activeDeadlineSeconds: the cluster stops them after this
-    /// long whatever happens (default: --duration plus a margin, else 12h).
+    /// long whatever happens (default: --duration plus --timeout plus a
+    /// minute, else 4h).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, hide = true)]
     pub spy_deadline: Option<Duration>,
 }
@@ -317,6 +324,19 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 /// The longest duration any flag takes.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
 
+/// The longest heartbeat or silence timeout: the agent takes at most a day.
+const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
+
+/// A timeout between a second and a day: the agent counts its heartbeat
+/// timeout in whole seconds, and at most a day.
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(text)?;
+    if timeout < Duration::from_secs(1) || timeout > MAX_TIMEOUT {
+        return Err(format!("`{}` is not a timeout between 1s and 24h", text.trim()));
+    }
+    Ok(timeout)
+}
+
 /// `--memory-budget`'s default as `--help` shows it
 /// (spy_protocol::limits::DEFAULT_MEMORY_BUDGET; a test holds them equal).
 const DEFAULT_MEMORY_BUDGET: &str = "256MiB";
@@ -353,6 +373,10 @@ mod tests {
             assert!(parse_duration(huge).is_err(), "{huge}");
         }
         assert_eq!(parse_duration("8760h"), Ok(Duration::from_secs(365 * 86_400)));
+        assert_eq!(parse_timeout("3s"), Ok(Duration::from_secs(3)));
+        for bad in ["0s", "500ms", "25h", "99999999999999999999s"] {
+            assert!(parse_timeout(bad).is_err(), "{bad}");
+        }
         assert!(parse_duration("").is_err());
     }
 

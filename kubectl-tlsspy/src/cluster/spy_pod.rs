@@ -41,6 +41,8 @@ pub struct SpyConfig {
     pub session: String,
     pub startup_timeout: Duration,
     pub heartbeat_timeout: Duration,
+    /// The plugin gives up on a spy that sends nothing for this long.
+    pub silence_timeout: Duration,
     /// activeDeadlineSeconds: the cluster's own backstop.
     pub deadline: Duration,
     /// Extra agent flags (--max-body, --raw, --show-secrets).
@@ -195,7 +197,11 @@ async fn life(
         &name,
         node,
         &key,
-        config.heartbeat_timeout,
+        attach::Timeouts {
+            heartbeat: config.heartbeat_timeout,
+            startup: config.startup_timeout,
+            silence: config.silence_timeout,
+        },
         &mut commands,
         &mut stop,
         events,
@@ -215,6 +221,15 @@ async fn life(
     match end {
         StreamEnd::Stopped { reason } => Ok(reason),
         StreamEnd::AgentEnded { errors, bye } => Err(ended_by_itself(api, &name, node, errors, bye).await),
+        // Not fatal: the other nodes' spies go on (this pod is deleted by `run`).
+        StreamEnd::Silent { after } => Err(SpyFailure {
+            message: format!(
+                "the spy on node {node} sent nothing for {}s (a network cut, or the spy is stuck): gave up on it \
+                 and deleted its pod {name}",
+                after.as_secs_f64()
+            ),
+            fatal: false,
+        }),
     }
 }
 
@@ -430,6 +445,7 @@ mod tests {
             session: "abc123".into(),
             startup_timeout: Duration::from_secs(60),
             heartbeat_timeout: Duration::from_secs(10),
+            silence_timeout: Duration::from_secs(30),
             deadline: Duration::from_secs(3600),
             agent_args: vec!["--max-body".into(), "100".into()],
             memory_budget: 64 << 20,

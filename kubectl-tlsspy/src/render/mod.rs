@@ -6,6 +6,7 @@
 mod escape;
 mod filter;
 mod live;
+pub mod queued;
 mod summary;
 
 use std::io::{self, IsTerminal, Write};
@@ -108,6 +109,13 @@ pub fn stats_line(stats: &Stats) -> String {
     } else {
         line.push_str("; 0 events lost");
     }
+    if stats.dropped_records > 0 {
+        line.push_str(&format!(
+            "; DROPPED {} records: the output did not keep up (a pipe or terminal that reads slowly, or a slow \
+             network to the spies)",
+            stats.dropped_records
+        ));
+    }
     line.push_str(&memory_part(&stats.memory));
     line
 }
@@ -161,5 +169,8 @@ mod tests {
         assert!(line.ends_with("; 2 idle connections forgotten"), "{line}");
         // An agent older than the budget says nothing about it.
         assert!(!stats_line(&Stats::default()).contains("memory"));
+        assert!(!stats_line(&Stats::default()).contains("DROPPED"));
+        let line = stats_line(&Stats { dropped_records: 12, ..Stats::default() });
+        assert!(line.contains("; DROPPED 12 records: the output did not keep up"), "{line}");
     }
 }
