@@ -16,15 +16,17 @@ use spy_image::spy::{Control, Spy, SpyOptions};
 use spy_protocol::sink::Sink;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::cli::LocalArgs;
+use crate::cli::{usage, LocalArgs};
 use crate::render::{stats_line, Renderer};
 
 pub async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
     if args.pids.is_empty() && args.command.is_empty() {
-        bail!("nothing to spy on: give --pid PID, or a command after `--` (kubectl tlsspy local -- curl https://…)");
+        return Err(usage(
+            "nothing to spy on: give --pid PID, or a command after `--` (kubectl tlsspy local -- curl https://…)",
+        ));
     }
     if !args.pids.is_empty() && !args.command.is_empty() {
-        bail!("give either --pid or a command after `--`, not both");
+        return Err(usage("give either --pid or a command after `--`, not both"));
     }
     for &pid in &args.pids {
         if !Path::new(&format!("/proc/{pid}")).exists() {

@@ -23,7 +23,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use futures::StreamExt as _;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use k8s_openapi::api::core::v1::Pod;
@@ -33,7 +33,7 @@ use spy_protocol::record::{PodRef, Record, Stats};
 use spy_protocol::session::Command;
 use tokio::sync::{mpsc, watch};
 
-use crate::cli::{ClusterArgs, KubeArgs, OutputFormat};
+use crate::cli::{usage, ClusterArgs, KubeArgs, OutputFormat};
 use crate::names::{self, NamesScope, SharedPeerNames};
 use crate::render::queued::{QueuedRenderer, QUEUE_RECORDS};
 use crate::render::{stats_line, Renderer};
@@ -140,9 +140,10 @@ fn session_id() -> String {
 
 /// `kubectl tlsspy TARGET… [-l SELECTOR] [--follow]`.
 pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
-    let refs = args.targets.iter().map(|t| targets::parse_target(t)).collect::<anyhow::Result<Vec<_>>>()?;
+    let refs =
+        args.targets.iter().map(|t| targets::parse_target(t).map_err(usage)).collect::<anyhow::Result<Vec<_>>>()?;
     if args.kube.all_namespaces && refs.iter().any(|r| matches!(r, TargetRef::Pod(_))) {
-        bail!("a pod cannot be named across all namespaces (-A): give -n NAMESPACE, or select with -l");
+        return Err(usage("a pod cannot be named across all namespaces (-A): give -n NAMESPACE, or select with -l"));
     }
     let (client, context_ns) = connect(&args.kube).await?;
     let namespace = args.kube.namespace.clone().unwrap_or(context_ns);
