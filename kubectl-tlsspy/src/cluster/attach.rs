@@ -208,6 +208,7 @@ async fn read_records(
         if line.trim().is_empty() {
             continue;
         }
+        let bytes = line.len();
         let line = match opener.open(&line) {
             Ok(plain) => plain,
             Err(err) => {
@@ -222,7 +223,7 @@ async fn read_records(
                 if let Record::Bye(b) = &record {
                     bye = Some(b.reason.clone());
                 }
-                let _ = events.send(SpyEvent::Record { node: node.clone(), record: Box::new(record) }).await;
+                let _ = events.send(SpyEvent::Record { node: node.clone(), record: Box::new(record), bytes }).await;
             }
             // A newer agent's record kinds are skipped, not fatal.
             Err(err) => log::debug!("{node}: skipped a record line ({err})"),

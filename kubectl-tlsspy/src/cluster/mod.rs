@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::cli::{usage, ClusterArgs, KubeArgs, OutputFormat};
 use crate::names::{self, NamesScope, SharedPeerNames};
-use crate::render::queued::{QueuedRenderer, QUEUE_RECORDS};
+use crate::render::queued::{QueuedRenderer, QUEUE_BYTES, QUEUE_RECORDS};
 use crate::render::{stats_line, Renderer};
 use spy_pod::SpyConfig;
 pub use spy_pod::DEFAULT_IMAGE;
@@ -79,6 +79,8 @@ pub enum SpyEvent {
     Record {
         node: String,
         record: Box<Record>,
+        /// Its size on the wire: what it costs to hold until rendered.
+        bytes: usize,
     },
     /// One line of the agent's log (stderr).
     Log {
@@ -193,7 +195,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         memory_budget: args.output.memory_budget,
         log_level: args.output.log_level.clone(),
     });
-    let mut renderer = QueuedRenderer::spawn(Renderer::stdout(&args.output)?, QUEUE_RECORDS)?;
+    let mut renderer = QueuedRenderer::spawn(Renderer::stdout(&args.output)?, QUEUE_RECORDS, QUEUE_BYTES)?;
     // Peer names stay current for the whole session (pods come and go with --follow).
     let (notices_tx, mut notices) = mpsc::unbounded_channel();
     let names_watch = tokio::spawn(names::keep_current(
@@ -481,7 +483,7 @@ impl Session {
                     self.say(line);
                 }
             }
-            SpyEvent::Record { node, mut record } => {
+            SpyEvent::Record { node, mut record, bytes } => {
                 self.names.read().unwrap_or_else(|poisoned| poisoned.into_inner()).enrich(&mut record);
                 match &*record {
                     Record::Stats(stats) => {
@@ -492,7 +494,7 @@ impl Session {
                     }
                     _ => {}
                 }
-                renderer.record(*record)?;
+                renderer.record(*record, bytes)?;
             }
             SpyEvent::Log { node, line } => {
                 // The agent's fatal error ("tlsspy-agent: …") becomes the spy's

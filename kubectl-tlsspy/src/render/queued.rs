@@ -5,12 +5,15 @@
 //! pipe): kube's attach moves stdin and stdout in one loop, so a spy whose
 //! records we stop reading stops hearing our heartbeats too. So rendering
 //! never blocks the session: records queue for the render thread, and when
-//! the queue is full they are dropped and counted (the end line says so).
+//! the queue is full (in records, or in bytes: bodies can be large) they
+//! are dropped and counted (the end line says so).
 
 #![forbid(unsafe_code)]
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -21,11 +24,16 @@ use super::Renderer;
 
 /// Records waiting for the render thread at most.
 pub const QUEUE_RECORDS: usize = 4096;
+/// Their bytes (as they came from the spy) at most, beyond one record.
+pub const QUEUE_BYTES: usize = 64 << 20;
 
 type Finished<W> = (Renderer<W>, io::Result<()>);
 
 pub struct QueuedRenderer<W: Write + Send + 'static> {
-    queue: Option<SyncSender<Record>>,
+    queue: Option<SyncSender<(Record, usize)>>,
+    /// Bytes queued (the render thread subtracts what it rendered).
+    queued: Arc<AtomicUsize>,
+    max_bytes: usize,
     dropped: u64,
     thread: Option<JoinHandle<Finished<W>>>,
     /// The renderer, once its thread has stopped on an error.
@@ -33,19 +41,32 @@ pub struct QueuedRenderer<W: Write + Send + 'static> {
 }
 
 impl<W: Write + Send + 'static> QueuedRenderer<W> {
-    pub fn spawn(renderer: Renderer<W>, capacity: usize) -> io::Result<QueuedRenderer<W>> {
-        let (queue, records) = mpsc::sync_channel(capacity);
+    pub fn spawn(renderer: Renderer<W>, records: usize, max_bytes: usize) -> io::Result<QueuedRenderer<W>> {
+        let (queue, rx) = mpsc::sync_channel(records);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let rendered = queued.clone();
         let thread =
-            std::thread::Builder::new().name("tlsspy-render".into()).spawn(move || render(renderer, records))?;
-        Ok(QueuedRenderer { queue: Some(queue), dropped: 0, thread: Some(thread), stopped: None })
+            std::thread::Builder::new().name("tlsspy-render".into()).spawn(move || render(renderer, rx, &rendered))?;
+        Ok(QueuedRenderer { queue: Some(queue), queued, max_bytes, dropped: 0, thread: Some(thread), stopped: None })
     }
 
-    /// Queues a record, or drops and counts it when the queue is full.
-    /// Never waits. Err: the renderer has stopped, on this error (a closed
-    /// stdout: `| head`).
-    pub fn record(&mut self, record: Record) -> io::Result<()> {
+    /// Queues a record of about `bytes`, or drops and counts it when the
+    /// queue is full. Never waits. Err: the renderer has stopped, on this
+    /// error (a closed stdout: `| head`).
+    pub fn record(&mut self, record: Record, bytes: usize) -> io::Result<()> {
         let Some(queue) = &self.queue else { return Err(io::Error::other("the output is closed")) };
-        match queue.try_send(record) {
+        let held = self.queued.load(Ordering::Acquire);
+        // One record always fits an empty queue, however large.
+        if held > 0 && held.saturating_add(bytes) > self.max_bytes {
+            self.dropped += 1;
+            return Ok(());
+        }
+        self.queued.fetch_add(bytes, Ordering::AcqRel);
+        let sent = queue.try_send((record, bytes));
+        if sent.is_err() {
+            self.queued.fetch_sub(bytes, Ordering::AcqRel);
+        }
+        match sent {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
                 self.dropped += 1;
@@ -98,12 +119,18 @@ fn join<W: Write + Send + 'static>(thread: Option<JoinHandle<Finished<W>>>) -> i
 
 /// The render thread: every record in order, one flush whenever the queue
 /// runs empty.
-fn render<W: Write>(mut renderer: Renderer<W>, records: mpsc::Receiver<Record>) -> Finished<W> {
+fn render<W: Write>(
+    mut renderer: Renderer<W>,
+    records: mpsc::Receiver<(Record, usize)>,
+    queued: &AtomicUsize,
+) -> Finished<W> {
     let mut batch = || -> io::Result<()> {
-        while let Ok(record) = records.recv() {
+        while let Ok((record, bytes)) = records.recv() {
             renderer.record(record)?;
-            while let Ok(record) = records.try_recv() {
+            queued.fetch_sub(bytes, Ordering::AcqRel);
+            while let Ok((record, bytes)) = records.try_recv() {
                 renderer.record(record)?;
+                queued.fetch_sub(bytes, Ordering::AcqRel);
             }
             renderer.flush()?;
         }
@@ -119,7 +146,7 @@ mod tests {
     use crate::cli::{Cli, Command};
     use clap::Parser as _;
     use spy_protocol::record::Warning;
-    use std::sync::{Arc, Condvar, Mutex};
+    use std::sync::{Condvar, Mutex};
 
     /// A stdout that blocks until opened.
     #[derive(Clone, Default)]
@@ -153,12 +180,12 @@ mod tests {
     #[test]
     fn a_held_stdout_drops_and_counts_and_never_blocks() {
         let out = Held::default();
-        let mut queued = QueuedRenderer::spawn(json_renderer(out.clone()), 4).expect("thread");
+        let mut queued = QueuedRenderer::spawn(json_renderer(out.clone()), 4, QUEUE_BYTES).expect("thread");
         let started = std::time::Instant::now();
         for n in 0..50 {
-            queued.record(warning(n)).expect("queued or dropped");
+            queued.record(warning(n), 10).expect("queued or dropped");
         }
-        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(started.elapsed() < Duration::from_secs(5));
         assert!((45..=46).contains(&queued.dropped()), "{}", queued.dropped());
         // Still held: a bounded finish gives up.
         let queued = match queued.finish(Some(Duration::from_millis(100))) {
@@ -174,6 +201,21 @@ mod tests {
     }
 
     #[test]
+    fn the_queue_is_bounded_in_bytes_too() {
+        let out = Held::default();
+        let mut queued = QueuedRenderer::spawn(json_renderer(out.clone()), 100, 1000).expect("thread");
+        for n in 0..10 {
+            queued.record(warning(n), 400).expect("queued or dropped");
+        }
+        // One in the held writer (maybe), two more in 1000 bytes.
+        assert!((7..=8).contains(&queued.dropped()), "{}", queued.dropped());
+        let (lock, cvar) = &*out.0;
+        *lock.lock().expect("lock") = true;
+        cvar.notify_all();
+        assert!(queued.finish(None).is_some());
+    }
+
+    #[test]
     fn a_closed_stdout_stops_the_renderer_with_its_error() {
         struct Closed;
         impl Write for Closed {
@@ -184,10 +226,10 @@ mod tests {
                 Ok(())
             }
         }
-        let mut queued = QueuedRenderer::spawn(json_renderer(Closed), 4).expect("thread");
+        let mut queued = QueuedRenderer::spawn(json_renderer(Closed), 4, QUEUE_BYTES).expect("thread");
         let err = (0..1000).find_map(|n| {
             std::thread::sleep(Duration::from_millis(1));
-            queued.record(warning(n)).err()
+            queued.record(warning(n), 10).err()
         });
         assert_eq!(err.map(|e| e.kind()), Some(io::ErrorKind::BrokenPipe));
         assert!(queued.finish(None).is_some(), "the renderer comes back for the summary");
