@@ -210,8 +210,8 @@ fn target_web(record: &Record) -> bool {
 /// kube's attach moves stdin and stdout in one loop: a plugin that stopped
 /// reading its spy because its own stdout was full used to stop its
 /// heartbeats too, and lost a healthy spy after the heartbeat timeout. Now
-/// the session outlives a stdout nobody reads, records beyond what the
-/// queues hold are dropped and counted, and SIGTERM still ends it at once.
+/// the session outlives a stdout nobody reads, and SIGTERM still ends it at
+/// once (the pod first, then at most 2 s for the unread output).
 #[test]
 fn a_plugin_whose_stdout_nobody_reads_keeps_its_spy_and_still_ends_on_sigterm() {
     if !require_root("a_plugin_whose_stdout_nobody_reads_keeps_its_spy_and_still_ends_on_sigterm") {
@@ -250,8 +250,11 @@ fn a_plugin_whose_stdout_nobody_reads_keeps_its_spy_and_still_ends_on_sigterm() 
     assert!(status.success(), "{status:?}: {}", plugin.stderr());
     drop(stdout);
     let stderr = plugin.stderr();
+    // Every exchange reached the plugin (its queues hold 40 of these; that
+    // what they cannot hold is dropped and counted is tested beside them).
     let end = stderr.lines().find(|l| l.contains("TLS calls captured")).unwrap_or_default();
-    assert!(end.contains("DROPPED") && end.contains("records: the output did not keep up"), "{stderr}");
+    assert!(end.contains(" 40 exchanges"), "{stderr}");
+    assert!(stderr.contains("stdout did not take the last records"), "{stderr}");
     assert!(!alive(spy), "the spy outlived its pod");
 }
 
