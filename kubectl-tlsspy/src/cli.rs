@@ -62,7 +62,7 @@ pub struct ClusterArgs {
     pub targets: Vec<String>,
 
     /// Spy on the pods matching this label selector (e.g. app=api,tier!=db).
-    #[arg(short = 'l', long, value_name = "SELECTOR")]
+    #[arg(short = 'l', long, value_name = "SELECTOR", value_parser = parse_selector)]
     pub selector: Option<String>,
 
     /// Only this container of the target pods (default: all of them).
@@ -133,11 +133,18 @@ pub struct SpyArgs {
     pub timeout: Duration,
 
     /// A spy that hears nothing from the plugin for this long ends itself.
-    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration, hide = true)]
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_timeout, hide = true)]
     pub heartbeat_timeout: Duration,
 
+    /// The plugin gives up on a spy that sends nothing for this long (a
+    /// network cut, a stuck spy) and deletes its pod. An idle spy sends a
+    /// stats record every third of --heartbeat-timeout.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_timeout, hide = true)]
+    pub silence_timeout: Duration,
+
     /// The spy pods' activeDeadlineSeconds: the cluster stops them after this
-    /// long whatever happens (default: --duration plus a margin, else 12h).
+    /// long whatever happens (default: --duration plus --timeout plus a
+    /// minute, else 4h).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, hide = true)]
     pub spy_deadline: Option<Duration>,
 }
@@ -188,7 +195,7 @@ pub struct CleanupArgs {
 #[derive(Debug, Args)]
 pub struct LocalArgs {
     /// A running process to spy on (repeatable).
-    #[arg(long = "pid", value_name = "PID")]
+    #[arg(long = "pid", value_name = "PID", value_parser = clap::value_parser!(u32).range(1..))]
     pub pids: Vec<u32>,
 
     /// Do not follow the processes that targets start.
@@ -315,8 +322,138 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|_| format!("`{text}` is not a duration like 30s or 5m"))
 }
 
+/// Bad input a person typed: printed as is, exit code 2, as clap's own.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Turns an error about what was typed into a [`UsageError`].
+pub fn usage(err: impl std::fmt::Display) -> anyhow::Error {
+    anyhow::Error::new(UsageError(err.to_string()))
+}
+
+/// A label selector as kubectl takes it: `key`, `!key`, `key=value`,
+/// `key==value`, `key!=value`, `key in (a,b)`, `key notin (a,b)`, joined by
+/// commas. Checked here so a typo is a usage error, not an API error later.
+pub fn parse_selector(text: &str) -> Result<String, String> {
+    let bad = |why: String| format!("`{text}` is not a label selector like app=api,tier!=db: {why}");
+    if text.trim().is_empty() {
+        return Err(bad("it is empty".into()));
+    }
+    for requirement in split_outside_parens(text) {
+        check_requirement(requirement.trim()).map_err(bad)?;
+    }
+    Ok(text.to_string())
+}
+
+/// Splits at commas that are not inside `( … )`.
+fn split_outside_parens(text: &str) -> Vec<&str> {
+    let (mut parts, mut depth, mut start) = (Vec::new(), 0i32, 0);
+    for (i, c) in text.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
+}
+
+fn check_requirement(req: &str) -> Result<(), String> {
+    if req.is_empty() {
+        return Err("an empty requirement (two commas?)".into());
+    }
+    if let Some(key) = req.strip_prefix('!') {
+        return check_label_key(key.trim());
+    }
+    for op in ["==", "!=", "="] {
+        if let Some((key, value)) = req.split_once(op) {
+            check_label_key(key.trim())?;
+            return check_label_value(value.trim());
+        }
+    }
+    for op in [" notin ", " in "] {
+        if let Some((key, set)) = req.split_once(op) {
+            check_label_key(key.trim())?;
+            let set = set.trim();
+            let Some(inner) = set.strip_prefix('(').and_then(|s| s.strip_suffix(')')) else {
+                return Err(format!("`{set}` should be a list of values in parentheses, like (a,b)"));
+            };
+            return inner.split(',').try_for_each(|v| check_label_value(v.trim()));
+        }
+    }
+    check_label_key(req)
+}
+
+/// `[prefix/]name`: a DNS subdomain prefix, a name of at most 63 characters.
+fn check_label_key(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.rsplit_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if let Some(prefix) = prefix {
+        let ok = !prefix.is_empty()
+            && prefix.len() <= 253
+            && prefix.split('.').all(|part| {
+                !part.is_empty()
+                    && part.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !part.starts_with('-')
+                    && !part.ends_with('-')
+            });
+        if !ok {
+            return Err(format!("`{prefix}` is not a DNS name (the prefix of label key `{key}`)"));
+        }
+    }
+    if name.is_empty() || !is_label_token(name) {
+        return Err(format!("`{key}` is not a label key (letters, digits, -, _ and ., at most 63)"));
+    }
+    Ok(())
+}
+
+fn check_label_value(value: &str) -> Result<(), String> {
+    if value.is_empty() || is_label_token(value) {
+        Ok(())
+    } else {
+        Err(format!("`{value}` is not a label value (letters, digits, -, _ and ., at most 63)"))
+    }
+}
+
+/// At most 63 of [A-Za-z0-9-_.], starting and ending with a letter or digit.
+fn is_label_token(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    bytes.len() <= 63
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
 /// The longest duration any flag takes.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 86_400);
+
+/// The longest heartbeat or silence timeout: the agent takes at most a day.
+const MAX_TIMEOUT: Duration = Duration::from_secs(86_400);
+
+/// A timeout between a second and a day: the agent counts its heartbeat
+/// timeout in whole seconds, and at most a day.
+pub fn parse_timeout(text: &str) -> Result<Duration, String> {
+    let timeout = parse_duration(text)?;
+    if timeout < Duration::from_secs(1) || timeout > MAX_TIMEOUT {
+        return Err(format!("`{}` is not a timeout between 1s and 24h", text.trim()));
+    }
+    Ok(timeout)
+}
 
 /// `--memory-budget`'s default as `--help` shows it
 /// (spy_protocol::limits::DEFAULT_MEMORY_BUDGET; a test holds them equal).
@@ -354,7 +491,30 @@ mod tests {
             assert!(parse_duration(huge).is_err(), "{huge}");
         }
         assert_eq!(parse_duration("8760h"), Ok(Duration::from_secs(365 * 86_400)));
+        assert_eq!(parse_timeout("3s"), Ok(Duration::from_secs(3)));
+        for bad in ["0s", "500ms", "25h", "99999999999999999999s"] {
+            assert!(parse_timeout(bad).is_err(), "{bad}");
+        }
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn selectors_as_kubectl_takes_them() {
+        for good in [
+            "app=api",
+            "app==api,tier!=db",
+            "app",
+            "!canary",
+            "env in (prod, staging),tier notin (db)",
+            "app.kubernetes.io/name=web",
+            "a=",
+        ] {
+            assert_eq!(parse_selector(good).as_deref(), Ok(good), "{good}");
+        }
+        for bad in ["", "app===x", "a b", "!!!", "app=a b", "app,,tier", "env in prod", "Bad_/x=1", "x=-y-"] {
+            let err = parse_selector(bad).expect_err(bad);
+            assert!(err.contains("is not a label selector"), "{err}");
+        }
     }
 
     #[test]

@@ -2,27 +2,31 @@
 
 #![allow(unsafe_code, reason = "local mode forks, execs behind a gate and reads its pipe with libc")]
 
+use std::io::Write as _;
 use std::os::unix::process::CommandExt as _;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use spy_image::probes::LoadOptions;
 use spy_image::proto::ParseOptions;
 use spy_image::spy::{Control, Spy, SpyOptions};
 use spy_protocol::sink::Sink;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::cli::LocalArgs;
+use crate::cli::{usage, LocalArgs};
 use crate::render::{stats_line, Renderer};
 
 pub async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
     if args.pids.is_empty() && args.command.is_empty() {
-        bail!("nothing to spy on: give --pid PID, or a command after `--` (kubectl tlsspy local -- curl https://…)");
+        return Err(usage(
+            "nothing to spy on: give --pid PID, or a command after `--` (kubectl tlsspy local -- curl https://…)",
+        ));
     }
     if !args.pids.is_empty() && !args.command.is_empty() {
-        bail!("give either --pid or a command after `--`, not both");
+        return Err(usage("give either --pid or a command after `--`, not both"));
     }
     for &pid in &args.pids {
         if !Path::new(&format!("/proc/{pid}")).exists() {
@@ -89,31 +93,80 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
         });
     }
     let mut exit_code = ExitCode::SUCCESS;
-    let child_status = child.map(|mut child| {
-        let stopper = control_tx.clone();
-        tokio::spawn(async move {
-            let status = child.wait().await;
-            // Let the last events reach the ring before stopping.
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            let _ = stopper.send(Control::Stop("command exited".into())).await;
-            status
-        })
+    let child_status = child.map(|child| {
+        let (end_tx, end_rx) = oneshot::channel();
+        (tokio::spawn(watch_child(child, control_tx.clone(), end_rx)), end_tx)
     });
     drop(control_tx);
 
-    let stats = spy.run(&mut renderer, control_rx).await?;
-    if let Some(waiter) = child_status {
-        if let Ok(Ok(status)) = waiter.await {
+    let ran = spy.run(&mut renderer, control_rx).await;
+    // However the session ended (--duration, a signal, a closed stdout),
+    // the command does not outlive it.
+    if let Some((waiter, end)) = child_status {
+        let _ = end.send(());
+        if let Ok(Ok(ChildEnd::Exited(status))) = waiter.await {
             exit_code = ExitCode::from(status.code().map_or(1, |c| u8::try_from(c).unwrap_or(1)));
         }
     }
+    let stats = ran.map_err(|err| anyhow::Error::new(err).context("the spy stopped"))?;
     if !args.output.no_summary && args.output.format == crate::cli::OutputFormat::Live {
         if let Some(table) = renderer.summary_table() {
-            println!("{table}");
+            // `| head` may have closed stdout: main takes that as a normal end.
+            writeln!(std::io::stdout(), "{table}").context("cannot write the summary")?;
         }
     }
-    eprintln!("{}", stats_line(&stats));
+    let _ = writeln!(std::io::stderr(), "{}", stats_line(&stats));
     Ok(exit_code)
+}
+
+/// How long a command tlsspy ends (the session is over, it is not) has
+/// between SIGTERM and SIGKILL.
+const CHILD_GRACE: Duration = Duration::from_secs(2);
+
+/// How the command ended.
+#[derive(Debug)]
+enum ChildEnd {
+    /// By itself: its status is tlsspy's exit code.
+    Exited(std::process::ExitStatus),
+    /// tlsspy ended it because the session was over.
+    Ended,
+}
+
+/// Waits for the command: when it exits first, stops the session; when
+/// the session ends first (`end`), ends the command.
+async fn watch_child(
+    mut child: tokio::process::Child,
+    stopper: mpsc::Sender<Control>,
+    end: oneshot::Receiver<()>,
+) -> std::io::Result<ChildEnd> {
+    tokio::select! {
+        status = child.wait() => {
+            let status = status?;
+            // Let the last events reach the ring before stopping.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = stopper.send(Control::Stop("command exited".into())).await;
+            Ok(ChildEnd::Exited(status))
+        }
+        _ = end => {
+            end_child(&mut child, CHILD_GRACE).await?;
+            Ok(ChildEnd::Ended)
+        }
+    }
+}
+
+/// SIGTERM, then SIGKILL after `grace`: the command gets to clean up, but
+/// not for ever.
+async fn end_child(child: &mut tokio::process::Child, grace: Duration) -> std::io::Result<()> {
+    if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+        // SAFETY: kill(2) on our own child, which we have not reaped (its
+        // id is Some), so the pid is still its own.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        child.start_kill()?;
+        child.wait().await?;
+    }
+    Ok(())
 }
 
 async fn wait_for_stop_signal() -> String {
@@ -243,6 +296,24 @@ mod tests {
 ";
         // libssl3.so is NSS's library, not OpenSSL's: it has no SSL_write.
         assert_eq!(parse_ldconfig(text), [PathBuf::from("/lib/x86_64-linux-gnu/libssl.so.3")]);
+    }
+
+    /// A command that ignores SIGTERM is killed after the grace period; one
+    /// that takes it ends at once.
+    #[tokio::test]
+    async fn a_command_the_session_outlives_is_ended() {
+        let started = std::time::Instant::now();
+        let mut child = tokio::process::Command::new("sleep").arg("30").spawn().expect("sleep");
+        end_child(&mut child, Duration::from_secs(5)).await.expect("ended");
+        assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+
+        let mut stubborn =
+            tokio::process::Command::new("sh").args(["-c", "trap '' TERM; exec sleep 30"]).spawn().expect("sh");
+        tokio::time::sleep(Duration::from_millis(200)).await; // the trap is set
+        let started = std::time::Instant::now();
+        end_child(&mut stubborn, Duration::from_millis(500)).await.expect("killed");
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(500) && took < Duration::from_secs(3), "{took:?}");
     }
 
     #[test]

@@ -31,6 +31,9 @@ fn main() -> ExitCode {
         _ => "warn".to_string(),
     };
     env_logger::Builder::new().parse_filters(&log_level).format_timestamp(None).init();
+    if let Err(err) = check_filters(&cli) {
+        return usage_exit(&format!("{err:#}"));
+    }
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
@@ -40,6 +43,9 @@ fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
+            if let Some(usage) = err.chain().find_map(|e| e.downcast_ref::<cli::UsageError>()) {
+                return usage_exit(&usage.0);
+            }
             let mut message = format!("error: {err}");
             for cause in err.chain().skip(1) {
                 message.push_str(&format!("\n  caused by: {cause}"));
@@ -48,6 +54,22 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Bad input: said once, with where to read more, exit code 2 (as clap does).
+fn usage_exit(message: &str) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "error: {message}\n\nFor more information, try '--help'.");
+    ExitCode::from(2)
+}
+
+/// The output filters, checked before anything connects or starts.
+fn check_filters(cli: &Cli) -> anyhow::Result<()> {
+    let output = match &cli.command {
+        Some(Command::Local(args)) => &args.output,
+        None => &cli.cluster.output,
+        _ => return Ok(()),
+    };
+    render::Filter::new(&output.filter).map(drop)
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {

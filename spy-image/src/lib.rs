@@ -10,6 +10,7 @@ pub mod capture;
 pub mod conn;
 pub mod error;
 pub mod memory;
+pub mod output;
 pub mod proto;
 pub mod targets;
 

@@ -28,8 +28,10 @@ struct Args {
     #[arg(long, value_name = "SHA256", requires = "session")]
     session_key_digest: Option<String>,
 
-    /// End the session when no line arrives on stdin for this many seconds.
-    #[arg(long, value_name = "SECONDS", default_value = "15")]
+    /// End the session when no line arrives on stdin for this many seconds
+    /// (at most a day: deadlines are computed from it).
+    #[arg(long, value_name = "SECONDS", default_value = "15",
+          value_parser = clap::value_parser!(u64).range(1..=MAX_SECONDS))]
     heartbeat_timeout: u64,
 
     /// Node name for the hello record.
@@ -51,8 +53,10 @@ struct Args {
     #[arg(long)]
     show_secrets: bool,
 
-    /// Send a stats record this often, in seconds (0: only at the end).
-    #[arg(long, default_value = "5")]
+    /// Send a stats record this often, in seconds (0: only at the end). In a
+    /// session at least every third of the heartbeat timeout: the plugin
+    /// tells a silent spy from an idle one by them.
+    #[arg(long, default_value = "5", value_parser = clap::value_parser!(u64).range(0..=MAX_SECONDS))]
     stats_interval: u64,
 
     /// No protocol parsing: plaintext as it moved, as chunk records.
@@ -95,6 +99,22 @@ fn run(args: Args) -> anyhow::Result<ExitCode> {
 #[cfg(target_os = "linux")]
 const OUTPUT_BUFFER: usize = 64 * 1024;
 
+/// The longest time any seconds flag takes (a day): `now + timeout` must
+/// stay representable.
+const MAX_SECONDS: u64 = 86_400;
+
+/// How often a stats record goes out: `--stats-interval`, and in a session
+/// at least three times per heartbeat timeout, so that the plugin hears
+/// from an idle spy (a keep-alive) and can give up on a silent one.
+fn stats_every(stats_interval: u64, heartbeat_timeout: Option<u64>) -> Option<Duration> {
+    let asked = (stats_interval > 0).then(|| Duration::from_secs(stats_interval));
+    let keep_alive = heartbeat_timeout.map(|t| (Duration::from_secs(t) / 3).max(Duration::from_millis(200)));
+    match (asked, keep_alive) {
+        (Some(a), Some(k)) => Some(a.min(k)),
+        (a, k) => a.or(k),
+    }
+}
+
 /// `--memory-budget`'s default as written in `--help`
 /// (spy_protocol::limits::DEFAULT_MEMORY_BUDGET; a test holds them equal).
 const DEFAULT_MEMORY_BUDGET: &str = "256MiB";
@@ -102,11 +122,12 @@ const DEFAULT_MEMORY_BUDGET: &str = "256MiB";
 #[cfg(target_os = "linux")]
 mod agent {
     use super::*;
+    use spy_image::output::{QueuedOutput, FINISH_WAIT};
     use spy_image::proto::ParseOptions;
     use spy_image::spy::{Control, Spy, SpyOptions};
     use spy_protocol::seal::{Direction, Opener, SealedLines, SessionKey};
     use spy_protocol::session::{self, Command};
-    use spy_protocol::sink::{JsonLines, Sink};
+    use spy_protocol::sink::Sink as _;
     use tokio::sync::mpsc;
 
     pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -137,7 +158,7 @@ mod agent {
         let options = SpyOptions {
             parse: ParseOptions { max_body: args.max_body, show_secrets: args.show_secrets },
             raw: args.raw,
-            stats_interval: (args.stats_interval > 0).then(|| Duration::from_secs(args.stats_interval)),
+            stats_interval: stats_every(args.stats_interval, args.session.then_some(args.heartbeat_timeout)),
             exit_when_targets_gone: !args.session,
             node: args.node.clone(),
             memory_budget: args.memory_budget,
@@ -150,14 +171,18 @@ mod agent {
             spy.add_process(pid, None)?;
         }
 
-        // Large enough that a busy batch is a few write(2) calls, not hundreds.
-        let stdout = io::BufWriter::with_capacity(OUTPUT_BUFFER, io::stdout().lock());
-        let out: Box<dyn io::Write> = match &session_key {
-            // Sealed line by line before the buffer: still one write(2) per batch.
-            Some((key, _)) => Box::new(SealedLines::new(stdout, key)),
-            None => Box::new(stdout),
-        };
-        let mut sink = JsonLines::new(out);
+        // Records reach stdout through a bounded queue and a writer thread:
+        // the session loop below never waits on stdout (spy_image::output).
+        let sealing = session_key.as_ref().map(|(key, _)| key.clone());
+        let mut sink = QueuedOutput::spawn(move || -> Box<dyn io::Write> {
+            // Large enough that a busy batch is a few write(2) calls, not hundreds.
+            let stdout = io::BufWriter::with_capacity(OUTPUT_BUFFER, io::stdout().lock());
+            match sealing {
+                // Sealed line by line before the buffer: still one write(2) per batch.
+                Some(key) => Box::new(SealedLines::new(stdout, &key)),
+                None => Box::new(stdout),
+            }
+        })?;
         sink.record(spy.hello())?;
         if let Some((_, opener)) = session_key {
             let timeout = Duration::from_secs(args.heartbeat_timeout);
@@ -168,7 +193,14 @@ mod agent {
                 let _ = control_tx.send(Control::Stop(reason)).await;
             });
         }
-        spy.run(&mut sink, control_rx).await?;
+        let ran = spy.run(&mut sink, control_rx).await;
+        let dropped = sink.dropped();
+        let finished = sink.finish(FINISH_WAIT);
+        if dropped > 0 {
+            log::warn!("dropped {dropped} records: stdout did not keep up");
+        }
+        ran?;
+        finished?;
         Ok(ExitCode::SUCCESS)
     }
 
@@ -294,6 +326,25 @@ mod tests {
         let args = Args::try_parse_from(["tlsspy-agent"]).expect("defaults");
         assert_eq!(args.memory_budget, spy_protocol::limits::DEFAULT_MEMORY_BUDGET);
         assert_eq!(args.max_body, spy_image::proto::DEFAULT_MAX_BODY);
+    }
+
+    #[test]
+    fn a_session_spy_sends_stats_three_times_per_heartbeat_timeout() {
+        assert_eq!(stats_every(5, None), Some(Duration::from_secs(5)));
+        assert_eq!(stats_every(0, None), None);
+        assert_eq!(stats_every(0, Some(15)), Some(Duration::from_secs(5)));
+        assert_eq!(stats_every(60, Some(3)), Some(Duration::from_secs(1)));
+        assert_eq!(stats_every(1, Some(30)), Some(Duration::from_secs(1)));
+        assert_eq!(stats_every(0, Some(1)), Some(Duration::from_secs(1) / 3));
+    }
+
+    #[test]
+    fn seconds_flags_too_large_for_a_deadline_are_refused() {
+        for flag in ["--heartbeat-timeout", "--stats-interval"] {
+            let err = Args::try_parse_from(["tlsspy-agent", flag, "18446744073709551615"]).expect_err(flag);
+            assert!(err.to_string().contains("86400"), "{err}");
+        }
+        assert!(Args::try_parse_from(["tlsspy-agent", "--heartbeat-timeout", "0"]).is_err());
     }
 
     #[test]

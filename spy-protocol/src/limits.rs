@@ -26,10 +26,11 @@ pub const MAX_MEMORY_BUDGET: u64 = 1024 * GIB;
 /// kernel ring buffer it maps (32 MiB by default), its code and heap at
 /// rest, the eBPF maps, and the receive buffers of a few packet captures
 /// (8 MiB each, one per watched network namespace). The spy pod's memory
-/// limit is the budget plus this. Measured: with a 16 MiB budget and 6,360
-/// idle TLS connections the agent peaked at 126.8 MiB RSS, because the
-/// handshake-id and flow tables are not yet counted in the budget; 96 MiB
-/// was too tight, so the margin is doubled until they are.
+/// limit is the budget plus this. Measured (tests/tests/bounds.rs, local
+/// mode, which renders in the same process): at rest 94-104 MiB RSS, of
+/// which 64 MiB are the default ring buffer (the kernel maps its data
+/// pages twice); with a 16 MiB budget and 50,000 idle TLS connections the
+/// peak was 165.6-180.9 MiB, within 16 + 192.
 pub const AGENT_FIXED_OVERHEAD: u64 = 192 * MIB;
 
 /// Body bytes kept per message are capped: a connection may hold two
@@ -113,10 +114,15 @@ pub fn parse_ring_buffer_mib(text: &str) -> Result<u32, String> {
     Ok(mib)
 }
 
-/// Memory for a spy pod whose agent has `budget`: the limit of its
-/// container, as a Kubernetes quantity (bytes, exactly).
-pub fn pod_memory_limit(budget: u64) -> u64 {
-    budget.saturating_add(AGENT_FIXED_OVERHEAD)
+/// Memory for a spy pod whose agent has `budget` and a ring buffer of
+/// `ring_buffer_mib`: the limit of its container, as a Kubernetes quantity
+/// (bytes, exactly). A ring larger than the default adds twice its growth
+/// (its data pages are mapped twice, and all of it becomes resident when
+/// it fills), so raising it as the loss hint says does not get the spy
+/// OOM-killed.
+pub fn pod_memory_limit(budget: u64, ring_buffer_mib: u32) -> u64 {
+    let ring_growth = u64::from(ring_buffer_mib.saturating_sub(DEFAULT_RING_BUFFER_MIB)) * MIB;
+    budget.saturating_add(AGENT_FIXED_OVERHEAD).saturating_add(2 * ring_growth)
 }
 
 #[cfg(test)]
@@ -169,6 +175,11 @@ mod tests {
         assert!(parse_memory_budget("1MiB").is_err_and(|e| e.contains("16MiB")));
         assert!(parse_memory_budget("2048GiB").is_err());
         assert!(parse_memory_budget("lots").is_err());
-        assert_eq!(pod_memory_limit(DEFAULT_MEMORY_BUDGET), DEFAULT_MEMORY_BUDGET + AGENT_FIXED_OVERHEAD);
+        assert_eq!(
+            pod_memory_limit(DEFAULT_MEMORY_BUDGET, DEFAULT_RING_BUFFER_MIB),
+            DEFAULT_MEMORY_BUDGET + AGENT_FIXED_OVERHEAD
+        );
+        assert_eq!(pod_memory_limit(16 * MIB, 8), 16 * MIB + AGENT_FIXED_OVERHEAD);
+        assert_eq!(pod_memory_limit(16 * MIB, 512), 16 * MIB + AGENT_FIXED_OVERHEAD + 2 * 480 * MIB);
     }
 }

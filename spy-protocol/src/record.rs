@@ -404,6 +404,11 @@ pub struct Stats {
     /// its return costs one more).
     #[serde(default)]
     pub probe_hits: u64,
+    /// Records the agent dropped because its stdout was not keeping up
+    /// (the plugin or the network behind it): the session never stalls on
+    /// output, it counts what it could not send.
+    #[serde(default)]
+    pub dropped_records: u64,
     /// The wire capture of TLS handshakes.
     #[serde(default)]
     pub handshakes: HandshakeStats,
@@ -510,6 +515,7 @@ impl std::ops::AddAssign<&Stats> for Stats {
             chunks,
             parse_errors,
             probe_hits,
+            dropped_records,
             handshakes,
             memory,
             lost_process_events,
@@ -530,6 +536,7 @@ impl std::ops::AddAssign<&Stats> for Stats {
         self.chunks += chunks;
         self.parse_errors += parse_errors;
         self.probe_hits += probe_hits;
+        self.dropped_records += dropped_records;
         self.handshakes += handshakes;
         self.memory += memory;
         self.lost_process_events += lost_process_events;
@@ -676,6 +683,7 @@ mod tests {
             chunks: n,
             parse_errors: n,
             probe_hits: n,
+            dropped_records: n,
             handshakes: HandshakeStats {
                 handshakes: n,
                 decrypted: n,
@@ -725,7 +733,7 @@ mod tests {
             out
         };
         assert!(numbers(&json).iter().all(|&n| n == 7), "{json}");
-        assert_eq!(numbers(&json).len(), 37);
+        assert_eq!(numbers(&json).len(), 38);
     }
 
     #[test]

@@ -202,7 +202,7 @@ fn idle_connections_stay_within_the_budget() {
     // for traffic plus the fixed overhead (binary, ring buffer, runtime,
     // a full flow table): the limit the spy pod is given.
     for (name, budget, peak_rss) in [("default", default_budget, after.0 .0), ("tight", tight_budget, after.1 .0)] {
-        let limit = spy_protocol::limits::pod_memory_limit(budget);
+        let limit = spy_protocol::limits::pod_memory_limit(budget, spy_protocol::limits::DEFAULT_RING_BUFFER_MIB);
         assert!(peak_rss < limit, "{name} budget: peak RSS {peak_rss} over the pod's limit {limit}");
     }
     // A budget too small: the spy evicts and says so. What it holds stays
@@ -366,7 +366,7 @@ fn out_of_order_flood_from_another_process_is_not_held() {
     assert!(stats.handshakes.other_flows > 0, "the flood's flows are counted as other processes'");
     assert_eq!(stats.memory.reassembly_bytes, 0, "no out-of-order bytes held at the end");
     assert!(stats.memory.peak_bytes < MIB, "peak held {} B: the flood was buffered", stats.memory.peak_bytes);
-    let limit = spy_protocol::limits::pod_memory_limit(budget);
+    let limit = spy_protocol::limits::pod_memory_limit(budget, spy_protocol::limits::DEFAULT_RING_BUFFER_MIB);
     assert!(after.0 < limit, "peak RSS {} over the pod's limit {limit}", after.0);
     assert!(
         after.1 < before.1 + 32 * MIB,

@@ -37,6 +37,9 @@ pub enum StreamEnd {
     Stopped { reason: String },
     /// The agent ended on its own.
     AgentEnded { errors: Vec<String>, bye: Option<String> },
+    /// Nothing came from the spy for this long: a network cut, or a spy
+    /// that is stuck. The plugin gives up on it.
+    Silent { after: Duration },
 }
 
 fn heartbeat_period(spy_timeout: Duration) -> Duration {
@@ -44,13 +47,43 @@ fn heartbeat_period(spy_timeout: Duration) -> Duration {
     HEARTBEAT_EVERY.min(spy_timeout / 3).max(Duration::from_millis(100))
 }
 
+/// How long the spy may stay silent: until its first record it is still
+/// starting (loading its probes) and gets the start-up timeout; after it,
+/// it sends at least a stats record every third of its heartbeat timeout.
+fn silence_allowed(heard_from_it: bool, startup: Duration, silence: Duration) -> Duration {
+    if heard_from_it {
+        silence
+    } else {
+        startup.max(silence)
+    }
+}
+
+/// How long one spy may take: its start-up and its silences.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// The spy ends itself when it hears nothing from us for this long.
+    pub heartbeat: Duration,
+    /// How long the spy may take to send its first record.
+    pub startup: Duration,
+    /// We give up on a spy that sends nothing for this long.
+    pub silence: Duration,
+}
+
+/// Streams one attached spy until it ends, we stop it, or it goes silent.
+///
+/// Three parts that never wait on each other: a task that reads the spy's
+/// stdout (records, forwarded to the session, whose rendering never
+/// blocks), a task that writes stdin (commands and heartbeats), and this
+/// loop, which reads stderr and decides when it is over. kube's attach
+/// moves stdin and stdout in one loop: an unread stdout would stop our
+/// heartbeats too, so stdout is always read.
 #[allow(clippy::too_many_arguments, reason = "one call site; the streams of one spy")]
 pub async fn stream(
     api: &Api<Pod>,
     name: &str,
     node: &str,
     key: &SessionKey,
-    spy_timeout: Duration,
+    timeouts: Timeouts,
     commands: &mut mpsc::UnboundedReceiver<Command>,
     stop: &mut watch::Receiver<bool>,
     events: &mpsc::Sender<SpyEvent>,
@@ -67,12 +100,11 @@ pub async fn stream(
     let (Some(mut stdin), Some(stdout), Some(stderr)) = (attached.stdin(), attached.stdout(), attached.stderr()) else {
         return Err(failure("the attach session has no stdin/stdout/stderr".into()));
     };
-    let mut out_lines = BufReader::new(stdout).lines();
     let mut err_lines = BufReader::new(stderr).lines();
     let lost = |err: std::io::Error| failure(format!("lost the connection to the spy on node {node}: {err}"));
 
     let mut sealer = Sealer::new(key, Direction::ToSpy);
-    let mut opener = Opener::new(key, Direction::ToPlugin);
+    let opener = Opener::new(key, Direction::ToPlugin);
     // The key first, in clear: stdin is ours alone to write first (the
     // agent takes the first key line that matches its digest).
     stdin.write_all(key.line().as_bytes()).await.map_err(lost)?;
@@ -81,71 +113,144 @@ pub async fn stream(
     progress.finish_and_clear();
     let _ = events.send(SpyEvent::Attached { node: node.to_string(), pod: name.to_string() }).await;
 
-    let mut heartbeat = tokio::time::interval(heartbeat_period(spy_timeout));
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut reader = tokio::spawn(read_records(stdout, opener, node.to_string(), events.clone(), timeouts));
+    let (to_stdin, stdin_rx) = mpsc::unbounded_channel();
+    let mut writer = tokio::spawn(write_stdin(stdin, sealer, stdin_rx, heartbeat_period(timeouts.heartbeat)));
+    let mut to_stdin = Some(to_stdin);
     let mut errors: VecDeque<String> = VecDeque::new();
-    let mut bye = None;
     let mut stopping: Option<(tokio::time::Instant, String)> = None;
     let mut stderr_open = true;
-    let stopped_at = loop {
+    let mut writer_done = false;
+    let end = loop {
         let drain_until = stopping.as_ref().map(|(t, _)| *t);
         tokio::select! {
-            line = out_lines.next_line() => match line {
-                Ok(Some(line)) => {
-                    if line.trim().is_empty() {
-                        continue;
-                    }
-                    let line = match opener.open(&line) {
-                        Ok(plain) => plain,
-                        Err(err) => {
-                            log::debug!("{node}: dropped a stdout line: {err}");
-                            continue;
-                        }
-                    };
-                    match serde_json::from_slice::<Line>(&line) {
-                        Ok(Line { record, .. }) => {
-                            if let Record::Bye(b) = &record {
-                                bye = Some(b.reason.clone());
-                            }
-                            let _ = events.send(SpyEvent::Record { node: node.to_string(), record: Box::new(record) }).await;
-                        }
-                        // A newer agent's record kinds are skipped, not fatal.
-                        Err(err) => log::debug!("{node}: skipped a record line ({err})"),
-                    }
-                }
-                Ok(None) | Err(_) => break stopping.take(),
+            read = &mut reader => break match read {
+                Ok((ReadEnd::Closed, bye)) => match stopping.take() {
+                    Some((_, reason)) => Ok(StreamEnd::Stopped { reason }),
+                    None => Ok(StreamEnd::AgentEnded { errors: Vec::new(), bye }),
+                },
+                Ok((ReadEnd::Silent(after), _)) => Ok(StreamEnd::Silent { after }),
+                Err(err) => Err(failure(format!("the reader of the spy on node {node} failed: {err}"))),
             },
+            written = &mut writer, if !writer_done => {
+                writer_done = true;
+                match written {
+                    // Stdin closed as asked (stop): the spy says bye on stdout.
+                    Ok(Ok(())) => {}
+                    Ok(Err(err)) if stopping.is_none() => break Err(lost(err)),
+                    Ok(Err(err)) => log::debug!("{node}: closing stdin: {err}"),
+                    Err(err) => break Err(failure(format!("the writer to the spy on node {node} failed: {err}"))),
+                }
+            }
             line = err_lines.next_line(), if stderr_open => match line {
                 Ok(Some(line)) => keep_log(&mut errors, node, line, events).await,
                 Ok(None) | Err(_) => stderr_open = false,
             },
             command = commands.recv(), if stopping.is_none() => {
-                if let Some(command) = command {
-                    stdin.write_all(sealed(&mut sealer, &command).as_bytes()).await.map_err(lost)?;
+                if let (Some(command), Some(to_stdin)) = (command, &to_stdin) {
+                    let _ = to_stdin.send(command);
                 }
             }
-            _ = heartbeat.tick(), if stopping.is_none() => {
-                stdin.write_all(sealed(&mut sealer, &Command::Heartbeat).as_bytes()).await.map_err(lost)?;
-            }
             () = stopped(stop), if stopping.is_none() => {
-                // kube sends stdin EOF on shutdown only, not on drop.
-                let _ = stdin.shutdown().await;
+                // The writer closes stdin (EOF) once its channel is gone.
+                to_stdin = None;
                 stopping = Some((tokio::time::Instant::now() + DRAIN_AFTER_STOP, "stopped by the plugin".into()));
             }
-            _ = sleep_until(drain_until) => break stopping.take(),
+            _ = sleep_until(drain_until) => break Ok(StreamEnd::Stopped { reason: stopping.take().map(|(_, r)| r).unwrap_or_default() }),
         }
     };
+    drop(to_stdin);
     // The agent's last words come on stderr, maybe just after stdout ended.
-    let tail_until = tokio::time::Instant::now() + STDERR_TAIL;
-    if stderr_open {
+    if stderr_open && !matches!(end, Ok(StreamEnd::Silent { .. })) {
+        let tail_until = tokio::time::Instant::now() + STDERR_TAIL;
         while let Ok(Ok(Some(line))) = tokio::time::timeout_at(tail_until, err_lines.next_line()).await {
             keep_log(&mut errors, node, line, events).await;
         }
     }
+    reader.abort();
+    writer.abort();
     attached.abort();
-    match stopped_at {
-        Some((_, reason)) => Ok(StreamEnd::Stopped { reason }),
-        None => Ok(StreamEnd::AgentEnded { errors: errors.into(), bye }),
+    match end? {
+        StreamEnd::AgentEnded { bye, .. } => Ok(StreamEnd::AgentEnded { errors: errors.into(), bye }),
+        other => Ok(other),
+    }
+}
+
+/// Why the reader of a spy's stdout stopped.
+#[derive(Debug, PartialEq, Eq)]
+enum ReadEnd {
+    /// Stdout ended (or broke).
+    Closed,
+    /// Nothing from the spy for this long.
+    Silent(Duration),
+}
+
+/// Reads the spy's stdout: opens each line, forwards its record. Only
+/// lines that open (this session's) count as hearing from the spy. Returns
+/// the bye's reason, if one came.
+async fn read_records(
+    stdout: impl tokio::io::AsyncRead + Unpin,
+    mut opener: Opener,
+    node: String,
+    events: mpsc::Sender<SpyEvent>,
+    timeouts: Timeouts,
+) -> (ReadEnd, Option<String>) {
+    let mut lines = BufReader::new(stdout).lines();
+    let mut bye = None;
+    let mut allowed = silence_allowed(false, timeouts.startup, timeouts.silence);
+    let mut deadline = tokio::time::Instant::now() + allowed;
+    loop {
+        let line = match tokio::time::timeout_at(deadline, lines.next_line()).await {
+            Err(_) => return (ReadEnd::Silent(allowed), bye),
+            Ok(Ok(Some(line))) => line,
+            Ok(Ok(None) | Err(_)) => return (ReadEnd::Closed, bye),
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let bytes = line.len();
+        let line = match opener.open(&line) {
+            Ok(plain) => plain,
+            Err(err) => {
+                log::debug!("{node}: dropped a stdout line: {err}");
+                continue;
+            }
+        };
+        allowed = silence_allowed(true, timeouts.startup, timeouts.silence);
+        deadline = tokio::time::Instant::now() + allowed;
+        match serde_json::from_slice::<Line>(&line) {
+            Ok(Line { record, .. }) => {
+                if let Record::Bye(b) = &record {
+                    bye = Some(b.reason.clone());
+                }
+                let _ = events.send(SpyEvent::Record { node: node.clone(), record: Box::new(record), bytes }).await;
+            }
+            // A newer agent's record kinds are skipped, not fatal.
+            Err(err) => log::debug!("{node}: skipped a record line ({err})"),
+        }
+    }
+}
+
+/// Writes the spy's stdin: commands as they come, a heartbeat every
+/// `period`; closes stdin (the spy's cue to say bye) when `commands` closes.
+async fn write_stdin(
+    mut stdin: impl tokio::io::AsyncWrite + Unpin,
+    mut sealer: Sealer,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    period: Duration,
+) -> std::io::Result<()> {
+    let mut heartbeat = tokio::time::interval(period);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let command = tokio::select! {
+            command = commands.recv() => match command {
+                Some(command) => command,
+                // kube sends stdin EOF on shutdown only, not on drop.
+                None => return stdin.shutdown().await,
+            },
+            _ = heartbeat.tick() => Command::Heartbeat,
+        };
+        stdin.write_all(sealed(&mut sealer, &command).as_bytes()).await?;
     }
 }
 
@@ -185,6 +290,40 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_starting_spy_gets_the_startup_timeout_then_the_silence_one() {
+        let (startup, silence) = (Duration::from_secs(120), Duration::from_secs(30));
+        assert_eq!(silence_allowed(false, startup, silence), startup);
+        assert_eq!(silence_allowed(true, startup, silence), silence);
+        assert_eq!(silence_allowed(false, Duration::from_secs(1), silence), silence);
+    }
+
+    /// A spy that sends nothing is given up after the silence timeout,
+    /// even while its stdout stays open (a network cut, a stopped process).
+    #[tokio::test]
+    async fn a_silent_spy_is_given_up() {
+        let key = SessionKey::generate().expect("key");
+        let (mut spy_side, ours) = tokio::io::duplex(1024);
+        let (events, mut events_rx) = mpsc::channel(8);
+        let silence = Duration::from_millis(300);
+        let timeouts = Timeouts { heartbeat: Duration::from_secs(3), startup: Duration::from_secs(2), silence };
+        let opener = Opener::new(&key, Direction::ToPlugin);
+        let reader = tokio::spawn(read_records(ours, opener, "n".into(), events, timeouts));
+        // Still starting: a pause longer than the silence timeout is fine.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let mut sealer = Sealer::new(&key, Direction::ToPlugin);
+        let hello = r#"{"v":1,"kind":"warning","message":"hi"}"#;
+        spy_side.write_all(sealer.seal(hello.as_bytes()).as_bytes()).await.expect("write");
+        let heard = std::time::Instant::now();
+        assert!(matches!(events_rx.recv().await, Some(SpyEvent::Record { .. })));
+        let (end, bye) = reader.await.expect("reader");
+        assert_eq!(end, ReadEnd::Silent(silence));
+        assert_eq!(bye, None);
+        let waited = heard.elapsed();
+        assert!(waited >= silence && waited < silence * 4, "{waited:?}");
+        drop(spy_side);
+    }
 
     #[test]
     fn heartbeats_come_three_times_per_timeout() {

@@ -18,6 +18,7 @@ mod spy_pod;
 mod targets;
 
 use std::collections::{HashMap, HashSet};
+use std::io::Write as _;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,11 +31,11 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use spy_protocol::record::{PodRef, Record, Stats};
 use spy_protocol::session::Command;
-use spy_protocol::sink::Sink as _;
 use tokio::sync::{mpsc, watch};
 
-use crate::cli::{ClusterArgs, KubeArgs, OutputFormat};
+use crate::cli::{usage, ClusterArgs, KubeArgs, OutputFormat};
 use crate::names::{self, NamesScope, SharedPeerNames};
+use crate::render::queued::{QueuedRenderer, QUEUE_BYTES, QUEUE_RECORDS};
 use crate::render::{stats_line, Renderer};
 use spy_pod::SpyConfig;
 pub use spy_pod::DEFAULT_IMAGE;
@@ -47,12 +48,26 @@ pub const MANAGED_BY: &str = "kubectl-tlsspy";
 pub const SESSION_LABEL: &str = "tlsspy.io/session";
 
 /// activeDeadlineSeconds when the session has no --duration: the cluster
-/// ends a spy after this long whatever happens.
-const DEFAULT_DEADLINE: Duration = Duration::from_secs(12 * 3600);
+/// ends a spy after this long whatever happens (a plugin that vanished
+/// with its reaper; a spy that lost its plugin ends itself much sooner).
+const DEFAULT_DEADLINE: Duration = Duration::from_secs(4 * 3600);
 /// With --duration: the deadline is the duration plus start-up plus this.
 const DEADLINE_MARGIN: Duration = Duration::from_secs(60);
 /// How long the end of a session waits for spies to say bye.
 const STOP_WAIT: Duration = Duration::from_secs(10);
+/// After Ctrl-C or SIGTERM (the pods already deleted), how long the last
+/// records may take to reach a stdout that does not read.
+const OUTPUT_WAIT_AFTER_SIGNAL: Duration = Duration::from_secs(2);
+
+/// The spy pods' activeDeadlineSeconds: as asked, else --duration plus the
+/// start-up timeout plus a margin, else a bounded default.
+fn spy_deadline(asked: Option<Duration>, duration: Option<Duration>, startup: Duration) -> Duration {
+    asked.unwrap_or_else(|| match duration {
+        // Flags are bounded (cli::MAX_DURATION): the sum cannot overflow.
+        Some(duration) => duration.saturating_add(startup).saturating_add(DEADLINE_MARGIN),
+        None => DEFAULT_DEADLINE,
+    })
+}
 
 /// What a spy task reports.
 #[derive(Debug)]
@@ -64,6 +79,8 @@ pub enum SpyEvent {
     Record {
         node: String,
         record: Box<Record>,
+        /// Its size on the wire: what it costs to hold until rendered.
+        bytes: usize,
     },
     /// One line of the agent's log (stderr).
     Log {
@@ -125,9 +142,10 @@ fn session_id() -> String {
 
 /// `kubectl tlsspy TARGET… [-l SELECTOR] [--follow]`.
 pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
-    let refs = args.targets.iter().map(|t| targets::parse_target(t)).collect::<anyhow::Result<Vec<_>>>()?;
+    let refs =
+        args.targets.iter().map(|t| targets::parse_target(t).map_err(usage)).collect::<anyhow::Result<Vec<_>>>()?;
     if args.kube.all_namespaces && refs.iter().any(|r| matches!(r, TargetRef::Pod(_))) {
-        bail!("a pod cannot be named across all namespaces (-A): give -n NAMESPACE, or select with -l");
+        return Err(usage("a pod cannot be named across all namespaces (-A): give -n NAMESPACE, or select with -l"));
     }
     let (client, context_ns) = connect(&args.kube).await?;
     let namespace = args.kube.namespace.clone().unwrap_or(context_ns);
@@ -164,10 +182,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         Err(err) => log::debug!("cannot look for left-behind spy pods: {err}"),
     }
 
-    let deadline = args.spy.spy_deadline.unwrap_or_else(|| match args.duration {
-        Some(duration) => duration + args.spy.timeout + DEADLINE_MARGIN,
-        None => DEFAULT_DEADLINE,
-    });
+    let deadline = spy_deadline(args.spy.spy_deadline, args.duration, args.spy.timeout);
     let agent_args = agent_args(&args.output);
     let session_id = session_id();
     let names = SharedPeerNames::default();
@@ -180,12 +195,14 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         session: session_id,
         startup_timeout: args.spy.timeout,
         heartbeat_timeout: args.spy.heartbeat_timeout,
+        silence_timeout: args.spy.silence_timeout,
         deadline,
         agent_args,
         memory_budget: args.output.memory_budget,
+        ring_buffer_mib: args.output.ring_buffer_mib,
         log_level: args.output.log_level.clone(),
     });
-    let mut renderer = Renderer::stdout(&args.output)?;
+    let mut renderer = QueuedRenderer::spawn(Renderer::stdout(&args.output)?, QUEUE_RECORDS, QUEUE_BYTES)?;
     // Peer names stay current for the whole session (pods come and go with --follow).
     let (notices_tx, mut notices) = mpsc::unbounded_channel();
     let names_watch = tokio::spawn(names::keep_current(
@@ -207,16 +224,24 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     tokio::pin!(stop_after);
     let signal = stop_signal();
     tokio::pin!(signal);
+    let mut output_error = None;
+    let mut signalled = false;
     let reason = loop {
         tokio::select! {
-            Some(event) = session.events_rx.recv() => session.handle(event, &mut renderer)?,
+            Some(event) = session.events_rx.recv() => if let Err(err) = session.handle(event, &mut renderer) {
+                output_error = Some(err);
+                break "the output closed".to_string();
+            },
             Some(change) = changes.next() => match access.screen(change).await {
                 rbac::Screened::Pass(change) => session.target_changed(change),
                 rbac::Screened::Refused(line) => session.say(line),
                 rbac::Screened::Quiet => {}
             },
             Some(notice) = notices.recv() => session.say(notice),
-            reason = &mut signal => break reason,
+            reason = &mut signal => {
+                signalled = true;
+                break reason;
+            }
             () = &mut stop_after => break "--duration elapsed".to_string(),
         }
         if let Some(reason) = session.over() {
@@ -224,7 +249,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         }
     };
     log::info!("ending the session: {reason}");
-    session.stop(&mut renderer).await?;
+    session.stop(&mut renderer).await;
     names_watch.abort();
     match cleanup::remove_session(&spy_api, &config.session).await {
         // Without "done" the reaper tries once more when this process ends.
@@ -235,14 +260,30 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         }
         Err(err) => eprintln!("tlsspy: cannot remove the spy pods ({err}); run `kubectl tlsspy cleanup -n {spy_ns}`"),
     }
-    renderer.flush()?;
-    if !args.output.no_summary && args.output.format == OutputFormat::Live {
-        if let Some(table) = renderer.summary_table() {
-            println!("{table}");
-        }
+    let dropped = renderer.dropped();
+    // The pods are gone: what is left is our own output. A signal's end
+    // does not wait long for a stdout that nobody reads.
+    let wait = signalled.then_some(OUTPUT_WAIT_AFTER_SIGNAL);
+    let finished = tokio::task::spawn_blocking(move || renderer.finish(wait)).await.ok().flatten();
+    if let Some(err) = output_error {
+        return Err(anyhow::Error::new(err).context("cannot write the records"));
     }
-    if !session.node_stats.is_empty() {
-        eprintln!("{}", stats_line(&session.stats()));
+    let mut stdout = std::io::stdout();
+    match finished {
+        Some((renderer, written)) => {
+            written.context("cannot write the records")?;
+            if !args.output.no_summary && args.output.format == OutputFormat::Live {
+                if let Some(table) = renderer.summary_table() {
+                    writeln!(stdout, "{table}").context("cannot write the summary")?;
+                }
+            }
+        }
+        None => session.say("tlsspy: stdout did not take the last records; left them".into()),
+    }
+    if !session.node_stats.is_empty() || dropped > 0 {
+        let mut stats = session.stats();
+        stats.dropped_records += dropped;
+        let _ = writeln!(std::io::stderr(), "{}", stats_line(&stats));
     }
     Ok(if session.failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
@@ -447,7 +488,13 @@ impl Session {
         }
     }
 
-    fn handle<W: std::io::Write>(&mut self, event: SpyEvent, renderer: &mut Renderer<W>) -> anyhow::Result<()> {
+    /// Takes one spy event; never waits on our stdout (the renderer drops
+    /// what it cannot take). Err: our stdout is closed.
+    fn handle<W: std::io::Write + Send>(
+        &mut self,
+        event: SpyEvent,
+        renderer: &mut QueuedRenderer<W>,
+    ) -> std::io::Result<()> {
         match event {
             SpyEvent::Attached { node, pod } => {
                 self.say(format!("tlsspy: spy {}/{pod} attached on node {node}", self.config.namespace));
@@ -462,7 +509,7 @@ impl Session {
                     self.say(line);
                 }
             }
-            SpyEvent::Record { node, mut record } => {
+            SpyEvent::Record { node, mut record, bytes } => {
                 self.names.read().unwrap_or_else(|poisoned| poisoned.into_inner()).enrich(&mut record);
                 match &*record {
                     Record::Stats(stats) => {
@@ -473,8 +520,7 @@ impl Session {
                     }
                     _ => {}
                 }
-                renderer.record(*record)?;
-                renderer.flush()?;
+                renderer.record(*record, bytes)?;
             }
             SpyEvent::Log { node, line } => {
                 // The agent's fatal error ("tlsspy-agent: …") becomes the spy's
@@ -521,7 +567,7 @@ impl Session {
 
     /// Asks every spy to stop (stdin EOF), shows their last records, and
     /// waits for their pods to be deleted. A second Ctrl-C cuts the wait short.
-    async fn stop<W: std::io::Write>(&mut self, renderer: &mut Renderer<W>) -> anyhow::Result<()> {
+    async fn stop<W: std::io::Write + Send>(&mut self, renderer: &mut QueuedRenderer<W>) {
         let _ = self.stop_tx.send(true);
         let until = tokio::time::Instant::now() + STOP_WAIT;
         let signal = stop_signal();
@@ -529,7 +575,10 @@ impl Session {
         while self.spies.values().any(|s| !s.ended) {
             tokio::select! {
                 event = self.events_rx.recv() => match event {
-                    Some(event) => self.handle(event, renderer)?,
+                    // A closed stdout: the spies still go (the caller reports it).
+                    Some(event) => if self.handle(event, renderer).is_err() {
+                        continue;
+                    },
                     None => break,
                 },
                 () = tokio::time::sleep_until(until) => break,
@@ -540,7 +589,6 @@ impl Session {
             // Said already; the exit code carries it.
             log::debug!("session ended on: {fatal}");
         }
-        Ok(())
     }
 
     /// The session's counters: the last ones of every spy, summed.
@@ -572,6 +620,16 @@ mod tests {
         let cli = crate::cli::Cli::try_parse_from(["kubectl-tlsspy", "pod/x"]).expect("parse");
         assert!(agent_args(&cli.cluster.output).windows(2).any(|w| w == ["--ring-buffer-mib", "32"]));
         assert!(crate::cli::Cli::try_parse_from(["kubectl-tlsspy", "pod/x", "--ring-buffer-mib", "3"]).is_err());
+    }
+
+    #[test]
+    fn spy_pods_have_a_deadline_that_fits_the_session() {
+        let (m, startup) = (|s: u64| Duration::from_secs(s * 60), Duration::from_secs(120));
+        // --duration 10m: ten minutes, the start-up timeout, one minute.
+        assert_eq!(spy_deadline(None, Some(m(10)), startup), m(13));
+        assert_eq!(spy_deadline(None, None, startup), Duration::from_secs(4 * 3600));
+        assert_eq!(spy_deadline(Some(m(1)), Some(m(10)), startup), m(1));
+        assert_eq!(spy_deadline(None, Some(Duration::MAX), startup), Duration::MAX);
     }
 
     #[test]

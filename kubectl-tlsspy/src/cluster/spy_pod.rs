@@ -41,6 +41,8 @@ pub struct SpyConfig {
     pub session: String,
     pub startup_timeout: Duration,
     pub heartbeat_timeout: Duration,
+    /// The plugin gives up on a spy that sends nothing for this long.
+    pub silence_timeout: Duration,
     /// activeDeadlineSeconds: the cluster's own backstop.
     pub deadline: Duration,
     /// Extra agent flags (--max-body, --raw, --show-secrets).
@@ -48,6 +50,9 @@ pub struct SpyConfig {
     /// The agent's `--memory-budget`, which its container's memory limit
     /// is made from.
     pub memory_budget: u64,
+    /// The agent's `--ring-buffer-mib` (in `agent_args`), which the limit
+    /// grows with.
+    pub ring_buffer_mib: u32,
     /// RUST_LOG of the agent.
     pub log_level: String,
 }
@@ -106,7 +111,7 @@ pub fn pod_spec(config: &SpyConfig, node: &str, key: &SessionKey) -> Pod {
                 // An agent that dies early leaves its last words in the pod status.
                 "terminationMessagePolicy": "FallbackToLogsOnError",
                 "securityContext": {"privileged": true},
-                "resources": resources(config.memory_budget),
+                "resources": resources(config.memory_budget, config.ring_buffer_mib),
                 "volumeMounts": [
                     mount("sys", "/sys"),
                     mount("bpf", "/sys/fs/bpf"),
@@ -132,10 +137,10 @@ pub fn pod_spec(config: &SpyConfig, node: &str, key: &SessionKey) -> Pod {
 /// buffers); the request is that overhead alone, what it holds at rest, so
 /// that a busy node still admits the pod. CPU: a small request and no
 /// limit, since a throttled spy drops events rather than slowing anything.
-fn resources(memory_budget: u64) -> serde_json::Value {
+fn resources(memory_budget: u64, ring_buffer_mib: u32) -> serde_json::Value {
     json!({
         "requests": {"cpu": SPY_CPU_REQUEST, "memory": limits::AGENT_FIXED_OVERHEAD.to_string()},
-        "limits": {"memory": limits::pod_memory_limit(memory_budget).to_string()},
+        "limits": {"memory": limits::pod_memory_limit(memory_budget, ring_buffer_mib).to_string()},
     })
 }
 
@@ -195,7 +200,11 @@ async fn life(
         &name,
         node,
         &key,
-        config.heartbeat_timeout,
+        attach::Timeouts {
+            heartbeat: config.heartbeat_timeout,
+            startup: config.startup_timeout,
+            silence: config.silence_timeout,
+        },
         &mut commands,
         &mut stop,
         events,
@@ -215,6 +224,15 @@ async fn life(
     match end {
         StreamEnd::Stopped { reason } => Ok(reason),
         StreamEnd::AgentEnded { errors, bye } => Err(ended_by_itself(api, &name, node, errors, bye).await),
+        // Not fatal: the other nodes' spies go on (this pod is deleted by `run`).
+        StreamEnd::Silent { after } => Err(SpyFailure {
+            message: format!(
+                "the spy on node {node} sent nothing for {}s (a network cut, or the spy is stuck): gave up on it \
+                 and deleted its pod {name}",
+                after.as_secs_f64()
+            ),
+            fatal: false,
+        }),
     }
 }
 
@@ -430,9 +448,11 @@ mod tests {
             session: "abc123".into(),
             startup_timeout: Duration::from_secs(60),
             heartbeat_timeout: Duration::from_secs(10),
+            silence_timeout: Duration::from_secs(30),
             deadline: Duration::from_secs(3600),
             agent_args: vec!["--max-body".into(), "100".into()],
             memory_budget: 64 << 20,
+            ring_buffer_mib: limits::DEFAULT_RING_BUFFER_MIB,
             log_level: "warn".into(),
         }
     }

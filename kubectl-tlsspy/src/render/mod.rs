@@ -6,6 +6,7 @@
 mod escape;
 mod filter;
 mod live;
+pub mod queued;
 mod summary;
 
 use std::io::{self, IsTerminal, Write};
@@ -102,6 +103,13 @@ pub fn stats_line(stats: &Stats) -> String {
         ));
     }
     line.push_str(&loss_part(stats));
+    if stats.dropped_records > 0 {
+        line.push_str(&format!(
+            "; DROPPED {} records: the output did not keep up (a pipe or terminal that reads slowly, or a slow \
+             network to the spies)",
+            stats.dropped_records
+        ));
+    }
     line.push_str(&memory_part(&stats.memory));
     line
 }
@@ -250,5 +258,12 @@ mod tests {
             args.extend(["--ring-buffer-mib", "64"]);
             crate::cli::Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }
+    }
+
+    #[test]
+    fn dropped_records_are_told() {
+        assert!(!stats_line(&Stats::default()).contains("DROPPED"));
+        let line = stats_line(&Stats { dropped_records: 12, ..Stats::default() });
+        assert!(line.contains("; DROPPED 12 records: the output did not keep up"), "{line}");
     }
 }
