@@ -17,7 +17,9 @@ use spy_protocol::sink::Sink;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::cli::{usage, LocalArgs};
+use crate::render::queued::{QueuedRenderer, QUEUE_BYTES, QUEUE_RECORDS};
 use crate::render::{stats_line, Renderer};
+use spy_protocol::record::{Body, Payload, Record};
 
 pub async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
     if args.pids.is_empty() && args.command.is_empty() {
@@ -49,9 +51,11 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
         memory_budget: args.output.memory_budget,
         ..SpyOptions::default()
     };
-    let mut renderer = Renderer::stdout(&args.output)?;
     let mut spy = Spy::start(options)?;
-    renderer.record(spy.hello())?;
+    let mut renderer = QueuedRenderer::spawn(Renderer::stdout(&args.output)?, QUEUE_RECORDS, QUEUE_BYTES)?;
+    let hello = spy.hello();
+    let bytes = record_bytes(&hello);
+    renderer.record(hello, bytes)?;
 
     let (control_tx, control_rx) = mpsc::channel(16);
     let mut child = None;
@@ -81,8 +85,11 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
 
     // Stop on Ctrl-C, SIGTERM, --duration, or when the command exits.
     let stopper = control_tx.clone();
+    let signalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let signal_seen = signalled.clone();
     tokio::spawn(async move {
         let reason = wait_for_stop_signal().await;
+        signal_seen.store(true, std::sync::atomic::Ordering::Relaxed);
         let _ = stopper.send(Control::Stop(reason)).await;
     });
     if let Some(duration) = args.duration {
@@ -99,7 +106,7 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
     });
     drop(control_tx);
 
-    let ran = spy.run(&mut renderer, control_rx).await;
+    let ran = spy.run(&mut Queued(&mut renderer), control_rx).await;
     // However the session ended (--duration, a signal, a closed stdout),
     // the command does not outlive it.
     if let Some((waiter, end)) = child_status {
@@ -108,12 +115,23 @@ pub async fn run(args: LocalArgs) -> anyhow::Result<ExitCode> {
             exit_code = ExitCode::from(status.code().map_or(1, |c| u8::try_from(c).unwrap_or(1)));
         }
     }
-    let stats = ran.map_err(|err| anyhow::Error::new(err).context("the spy stopped"))?;
-    if !args.output.no_summary && args.output.format == crate::cli::OutputFormat::Live {
-        if let Some(table) = renderer.summary_table() {
-            // `| head` may have closed stdout: main takes that as a normal end.
-            writeln!(std::io::stdout(), "{table}").context("cannot write the summary")?;
+    let mut stats = ran.map_err(|err| anyhow::Error::new(err).context("the spy stopped"))?;
+    stats.dropped_records += renderer.dropped();
+    // The spy has stopped: what is left is our own output, as long as the
+    // reader of our stdout takes (a signal's end waits a little only).
+    let wait = signalled.load(std::sync::atomic::Ordering::Relaxed).then_some(OUTPUT_WAIT_AFTER_SIGNAL);
+    let finished = tokio::task::spawn_blocking(move || renderer.finish(wait)).await.ok().flatten();
+    match finished {
+        Some((renderer, written)) => {
+            written.context("cannot write the records")?;
+            if !args.output.no_summary && args.output.format == crate::cli::OutputFormat::Live {
+                if let Some(table) = renderer.summary_table() {
+                    // `| head` may have closed stdout: main takes that as a normal end.
+                    writeln!(std::io::stdout(), "{table}").context("cannot write the summary")?;
+                }
+            }
         }
+        None => eprintln!("tlsspy: stdout did not take the last records; left them"),
     }
     let _ = writeln!(std::io::stderr(), "{}", stats_line(&stats));
     Ok(exit_code)
@@ -281,6 +299,39 @@ pub fn exec_gate_if_asked() -> Option<anyhow::Error> {
     unsafe { libc::close(fd) };
     let err = std::process::Command::new(&program).args(args).exec();
     Some(anyhow::Error::new(err).context(format!("cannot run `{}`", program.to_string_lossy())))
+}
+
+/// How long the end waits for a stdout nobody reads after a signal.
+const OUTPUT_WAIT_AFTER_SIGNAL: Duration = Duration::from_secs(2);
+
+/// The spy's records go to the render thread's queue: a stdout that does
+/// not keep up (`| less`, Ctrl-S) costs records, counted in the end line,
+/// never the spy's pace (the kernel would lose events meanwhile) nor its
+/// ending on time.
+struct Queued<'a>(&'a mut QueuedRenderer<std::io::Stdout>);
+
+impl Sink for Queued<'_> {
+    fn record(&mut self, record: Record) -> std::io::Result<()> {
+        let bytes = record_bytes(&record);
+        self.0.record(record, bytes)
+    }
+}
+
+/// About what a record takes in the queue: its captured bytes, and a
+/// little for the rest (what the byte bound of the queue is about).
+fn record_bytes(record: &Record) -> usize {
+    let payload = |p: &Payload| match p {
+        Payload::Text(text) | Payload::Base64(text) => text.len(),
+    };
+    let body = |b: &Body| b.data.as_ref().map_or(0, payload);
+    256 + match record {
+        Record::Chunk(chunk) => payload(&chunk.data),
+        Record::Exchange(exchange) => {
+            exchange.request.as_ref().map_or(0, |r| body(&r.body) + 64 * r.headers.len())
+                + exchange.response.as_ref().map_or(0, |r| body(&r.body) + 64 * r.headers.len())
+        }
+        _ => 0,
+    }
 }
 
 #[cfg(test)]

@@ -442,3 +442,57 @@ fn local_under_head_exits_quietly() {
     assert!(status.success(), "{status:?}: {stderr}");
     assert!(!stderr.contains("error") && !stderr.contains("panicked"), "{stderr}");
 }
+
+/// A stdout nobody reads does not hold the local session up: records go
+/// through the render queue (dropped and counted when it is full), so
+/// `--duration` ends the session, and its command, on time while the
+/// output waits for its reader. Before the queue, the spy blocked on the
+/// full pipe and noticed neither the duration nor the command.
+#[test]
+fn local_duration_holds_while_stdout_is_not_read() {
+    if !require_root("local_duration_holds_while_stdout_is_not_read") {
+        return;
+    }
+    const BODY: usize = 4 << 20;
+    let cert = Certificate::new();
+    let nginx = Nginx::start(&cert, &[BODY]);
+    // 4 MiB of plaintext as --raw JSON: far more than a pipe holds.
+    let script = format!(
+        "curl -s --http1.1 -o /dev/null --cacert {} https://127.0.0.1:{}/bytes/{BODY}; exec sleep 30",
+        cert.cert().display(),
+        nginx.port
+    );
+    let started = Instant::now();
+    let mut child = local(&["-o", "json", "--raw", "--duration", "3", "--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("runs");
+    std::thread::sleep(Duration::from_secs(1));
+    let command = children_of(child.id());
+    assert_eq!(command.len(), 1, "one command: {command:?}");
+    // Nobody reads stdout; the command must still be ended at 3 s (plus
+    // the probes' attach and the 2 s SIGTERM grace, on a busy machine).
+    wait_until("the command outlived --duration while stdout was not read", Duration::from_secs(12), || {
+        !alive(command[0])
+    });
+    let ended = started.elapsed();
+    let mut stdout = child.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = stdout.read_to_end(&mut sink);
+        sink
+    });
+    let status = wait_timeout(&mut child, WAIT).expect("exits once its stdout is read");
+    let out = reader.join().expect("reader");
+    let mut stderr = String::new();
+    child.stderr.take().expect("stderr").read_to_string(&mut stderr).expect("stderr");
+    let end_line = stderr.lines().rfind(|l| l.starts_with("tlsspy: ")).unwrap_or_default().to_string();
+    eprintln!(
+        "local --duration 3, stdout unread: command ended after {ended:?}; {} bytes read after; {end_line}",
+        out.len()
+    );
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(out.len() > 1 << 20, "the records waited for their reader ({} bytes)", out.len());
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
