@@ -320,8 +320,12 @@ impl<O: Clone> FlowTable<O> {
                     if !unowned {
                         reading.take(side, segment, &mut events, &self.gauge, &mut self.stats);
                     }
-                    if reading.owner.is_none() && (unowned || !events.is_empty()) {
+                    if unowned {
                         // Not a target's connection: stop looking at it.
+                        // (Not at its first hello: a server's end is its
+                        // own only once accept() returned, which on a busy
+                        // machine may be after the ClientHello came; it has
+                        // certainly returned by the ServerHello.)
                         flow.release(&self.gauge);
                         flow.reading = None;
                         self.stats.others += 1;
@@ -380,6 +384,11 @@ impl<O: Clone> FlowTable<O> {
         // Done reading: the flow becomes a tombstone.
         flow.release(&self.gauge);
         let Some(mut reading) = flow.reading.take() else { return };
+        if reading.owner.is_none() {
+            // Read to its end, and still nobody's we watch.
+            self.stats.others += 1;
+            return;
+        }
         let (client, server, last_seen_ns) = (flow.client, flow.server, flow.last_seen_ns);
         match outcome {
             Outcome::Pending => {}

@@ -102,9 +102,11 @@ fn flows_of_other_processes_are_ignored() {
     wire.send_with(client(), server(), 100, TCP_SYN, b"", &mut nobody);
     wire.send_with(server(), client(), 5000, TCP_SYN | TCP_ACK, b"", &mut nobody);
     wire.send_with(client(), server(), 101, TCP_ACK, &sample_client_hello(32), &mut nobody);
-    wire.send(server(), client(), 5001, TCP_ACK, &sample_server_hello());
+    wire.send_with(server(), client(), 5001, TCP_ACK, &sample_server_hello(), &mut nobody);
+    wire.send_with(client(), server(), 400, TCP_ACK, &[23, 3, 3, 0, 1, 0], &mut nobody);
     assert!(wire.out.is_empty());
     assert_eq!(wire.table.stats.others, 1);
+    assert_eq!((wire.table.stats.tls, wire.table.stats.not_tls), (0, 0), "{:?}", wire.table.stats);
 }
 
 #[test]
@@ -288,4 +290,25 @@ fn hello_buffers_and_new_flows_count_against_the_budget() {
     assert_eq!(wire.table.len(), 1, "no room for a second flow");
     assert_eq!(wire.table.stats.evicted, 1);
     assert_eq!(full.reassembly(), state);
+}
+
+/// On a busy machine the server's accept() may return after the
+/// ClientHello came: the flow is read on, and its owner asked again, so
+/// the handshake is still reported once the ServerHello shows whose it is.
+#[test]
+fn an_owner_found_only_at_the_server_hello_still_gets_the_handshake() {
+    let mut wire = Wire::new();
+    let mut asks = 0;
+    let mut late = |_: SocketAddr, _: SocketAddr| -> Option<u32> {
+        asks += 1;
+        (asks >= 3).then_some(9)
+    };
+    wire.send_with(client(), server(), 100, TCP_SYN, b"", &mut late);
+    wire.send_with(server(), client(), 5000, TCP_SYN | TCP_ACK, b"", &mut late);
+    wire.send_with(client(), server(), 101, TCP_ACK, &sample_client_hello(32), &mut late);
+    wire.send_with(server(), client(), 5001, TCP_ACK, &sample_server_hello(), &mut late);
+    let [seen] = wire.out.as_slice() else { panic!("{:?}", wire.out) };
+    assert_eq!(seen.owner, 9);
+    assert!(seen.client_hello.is_some() && seen.server_hello.is_some(), "{seen:?}");
+    assert_eq!(wire.table.stats.others, 0);
 }
