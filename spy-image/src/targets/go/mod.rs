@@ -149,7 +149,7 @@ pub enum OffsetsSource {
     /// The binary's own DWARF.
     Dwarf,
     /// The per-release table; names the row (`"1.21"`, or
-    /// `"assumed from 1.23"` for newer releases).
+    /// `"assumed from 1.27"` for newer releases).
     VersionTable(&'static str),
 }
 
@@ -414,34 +414,64 @@ fn find_pclntab<'data>(image: &ElfImage<'data>) -> Result<Pclntab<'data>, GoAnal
     fallback.ok_or(GoAnalysisError::PclntabNotFound { stripped: !image.has_symtab() })
 }
 
-/// Whether some writable segment holds `runtime.firstmoduledata`, whose
-/// first words are `pcHeader *pcHeader` and the `funcnametab` slice's data
-/// pointer (pcHeader + funcnameOffset).
-fn moduledata_points_at(image: &ElfImage<'_>, table: &Pclntab<'_>) -> bool {
-    let Some(funcnametab) = table.address.checked_add(table.funcname_offset) else {
-        return false;
-    };
+/// Word indexes in `runtime.moduledata` (unchanged from Go 1.18 through
+/// 1.27: `pcHeader`, six slices of three words, `findfunctab`, `minpc`,
+/// `maxpc`, then `text`).
+const MODULEDATA_MINPC: usize = 20;
+const MODULEDATA_TEXT: usize = 22;
+
+/// `runtime.firstmoduledata` as the file holds it: found in a writable
+/// segment by its first words, `pcHeader *pcHeader` and the `funcnametab`
+/// slice's data pointer (pcHeader + funcnameOffset).
+fn find_moduledata<'data>(image: &ElfImage<'data>, table: &Pclntab<'_>) -> Option<&'data [u8]> {
+    let funcnametab = table.address.checked_add(table.funcname_offset)?;
     let mut pattern = [0u8; 16];
     pattern[..8].copy_from_slice(&table.address.to_le_bytes());
     pattern[8..].copy_from_slice(&funcnametab.to_le_bytes());
-    image.segments.iter().filter(|s| s.writable()).filter_map(|s| image.segment_data(s)).any(|bytes| {
-        bytes
-            .chunks_exact(8)
-            .enumerate()
-            .any(|(i, w)| w == &pattern[..8] && bytes.get((i + 1) * 8..(i + 2) * 8) == Some(&pattern[8..]))
+    image.segments.iter().filter(|s| s.writable()).filter_map(|s| image.segment_data(s)).find_map(|bytes| {
+        // Pointer-sized fields: 8-byte aligned within the segment's bytes,
+        // as the Go linker aligns segments to pages.
+        (0..bytes.len().saturating_sub(15))
+            .step_by(8)
+            .find(|&at| bytes[at..at + 16] == pattern)
+            .and_then(|at| bytes.get(at..))
     })
 }
 
+fn moduledata_points_at(image: &ElfImage<'_>, table: &Pclntab<'_>) -> bool {
+    find_moduledata(image, table).is_some()
+}
+
+/// `moduledata.text`: where Go text starts, as the runtime itself reads it.
+/// Checked against `minpc` (the first function's entry, never below text)
+/// and an executable segment, so a stray match is not believed.
+fn moduledata_text(image: &ElfImage<'_>, table: &Pclntab<'_>) -> Option<u64> {
+    let words = find_moduledata(image, table)?;
+    let word = |index: usize| {
+        let bytes = words.get(index * 8..index * 8 + 8)?;
+        Some(u64::from_le_bytes(bytes.try_into().ok()?))
+    };
+    let text = word(MODULEDATA_TEXT)?;
+    let minpc = word(MODULEDATA_MINPC)?;
+    let in_text = image.segments.iter().any(|s| s.executable() && s.vaddr <= text && text - s.vaddr < s.file_size);
+    (text != 0 && text <= minpc && in_text).then_some(text)
+}
+
 /// Where Go text starts (`runtime.text`), the base of Go ≥ 1.18 entry offsets.
-/// `debug/gosym` warns that `pcHeader.textStart` may be unrelocated in the
-/// file, so the symbol wins when there is one, then the header, then `.text`
-/// (internal linking puts `runtime.text` first in `.text`).
+/// The symbol wins when there is one; then `moduledata.text`, which is what
+/// the runtime uses (Go ≥ 1.26 no longer stores `pcHeader.textStart`, and
+/// `debug/gosym` warns that it may be unrelocated in the file before that);
+/// then the header's field; then `.text`, where internal linking puts
+/// `runtime.text` first (external linking puts C start-up code there first).
 fn text_start(image: &ElfImage<'_>, table: &Pclntab<'_>) -> Result<u64, GoAnalysisError> {
     if table.version == pclntab::PclntabVersion::Go116 {
         return Ok(0); // absolute entries
     }
     if let Some((address, _)) = image.symbol("runtime.text") {
         return Ok(address);
+    }
+    if let Some(text) = moduledata_text(image, table) {
+        return Ok(text);
     }
     if table.header_text_start != 0 {
         return Ok(table.header_text_start);

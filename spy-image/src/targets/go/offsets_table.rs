@@ -7,14 +7,19 @@
 //!   `_panic`, `_defer`, `m`, `sched gobuf` (7 words: sp pc g ctxt ret lr bp),
 //!   `syscallsp`, `syscallpc`, `stktopsp`, `param`, `atomicstatus` (4 bytes),
 //!   `stackLock` (4 bytes), then `goid`: 152. Go 1.23 added
-//!   `syscallbp uintptr` after `syscallpc`: 160.
-//!   Read from DWARF of binaries built here with Go 1.19, 1.21, 1.22 and 1.23
-//!   for amd64 and arm64 (the integration test `go_analysis.rs` re-checks this
-//!   table against DWARF for every toolchain it finds). Go 1.17, 1.18 and
-//!   1.20 were not available as packages here; their rows come from the
-//!   `type g struct` field order in `src/runtime/runtime2.go` of those
-//!   releases (go1.17.13, a go1.18 tree, go1.20.6), which match 1.19 field
-//!   for field up to `goid`.
+//!   `syscallbp uintptr` after `syscallpc`: 160. Go 1.25 removed `ret` from
+//!   `gobuf` (6 words): 152 again.
+//!   Read from DWARF of binaries built here with Go 1.19, 1.21, 1.22, 1.23,
+//!   1.26 and 1.27 for amd64 and arm64 (the integration test
+//!   `tests/tests/go_analysis.rs` re-checks this table against DWARF for
+//!   every toolchain it finds). Go 1.17, 1.18 and 1.20 were not available
+//!   as packages here; their rows come from the `type g struct` field order
+//!   in `src/runtime/runtime2.go` of those releases (go1.17.13, a go1.18
+//!   tree, go1.20.6), which match 1.19 field for field up to `goid`. Go 1.24
+//!   and 1.25 cannot be fetched here either: their rows follow public
+//!   goroutine-id code that pins 160 for 1.23–1.24 and 152 from 1.25, which
+//!   agrees with the 1.23 and 1.26 trees read here (`gobuf.ret` present in
+//!   1.23, absent in 1.26).
 //! - `crypto/tls.Conn.conn`: `conn net.Conn` has been the first field of
 //!   `tls.Conn` since Go 1.0: 0.
 //! - `net.TCPConn` embeds `conn`, whose only field is `fd *netFD`: 0.
@@ -23,7 +28,7 @@
 //!   `rsema uint32`, `wsema uint32`: 16 bytes) since Go 1.9: 16.
 //!
 //! Newer releases than the last row use the last row, and say so
-//! (`"assumed from 1.23"`).
+//! (`"assumed from 1.27"`).
 
 use super::version::GoVersion;
 use super::{GoArch, GoStructOffsets};
@@ -52,9 +57,13 @@ const TABLE: &[Row] = &[
     row(21, "1.21", 152), // DWARF-checked here
     row(22, "1.22", 152), // DWARF-checked here
     row(23, "1.23", 160), // DWARF-checked here; g.syscallbp added
+    row(24, "1.24", 160), // not built here: as 1.23
+    row(25, "1.25", 152), // not built here: gobuf.ret removed
+    row(26, "1.26", 152), // DWARF-checked here
+    row(27, "1.27", 152), // DWARF-checked here
 ];
 
-const NEWER_LABEL: &str = "assumed from 1.23";
+const NEWER_LABEL: &str = "assumed from 1.27";
 
 /// The first Go release the table covers.
 pub const OLDEST: (u32, u32) = (1, 17);
@@ -90,16 +99,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn covers_1_17_through_1_23_and_assumes_newer() {
+    fn covers_1_17_through_1_27_and_assumes_newer() {
         let minors: Vec<u32> = covered().map(|(_, m)| m).collect();
-        assert_eq!(minors, (17..=23).collect::<Vec<_>>());
+        assert_eq!(minors, (17..=27).collect::<Vec<_>>());
         for arch in [GoArch::Amd64, GoArch::Arm64] {
             let (o, label) = lookup(arch, GoVersion::new(1, 20, 3)).expect("1.20 row");
             assert_eq!((o.g_goid, label), (152, "1.20"));
             let (o, label) = lookup(arch, GoVersion::new(1, 23, 0)).expect("1.23 row");
             assert_eq!((o.g_goid, label), (160, "1.23"));
-            let (o, label) = lookup(arch, GoVersion::new(1, 25, 1)).expect("newer");
-            assert_eq!((o.g_goid, label), (160, "assumed from 1.23"));
+            let (o, label) = lookup(arch, GoVersion::new(1, 24, 7)).expect("1.24 row");
+            assert_eq!((o.g_goid, label), (160, "1.24"));
+            let (o, label) = lookup(arch, GoVersion::new(1, 26, 8)).expect("1.26 row");
+            assert_eq!((o.g_goid, label), (152, "1.26"));
+            let (o, label) = lookup(arch, GoVersion::new(1, 28, 1)).expect("newer");
+            assert_eq!((o.g_goid, label), (152, "assumed from 1.27"));
             assert!(lookup(arch, GoVersion::new(1, 16, 15)).is_none());
             assert!(lookup(arch, GoVersion::new(2, 0, 0)).is_none());
         }

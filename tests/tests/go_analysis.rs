@@ -1,5 +1,6 @@
 //! Go binary analysis against real Go executables, built here with every Go
-//! toolchain found (`/usr/lib/go-1.*/bin/go`, Debian's golang-1.NN-go):
+//! toolchain found (`tlsspy_tests::go::installed`: Debian's golang-1.NN-go,
+//! the machine's /usr/local/go, Go 1.27.3 from the module proxy):
 //! normal, stripped (`-s -w`), PIE, PIE stripped, cross-compiled arm64
 //! (normal and stripped), and with the newest toolchain also externally
 //! linked (gcc) exe, PIE and stripped PIE. The target is an HTTPS client and server in one
@@ -24,8 +25,8 @@ use std::sync::OnceLock;
 use object::{Object, ObjectSection};
 use spy_image::targets::go::offsets_table;
 use spy_image::targets::go::{
-    analyze, analyze_bytes, AnalysisCache, GoAbi, GoAnalysisError, GoArch, GoBinary, GoVersion, OffsetsSource,
-    SymbolSource, TLS_READ_SYMBOL, TLS_WRITE_SYMBOL,
+    analyze, analyze_bytes, AnalysisCache, GoAbi, GoAnalysisError, GoArch, GoBinary, OffsetsSource, SymbolSource,
+    TLS_READ_SYMBOL, TLS_WRITE_SYMBOL,
 };
 
 const TARGET_MAIN: &str = r#"// An HTTPS server and client in one program: tlsspy's Go test target.
@@ -194,31 +195,27 @@ fn work_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("go-analysis")
 }
 
+/// Every toolchain here (`tlsspy_tests::go::installed`): Debian's, the
+/// machine's, the ones fetched from the Go module proxy.
 fn toolchains() -> Vec<Toolchain> {
-    let mut found = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/usr/lib") else {
-        return found;
-    };
-    for entry in dir.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.starts_with("go-1.") {
-            continue;
-        }
-        let go = entry.path().join("bin/go");
-        if !go.exists() {
-            continue;
-        }
-        let out = go_command(&go).args(["env", "GOVERSION"]).output();
-        match out {
-            Ok(out) if out.status.success() => {
-                let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-                found.push(Toolchain { go, version });
-            }
-            _ => panic!("{} is installed but `go env GOVERSION` fails", go.display()),
-        }
+    if in_ci() {
+        let missing = tlsspy_tests::go::missing_required();
+        assert!(missing.is_empty(), "CI=true but Go {missing:?} not installed: run .ci/install-deps");
     }
-    found.sort_by_key(|t| GoVersion::parse(&t.version));
-    found
+    tlsspy_tests::go::installed()
+        .into_iter()
+        .map(|installed| {
+            let out = go_command(&installed.go).args(["env", "GOVERSION"]).output();
+            match out {
+                Ok(out) if out.status.success() => {
+                    let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                    assert_eq!(version, installed.version, "{}: VERSION file and `go env`", installed.go.display());
+                    Toolchain { go: installed.go, version }
+                }
+                _ => panic!("{} is installed but `go env GOVERSION` fails", installed.go.display()),
+            }
+        })
+        .collect()
 }
 
 fn go_command(go: &Path) -> Command {
@@ -272,9 +269,9 @@ fn fixtures() -> Option<&'static Fixtures> {
             let toolchains = toolchains();
             if toolchains.is_empty() {
                 if in_ci() {
-                    panic!("CI=true but no Go toolchain in /usr/lib/go-1.*: run .ci/install-deps");
+                    panic!("CI=true but no Go toolchain: run .ci/install-deps");
                 }
-                eprintln!("SKIP: no Go toolchain found in /usr/lib/go-1.* (install golang-1.23-go); Go analysis tests not run");
+                eprintln!("SKIP: no Go toolchain found (install golang-1.23-go); Go analysis tests not run");
                 return None;
             }
             let work = work_dir();
@@ -300,11 +297,7 @@ fn fixtures() -> Option<&'static Fixtures> {
                     if let Err(e) = build(toolchain, &src, variant, &path) {
                         panic!("{} build of {variant:?} failed:\n{e}", toolchain.version);
                     }
-                    builds.push(Built {
-                        toolchain: toolchain.clone(),
-                        variant,
-                        path,
-                    });
+                    builds.push(Built { toolchain: toolchain.clone(), variant, path });
                 }
             }
             let plain = newest.map(|t| {
