@@ -169,8 +169,11 @@ static __always_inline void fill_tuple(struct tlsspy_conn_tuple *t, __s32 fd)
 		__builtin_memcpy(t->local_addr, &local, 4);
 		__builtin_memcpy(t->remote_addr, &remote, 4);
 	} else if (family == AF_INET6) {
-		BPF_CORE_READ_INTO(t->local_addr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(t->remote_addr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		/* Explicit sizes: BPF_CORE_READ_INTO copies sizeof(*dst), which
+		 * for these arrays is one byte (every IPv6 and v4-mapped address
+		 * came out as its first byte and fifteen zeros). */
+		bpf_core_read(t->local_addr, sizeof(t->local_addr), &sk->__sk_common.skc_v6_rcv_saddr);
+		bpf_core_read(t->remote_addr, sizeof(t->remote_addr), &sk->__sk_common.skc_v6_daddr);
 	} else {
 		return;
 	}

@@ -79,11 +79,14 @@ fn read_pod<T: Pod>(bytes: &[u8]) -> Result<T, DecodeError> {
 }
 
 /// The (local, remote) socket addresses, when the kernel found the socket.
+/// IPv4 traffic on a dual-stack socket (`::ffff:10.0.0.2`, what a Go server
+/// listening on ":8443" has) is shown as the IPv4 address the wire carries,
+/// which is also what Kubernetes names pods and services by.
 pub fn addresses(tuple: &ConnTuple) -> (Option<SocketAddr>, Option<SocketAddr>) {
     let ip = |bytes: &[u8; 16]| -> Option<IpAddr> {
         match tuple.family {
             2 => Some(IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3]))),
-            10 => Some(IpAddr::V6(Ipv6Addr::from(*bytes))),
+            10 => Some(IpAddr::V6(Ipv6Addr::from(*bytes)).to_canonical()),
             _ => None,
         }
     };
@@ -163,6 +166,16 @@ mod tests {
         let (local, remote) = addresses(&header.tuple);
         assert_eq!(local, Some("127.0.0.1:40000".parse().expect("addr")));
         assert_eq!(remote, Some("10.0.0.2:443".parse().expect("addr")));
+    }
+
+    #[test]
+    fn ipv6_addresses_are_whole_and_v4_mapped_ones_are_shown_as_ipv4() {
+        let mut tuple = ConnTuple { family: 10, local_port: 8443, remote_port: 40000, ..Default::default() };
+        tuple.local_addr = "2001:db8::1".parse::<Ipv6Addr>().expect("v6").octets();
+        tuple.remote_addr = "::ffff:10.0.0.2".parse::<Ipv6Addr>().expect("v6").octets();
+        let (local, remote) = addresses(&tuple);
+        assert_eq!(local, Some("[2001:db8::1]:8443".parse().expect("addr")));
+        assert_eq!(remote, Some("10.0.0.2:40000".parse().expect("addr")));
     }
 
     #[test]
