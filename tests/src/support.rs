@@ -87,7 +87,7 @@ impl Certificate {
         let status = Command::new("openssl")
             .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
             .args(["-days", "2", "-subj", "/CN=localhost"])
-            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1"])
             .args(extra)
             .arg("-keyout")
             .arg(dir.path().join("key.pem"))
