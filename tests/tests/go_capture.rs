@@ -12,7 +12,10 @@
 //! Each Go program is compiled once per test binary (a `OnceLock`), with a
 //! Go build cache under `$CARGO_TARGET_TMPDIR/go-capture` so later runs only
 //! link. Without Go the tests skip with a message, except under `CI=true`,
-//! where they fail: `.ci/install-deps` installs golang-1.23-go.
+//! where they fail. Each test runs with every release `tests/src/go.rs`
+//! requires: Debian's golang-1.23-go, the machine's Go 1.26 in
+//! /usr/local/go and Go 1.27.3, which `.ci/install-deps` takes from the Go
+//! module proxy.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
